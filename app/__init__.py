@@ -1,0 +1,1 @@
+"""Real-time customer segment scoring service."""

@@ -1,0 +1,182 @@
+"""The HTTP routes: thin wrappers that call the service and shape its answers."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from app.api.responses import OrjsonResponse
+from app.api.schemas import (
+    ActiveModelOut,
+    AssignmentOut,
+    BatchIn,
+    BatchOut,
+    CustomerIn,
+    HistoryOut,
+    MembersOut,
+    ModelOut,
+    ModelsOut,
+    SegmentOut,
+    SegmentRef,
+    SegmentsOut,
+)
+from app.errors import error_body
+from app.metrics.registry import exposition
+from app.runtime import Runtime
+from app.scoring.model import Problem, SegmentModel
+from app.service import AssignmentService, CustomerInput
+from app.store.repository import AssignmentRow
+
+
+def _runtime(request: Request) -> Runtime:
+    return cast(Runtime, request.state.runtime)
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+CustomerId = Annotated[str, Query(min_length=1, max_length=128)]
+
+router = APIRouter()
+
+
+def _service(runtime: Runtime) -> AssignmentService:
+    return runtime.service
+
+
+def _out(row: AssignmentRow, model: SegmentModel) -> AssignmentOut:
+    segment = model.segments_by_key.get(row.segment_key)
+    return AssignmentOut(
+        customer_id=row.customer_id,
+        segment=SegmentRef(
+            id=row.segment_id, key=row.segment_key, name=segment.name if segment else row.segment_key
+        ),
+        model_version=row.model_version,
+        distance=row.distance,
+        confidence=row.confidence,
+        assigned_at=row.assigned_at,
+    )
+
+
+@router.post("/v1/assignments", response_model=AssignmentOut, tags=["assignments"])
+def assign(body: CustomerIn, runtime: RuntimeDep, persist: bool = True) -> AssignmentOut:
+    """Assign one customer to a segment and store it (`?persist=false` only scores)."""
+    row = runtime.service.assign(CustomerInput(body.customer_id, body.features), persist=persist)
+    return _out(row, runtime.model)
+
+
+@router.post("/v1/assignments/batch", response_model=BatchOut, tags=["assignments"])
+def assign_batch(body: BatchIn, runtime: RuntimeDep, persist: bool = True) -> BatchOut:
+    """Assign many customers, stored in one transaction: all of them, or none if any row is invalid."""
+    customers = [CustomerInput(c.customer_id, c.features) for c in body.customers]
+    rows = runtime.service.assign_batch(customers, persist=persist)
+    return BatchOut(model_version=runtime.model.version, assignments=[_out(r, runtime.model) for r in rows])
+
+
+@router.get("/v1/customers/{customer_id}/segment", response_model=AssignmentOut, tags=["customers"])
+def current_segment(customer_id: str, runtime: RuntimeDep) -> AssignmentOut:
+    """The customer's current segment: their latest stored assignment."""
+    return _out(runtime.service.current(customer_id), runtime.model)
+
+
+@router.get("/v1/customers/{customer_id}/assignments", response_model=HistoryOut, tags=["customers"])
+def customer_history(
+    customer_id: str, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> HistoryOut:
+    """The customer's stored assignments, newest first."""
+    rows = runtime.service.history(customer_id, limit)
+    return HistoryOut(assignments=[_out(r, runtime.model) for r in rows])
+
+
+@router.delete("/v1/customers/{customer_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["customers"])
+def erase_customer(customer_id: str, runtime: RuntimeDep) -> Response:
+    """Erase everything stored about the customer (history and membership)."""
+    runtime.service.erase(customer_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/v1/segments", response_model=SegmentsOut, tags=["segments"])
+def segments(runtime: RuntimeDep) -> SegmentsOut:
+    """The active model's segments, with profiles a marketer can read."""
+    manifest = runtime.model.manifest
+    return SegmentsOut(
+        model_version=manifest.version,
+        segments=[
+            SegmentOut(
+                id=s.id,
+                key=s.key,
+                name=s.name,
+                description=s.description,
+                share=s.share,
+                size=s.size,
+                profile=s.numeric_profile,
+                category_profile=s.category_profile,
+            )
+            for s in sorted(manifest.segments, key=lambda s: s.id)
+        ],
+    )
+
+
+@router.get("/v1/segments/{key}/members", response_model=MembersOut, tags=["segments"])
+def segment_members(
+    key: str,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> MembersOut:
+    """Customers whose current segment is `key`, in customer-id order; follow `next_cursor` to page."""
+    page = runtime.service.members(key, cursor, limit)
+    return MembersOut(segment=page.segment, members=page.members, next_cursor=page.next_cursor)
+
+
+def _model_out(model: SegmentModel) -> dict[str, object]:
+    m = model.manifest
+    return {
+        "version": m.version,
+        "kind": m.kind,
+        "active": True,
+        "trained_at": m.trained_at,
+        "artifact_sha256": m.artifact_sha256,
+        "segments": len(m.segments),
+        "silhouette": m.quality.silhouette,
+        "davies_bouldin": m.quality.davies_bouldin,
+    }
+
+
+@router.get("/v1/models", response_model=ModelsOut, tags=["models"])
+def models(runtime: RuntimeDep) -> ModelsOut:
+    """The model versions this service knows (today: the one it serves)."""
+    return ModelsOut(models=[ModelOut.model_validate(_model_out(runtime.model))])
+
+
+@router.get("/v1/models/active", response_model=ActiveModelOut, tags=["models"])
+def active_model(runtime: RuntimeDep) -> ActiveModelOut:
+    """The model in use: its feature schema (names, types, ranges), segments and quality."""
+    m = runtime.model.manifest
+    return ActiveModelOut.model_validate(
+        _model_out(runtime.model)
+        | {"features": m.features, "k_search": m.quality.k_search, "training_data": m.training_data.model_dump()}
+    )
+
+
+@router.get("/healthz", tags=["operations"])
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"], responses={503: {"description": "not ready, with the reason"}})
+def readyz(runtime: RuntimeDep) -> OrjsonResponse:
+    """Readiness: a model is loaded and the store answers."""
+    reason = runtime.service.store_ready()
+    if reason is not None:
+        body = error_body(
+            "not_ready", "The service cannot store assignments right now; it retries by itself.", [Problem("store", reason)]
+        )
+        return OrjsonResponse(body, status_code=503)
+    return OrjsonResponse({"status": "ready", "model_version": runtime.model.version})
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response)
+def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus exposition (summed over all worker processes)."""
+    return Response(exposition(runtime.live_registry), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,93 @@
+"""Request and response bodies of the HTTP API (the shapes ../CONTRACT.md names)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.scoring.manifest import FeatureSpec, KScore, NumericProfile
+
+
+class CustomerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(min_length=1, max_length=128, examples=["12347"])
+    features: dict[str, Any] = Field(
+        description="the model's features by name; GET /v1/models/active lists names, types and ranges",
+        examples=[{"recency_days": 12, "frequency": 7, "monetary": 1830.5}],
+    )
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customers: list[CustomerIn] = Field(min_length=1, description="at most SEGMENTS_MAX_BATCH customers")
+
+
+class SegmentRef(BaseModel):
+    id: int
+    key: str
+    name: str
+
+
+class AssignmentOut(BaseModel):
+    customer_id: str
+    segment: SegmentRef
+    model_version: str
+    distance: float = Field(description="distance to the segment's centre in the model's scaled space")
+    confidence: float = Field(description="1 - nearest/second-nearest centre distance: 0 on a border, 1 at a centre")
+    assigned_at: datetime
+
+
+class BatchOut(BaseModel):
+    model_version: str
+    assignments: list[AssignmentOut]
+
+
+class HistoryOut(BaseModel):
+    assignments: list[AssignmentOut]
+
+
+class SegmentOut(BaseModel):
+    id: int
+    key: str
+    name: str
+    description: str
+    share: float = Field(description="share of training customers in this segment")
+    size: int = Field(description="training customers in this segment")
+    profile: dict[str, NumericProfile] = Field(description="per-feature median and quartiles, original units")
+    category_profile: dict[str, dict[str, float]]
+
+
+class SegmentsOut(BaseModel):
+    model_version: str
+    segments: list[SegmentOut]
+
+
+class MembersOut(BaseModel):
+    segment: str
+    members: list[str]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+class ModelOut(BaseModel):
+    version: str
+    kind: str
+    active: bool
+    trained_at: datetime
+    artifact_sha256: str
+    segments: int
+    silhouette: float
+    davies_bouldin: float
+
+
+class ActiveModelOut(ModelOut):
+    features: list[FeatureSpec]
+    k_search: list[KScore]
+    training_data: dict[str, Any]
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]

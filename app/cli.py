@@ -1,0 +1,208 @@
+"""The `segments` command: train, serve, migrate, score."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from app.settings import DEFAULT_MODELS_DIR, Settings
+
+cli = typer.Typer(help="Customer segment scoring: train models, serve them, score files.", no_args_is_help=True)
+train_cli = typer.Typer(help="Train a segmentation model and write models/<version>/.", no_args_is_help=True)
+cli.add_typer(train_cli, name="train")
+err = Console(stderr=True)
+
+KOption = Annotated[int | None, typer.Option("--segments", min=2, max=30, help="number of segments (default: chosen by silhouette)")]
+KRange = Annotated[str, typer.Option("--k-range", help="range searched when --segments is not given, e.g. 4-8")]
+OutOption = Annotated[Path, typer.Option("--out", help="folder the model version is written under")]
+VersionOption = Annotated[str | None, typer.Option("--version", help="version name (default: <date>-<kind>-k<k>)")]
+SeedOption = Annotated[int, typer.Option("--seed", help="random seed: same data and seed give the same model")]
+
+
+def _k_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in text.split("-", 1))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: give it as LOW-HIGH, e.g. 4-8") from exc
+    if not 2 <= low <= high <= 30:
+        raise typer.BadParameter(f"{text!r}: need 2 <= LOW <= HIGH <= 30")
+    return low, high
+
+
+@train_cli.command("transactions")
+def train_transactions(
+    file: Annotated[Path, typer.Argument(help="CSV (optionally .gz) or Parquet of transactions")],
+    customer: Annotated[str, typer.Option("--customer", help="customer id column")],
+    time: Annotated[str, typer.Option("--time", help="transaction timestamp column")],
+    amount: Annotated[str | None, typer.Option("--amount", help="spend column (or --quantity and --price)")] = None,
+    quantity: Annotated[str | None, typer.Option("--quantity")] = None,
+    price: Annotated[str | None, typer.Option("--price")] = None,
+    invoice: Annotated[str | None, typer.Option("--invoice", help="order id column; 'C…' ids are cancellations")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="reference date for recency (default: day after the last transaction)")] = None,
+    segments: KOption = None,
+    k_range: KRange = "4-8",
+    out: OutOption = DEFAULT_MODELS_DIR,
+    version: VersionOption = None,
+    seed: SeedOption = 0,
+) -> None:
+    """Train on transactions: RFM features per customer, then KMeans."""
+    from app.training.rfm import TransactionColumns
+    from app.training.train import train_transactions as run
+
+    with _errors_as_messages():
+        columns = TransactionColumns(customer, time, amount, quantity, price, invoice)
+        path = run(
+            file,
+            columns,
+            out_dir=out,
+            as_of=date.fromisoformat(as_of) if as_of else None,
+            k=segments,
+            k_range=_k_range(k_range),
+            version=version,
+            seed=seed,
+        )
+    _report(path)
+
+
+@train_cli.command("customers")
+def train_customers(
+    file: Annotated[Path, typer.Argument(help="CSV (optionally .gz) or Parquet, one row per customer")],
+    id_column: Annotated[str, typer.Option("--id", help="customer id column")],
+    numeric: Annotated[str, typer.Option("--numeric", help="numeric columns, comma-separated")] = "",
+    categorical: Annotated[str, typer.Option("--categorical", help="categorical columns, comma-separated")] = "",
+    segments: KOption = None,
+    k_range: KRange = "4-8",
+    out: OutOption = DEFAULT_MODELS_DIR,
+    version: VersionOption = None,
+    seed: SeedOption = 0,
+) -> None:
+    """Train on a customer table with declared numeric and categorical columns."""
+    from app.training.train import train_customers as run
+
+    with _errors_as_messages():
+        path = run(
+            file,
+            id_column=id_column,
+            numeric=[c.strip() for c in numeric.split(",") if c.strip()],
+            categorical=[c.strip() for c in categorical.split(",") if c.strip()],
+            out_dir=out,
+            k=segments,
+            k_range=_k_range(k_range),
+            version=version,
+            seed=seed,
+        )
+    _report(path)
+
+
+@cli.command()
+def serve(
+    model: Annotated[Path | None, typer.Option("--model", help="model folder (default: models/ and its DEFAULT)")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes sharing the port")] = 1,
+) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    if model is not None:
+        os.environ["SEGMENTS_MODEL_DIR"] = str(model.resolve())
+    settings = Settings()
+    with _errors_as_messages():
+        from app.scoring.artifact import load_artifact
+
+        load_artifact(settings.model_dir)  # refuse a bad model before starting any worker
+    if workers > 1:
+        _fresh_multiprocess_dir()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,
+    )
+
+
+def _fresh_multiprocess_dir() -> None:
+    """Counters summed over workers: prometheus_client's multiprocess mode, set before workers start."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        # the client's docs: wipe the folder between runs, or old workers' counts leak in
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="segments-metrics-")
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (DATABASE_URL; embedded SQLite ./segments.db by default)."""
+    from app.store.migrate import upgrade
+
+    with _errors_as_messages():
+        upgrade(Settings().database_url_text)
+    err.print("[green]database schema is up to date[/green]")
+
+
+@cli.command()
+def score(
+    model: Annotated[Path, typer.Option("--model", help="model folder")],
+    input_file: Annotated[Path, typer.Option("--input", help="CSV (optionally .gz) or Parquet of customers")],
+    output_file: Annotated[Path, typer.Option("--output", help="CSV or Parquet (by suffix)")],
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1)] = 50_000,
+) -> None:
+    """Score a file offline, in chunks: the same rows out, with segment columns added."""
+    from app.scoring.model import SegmentModel
+    from app.scoring.offline import score_file
+    from app.training.tables import count_rows
+
+    with _errors_as_messages():
+        loaded = SegmentModel.load(model)
+        columns = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("score", total=count_rows(input_file))
+            rows = score_file(
+                loaded, input_file, output_file, chunk_rows=chunk_rows, on_progress=lambda n: progress.advance(task, n)
+            )
+    err.print(f"scored {rows} rows with model {loaded.version} into {output_file}")
+
+
+class _errors_as_messages:  # noqa: N801 - used as a statement-like context manager
+    """Expected failures (bad files, bad artifacts) become one red line and exit code 2."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> bool:
+        from app.scoring.artifact import ArtifactError
+        from app.scoring.offline import OfflineInputError
+        from app.training.tables import TableError
+
+        if exc is not None and isinstance(exc, ArtifactError | TableError | OfflineInputError | ValueError):
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2)
+        return False
+
+
+def _report(path: Path) -> None:
+    from app.scoring.artifact import load_artifact
+
+    manifest = load_artifact(path).manifest
+    err.print(f"wrote {path} (k={len(manifest.segments)}, silhouette {manifest.quality.silhouette})")
+    for segment in sorted(manifest.segments, key=lambda s: s.id):
+        err.print(f"  {segment.id} {segment.key:<22} {segment.share:6.1%}  {segment.name}")
+    print(manifest.version)
+
+
+def main() -> None:
+    cli()

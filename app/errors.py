@@ -1,0 +1,151 @@
+"""Expected failures as types, and the one renderer of the contract's error body."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from app.api.responses import OrjsonResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.scoring.model import Problem
+
+
+@dataclass
+class AppError(Exception):
+    """A failure the client can act on: rendered as {"error": {code, message, details}}."""
+
+    message: str
+    details: Sequence[Problem] = ()
+    status: int = 400
+    code: str = "bad_request"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidFeatures(AppError):
+    def __init__(self, message: str, details: Sequence[Problem]) -> None:
+        super().__init__(message, details, 422, "invalid_input")
+
+
+class BatchTooLarge(AppError):
+    def __init__(self, rows: int, limit: int) -> None:
+        super().__init__(
+            f"The batch has {rows} customers; send at most {limit} per request (split it).",
+            [Problem("customers", f"has {rows} items, more than {limit}")],
+            413,
+            "batch_too_large",
+        )
+
+
+class BodyTooLarge(AppError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The request body is larger than {limit} bytes; send smaller batches.",
+            [Problem("body", f"exceeds {limit} bytes")],
+            413,
+            "payload_too_large",
+        )
+
+
+class CustomerNotFound(AppError):
+    def __init__(self, customer_id: str) -> None:
+        super().__init__(
+            "No assignment is stored for this customer; assign it first with POST /v1/assignments.",
+            [Problem("customer_id", f"{customer_id!r} is unknown")],
+            404,
+            "customer_not_found",
+        )
+
+
+class SegmentNotFound(AppError):
+    def __init__(self, key: str, known: Iterable[str]) -> None:
+        super().__init__(
+            f"The active model has no segment {key!r}; GET /v1/segments lists the keys.",
+            [Problem("key", f"is not one of {', '.join(known)}")],
+            404,
+            "segment_not_found",
+        )
+
+
+class InvalidCursor(AppError):
+    def __init__(self) -> None:
+        super().__init__(
+            "The cursor is not one this service issued; start again without a cursor.",
+            [Problem("cursor", "is malformed")],
+            422,
+            "invalid_input",
+        )
+
+
+class StoreUnavailable(AppError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "The assignment store is unavailable, nothing was stored; retry shortly "
+            "or score without storing (?persist=false).",
+            [Problem("store", reason)],
+            503,
+            "store_unavailable",
+        )
+
+
+def error_body(code: str, message: str, details: Iterable[Problem] = ()) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": [{"loc": d.loc, "problem": d.problem} for d in details],
+        }
+    }
+
+
+def _loc_text(parts: Sequence[int | str]) -> str:
+    """('body', 'customers', 3, 'features') -> 'customers[3].features'."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in the contract's shape: ours, FastAPI's validation, routing, and bugs."""
+
+    async def app_error(_: Request, exc: Exception) -> OrjsonResponse:
+        assert isinstance(exc, AppError)
+        return OrjsonResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status)
+
+    async def validation_error(_: Request, exc: Exception) -> OrjsonResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for err in exc.errors():
+            loc = list(err.get("loc", ()))
+            if loc and loc[0] in {"body", "query", "path"}:
+                loc = loc[1:] if loc[0] == "body" or len(loc) > 1 else loc
+            problems.append(Problem(_loc_text(loc), str(err.get("msg", "is invalid"))))
+        message = "The request is invalid: fix the fields listed in details and send it again."
+        return OrjsonResponse(error_body("invalid_input", message, problems), status_code=422)
+
+    async def http_error(_: Request, exc: Exception) -> OrjsonResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = {
+            404: "No such endpoint; see /docs for the API.",
+            405: "This endpoint does not take that method; see /docs.",
+        }.get(exc.status_code, str(exc.detail))
+        return OrjsonResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+
+    async def unexpected(_: Request, exc: Exception) -> OrjsonResponse:
+        message = "The service failed unexpectedly; nothing was stored. Retry, and report it if it persists."
+        return OrjsonResponse(error_body("internal_error", message), status_code=500)
+
+    app.add_exception_handler(AppError, app_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,56 @@
+"""The application factory: the one place that wires settings, model, store and metrics together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from app.api.limits import BodySizeLimit
+from app.api.responses import OrjsonResponse
+from app.api.routes import router
+from app.errors import install_error_handlers
+from app.metrics.live import LiveCollector
+from app.metrics.middleware import RequestTimer
+from app.runtime import Runtime
+from app.scoring.model import SegmentModel
+from app.service import AssignmentService
+from app.settings import Settings
+from app.store.engine import make_engine
+
+log = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; the model is loaded and verified when the lifespan starts."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
+        # an invalid artifact raises here: start-up fails and the pod never becomes ready
+        model = SegmentModel.load(settings.model_dir)
+        engine = make_engine(settings)
+        service = AssignmentService(model, engine, settings.max_batch)
+        live = CollectorRegistry()
+        live.register(LiveCollector(lambda: service.model, engine, settings.drift_window, settings.drift_cache_seconds))
+        log.info("serving model %s (%d segments)", model.version, len(model.manifest.segments))
+        try:
+            yield {"runtime": Runtime(settings, model, engine, service, live)}
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Segment scoring service",
+        version="1",
+        summary="Assigns customers to marketing segments in real time and stores every assignment.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTimer)
+    return app

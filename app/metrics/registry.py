@@ -1,0 +1,57 @@
+"""Every metric the service exports, declared once, with the contract's names and labels.
+
+With several worker processes, `segments serve` points PROMETHEUS_MULTIPROC_DIR at a fresh
+folder before the workers start, so these counters and histograms are summed over all workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+# Scoring takes tens of microseconds to a few milliseconds: the default buckets start at 5 ms.
+FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+REQUEST_DURATION = Histogram(
+    "segment_request_duration_seconds",
+    "Time from request received to response sent, in seconds, by route template, method and status.",
+    ["route", "method", "status"],
+    buckets=FAST_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "segment_inference_duration_seconds",
+    "Time spent validating and scoring customers (no storage), in seconds, per request.",
+    ["mode"],
+    buckets=FAST_BUCKETS,
+)
+ASSIGNMENTS = Counter(
+    "segment_assignments",
+    "Customers assigned to a segment (stored or not), by model version and segment key.",
+    ["model_version", "segment"],
+)
+UNKNOWN_CATEGORIES = Counter(
+    "segment_unknown_categories",
+    "Categorical feature values the model never saw in training (accepted, scored as no category).",
+    ["model_version", "feature"],
+)
+STORE_FAILURES = Counter(
+    "segment_store_failures",
+    "Requests that could not store their assignments because the database was unavailable.",
+    ["operation"],
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition(extra: CollectorRegistry) -> bytes:
+    """The text for /metrics: this process's (or all workers') metrics plus `extra` (computed live)."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        counted = generate_latest(registry)
+    else:
+        counted = generate_latest(REGISTRY)
+    return counted + generate_latest(extra)

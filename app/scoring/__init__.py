@@ -1,0 +1,1 @@
+"""The model artifact: manifest, safe loading and verification, scoring."""

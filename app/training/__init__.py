@@ -1,0 +1,1 @@
+"""Feature engineering, fitting, segment naming and writing model artifacts."""

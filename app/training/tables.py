@@ -1,0 +1,69 @@
+"""Reading the tables we train and score on: CSV (optionally gzipped) or Parquet."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+
+class TableError(ValueError):
+    """A table that cannot be read as asked (missing file, unknown format, missing column)."""
+
+
+def is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in {".parquet", ".pq"}
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a whole CSV/CSV.gz/Parquet file, keeping identifiers as text."""
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    if is_parquet(path):
+        frame = pd.read_parquet(path, columns=columns)
+    else:
+        frame = pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=True)
+    _require_columns(path, frame, columns)
+    return frame
+
+
+def iter_table(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Yield a CSV/Parquet file in chunks of about `chunk_rows` rows, never all of it at once."""
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    if is_parquet(path):
+        parquet = pq.ParquetFile(path)
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+    else:
+        yield from pd.read_csv(path, dtype=str, chunksize=chunk_rows)
+
+
+def count_rows(path: Path) -> int | None:
+    """Row count when it is cheap to know (Parquet metadata); None for CSV."""
+    if is_parquet(path):
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def normalise_ids(values: pd.Series) -> pd.Series:
+    """Customer ids as clean text: '17850.0' (a float-typed export of an integer id) becomes '17850'."""
+    text = values.astype("string").str.strip()
+    return text.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
+
+
+def _require_columns(path: Path, frame: pd.DataFrame, columns: list[str] | None) -> None:
+    missing = [c for c in columns or [] if c not in frame.columns]
+    if missing:
+        raise TableError(f"{path}: no column {', '.join(missing)}; it has {', '.join(frame.columns)}")
