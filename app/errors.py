@@ -114,7 +114,7 @@ def _loc_text(parts: Sequence[int | str]) -> str:
     return text or "body"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, body_limit: int) -> None:
     """Every error leaves in the contract's shape: ours, FastAPI's validation, routing, and bugs."""
 
     async def app_error(_: Request, exc: Exception) -> OrjsonResponse:
@@ -134,6 +134,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> OrjsonResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 413:  # a streamed body over the limit (app.api.limits)
+            too_large = BodyTooLarge(body_limit)
+            return OrjsonResponse(error_body(too_large.code, too_large.message, too_large.details), status_code=413)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = {
             404: "No such endpoint; see /docs for the API.",

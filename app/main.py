@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=OrjsonResponse,
     )
     app.include_router(router)
-    install_error_handlers(app)
+    install_error_handlers(app, settings.max_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer)
     return app

@@ -1,7 +1,12 @@
-"""Refusing request bodies over the configured size before they are read into memory."""
+"""Refusing request bodies over the configured size, with every 413 in the contract's error body.
+
+Not FastAPI's `max_body_size`: for a request whose Content-Length is over the limit, Starlette's
+limiter replaces the app's response with a plain-text one, which breaks the error contract.
+"""
 
 from __future__ import annotations
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.responses import OrjsonResponse
@@ -17,23 +22,24 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
+        for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                # refused before routing, so the app's exception handlers are not around: answer here
+                # declared too large: answer before reading a byte of it
                 error = BodyTooLarge(self.max_bytes)
                 body = error_body(error.code, error.message, error.details)
                 await OrjsonResponse(body, status_code=error.status)(scope, receive, send)
                 return
         received = 0
 
-        async def counted_receive() -> Message:
-            # a chunked body has no Content-Length: count as it arrives
+        async def counting_receive() -> Message:
+            # a chunked body declares no length: stop reading once it passes the limit. FastAPI
+            # re-raises an HTTPException from body reading, and the error handler renders the 413.
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                    raise HTTPException(status_code=413)
             return message
 
-        await self.app(scope, counted_receive, send)
+        await self.app(scope, counting_receive, send)

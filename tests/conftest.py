@@ -1,0 +1,159 @@
+"""Shared fixtures: a real database (PostgreSQL when TEST_DATABASE_URL is set), small real models,
+and the app behind a real ASGI HTTP client with its lifespan running."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.settings import PROJECT_ROOT, Settings
+from app.store.migrate import upgrade
+from app.training.rfm import TransactionColumns
+from app.training.train import train_customers, train_transactions
+
+BANK_CLIENTS = Path(__file__).parent / "data" / "bank_clients.csv"
+DEFAULT_MODELS = PROJECT_ROOT / "models"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI") == "true" and not os.environ.get("TEST_DATABASE_URL"):
+        pytest.exit("CI=true but TEST_DATABASE_URL is not set: the suite must run on PostgreSQL", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh database for this run, migrated once: its own PostgreSQL database, or a SQLite file."""
+    server = os.environ.get("TEST_DATABASE_URL")
+    if not server:
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        upgrade(url)
+        yield url
+        return
+    base = make_url(server).set(drivername="postgresql+psycopg")
+    name = f"segments_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.exit(f"cannot reach PostgreSQL at TEST_DATABASE_URL ({base.host}:{base.port}): {exc}", returncode=3)
+    url = base.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def on_postgres(database_url: str) -> bool:
+    return database_url.startswith("postgresql")
+
+
+def synthetic_transactions(path: Path, customers: int = 400, seed: int = 7) -> Path:
+    """Transactions of four kinds of customer (recent big spenders, lapsed, one-off, regulars)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    end = pd.Timestamp("2024-06-30")
+    for c in range(customers):
+        kind = c % 4
+        orders = [int(rng.integers(15, 30)), int(rng.integers(1, 3)), 1, int(rng.integers(4, 9))][kind]
+        last_gap = [rng.integers(0, 10), rng.integers(200, 360), rng.integers(100, 300), rng.integers(10, 60)][kind]
+        spend = [400.0, 30.0, 15.0, 80.0][kind]
+        for o in range(orders):
+            when = end - pd.Timedelta(days=int(last_gap) + 7 * o)
+            rows.append((f"INV{c}-{o}", f"C{c:04d}", when, max(1.0, rng.normal(spend, spend / 5))))
+    # noise the trainer must drop: a cancellation and a row without customer
+    rows.append(("CINV0-0", "C0000", end, -50.0))
+    rows.append(("INVX", None, end, 20.0))
+    frame = pd.DataFrame(rows, columns=["invoice", "customer", "time", "amount"])
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def rfm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small RFM model fitted on synthetic transactions (fast, and its segments are clear-cut)."""
+    root = tmp_path_factory.mktemp("rfm")
+    data = synthetic_transactions(root / "transactions.csv")
+    return train_transactions(
+        data,
+        TransactionColumns(customer="customer", time="time", amount="amount", invoice="invoice"),
+        out_dir=root / "models",
+        k=4,
+        version="test-rfm-k4",
+    )
+
+
+@pytest.fixture(scope="session")
+def bank_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A customer-table model on real bank clients (numeric and categorical features)."""
+    return train_customers(
+        BANK_CLIENTS,
+        id_column="client_id",
+        numeric=["age", "balance"],
+        categorical=["job", "marital", "education", "housing"],
+        out_dir=tmp_path_factory.mktemp("bank"),
+        k=5,
+        version="test-bank-k5",
+    )
+
+
+def clear_tables(database_url: str) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        for table in ("assignments", "memberships"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
+def make_settings(database_url: str, model_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {"database_url": database_url, "model_dir": model_dir, "drift_cache_seconds": 0}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str, rfm_model_dir: Path) -> Settings:
+    return make_settings(database_url, rfm_model_dir)
+
+
+@pytest.fixture
+def client(settings: Settings, database_url: str) -> Iterator[TestClient]:
+    """The app with its real lifespan, over an empty store."""
+    clear_tables(database_url)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def count_rows(database_url: str, table: str) -> int:
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        value = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()  # noqa: S608 - fixed names
+    engine.dispose()
+    return int(value)
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        if metric != name:
+            continue
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
