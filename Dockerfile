@@ -8,8 +8,11 @@
 #   docker run --rm -e DATABASE_URL=... segment-scoring:dev segments migrate
 #
 # The same image serves (default CMD) and runs the Alembic migrations
-# (`segments migrate`, run from WORKDIR /app where alembic.ini and
-# migrations/ live). The default model in models/ is baked in.
+# (`segments migrate`). /app mirrors the repository layout: app/, alembic.ini,
+# migrations/ and models/ (the default model, baked in) side by side, because
+# app.settings.PROJECT_ROOT is the folder that holds the `app` package. The
+# project is therefore installed in editable mode from /app (the venv only
+# holds a .pth pointing at /app), not copied into site-packages.
 # Set DATABASE_URL: /app is read-only for the service user (UID 10001), so the
 # SQLite default ./segments.db cannot be created there (for a throwaway run use
 # -e DATABASE_URL=sqlite:////tmp/segments.db with --tmpfs /tmp).
@@ -25,21 +28,22 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 RUN python -m venv /opt/venv
 
-WORKDIR /src
+# Same path as in the runtime stage: the editable install records /app.
+WORKDIR /app
 
 # Dependencies first so this layer is cached until the lock file changes.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --requirement requirements.lock
 
 # Then the project (no dependency resolution: everything is pinned above).
-# README*/LICENSE* are optional (hatchling needs them only if pyproject names them).
+# README*/LICENSE*: hatchling needs the files pyproject.toml names.
 COPY pyproject.toml README* LICENSE* ./
 COPY app/ ./app/
-RUN pip install --no-cache-dir --no-deps . \
+RUN pip install --no-cache-dir --no-deps --editable . \
     && segments --help > /dev/null
 
 ############################
-# Runtime: slim image, venv only, non-root.
+# Runtime: slim image, venv + application files, non-root.
 ############################
 FROM python:3.11-slim AS runtime
 
@@ -56,11 +60,15 @@ RUN groupadd --system --gid 10001 segments \
 
 COPY --from=builder /opt/venv /opt/venv
 
-# Application data is owned by root and read-only for the service user.
+# Application files are owned by root and read-only for the service user.
 WORKDIR /app
 COPY alembic.ini ./
 COPY migrations/ ./migrations/
 COPY models/ ./models/
+COPY app/ ./app/
+# Byte-compile now: at run time the root filesystem is read-only and
+# PYTHONDONTWRITEBYTECODE is set.
+RUN python -m compileall -q app migrations
 
 USER 10001:10001
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -15,16 +17,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.settings import DEFAULT_MODELS_DIR, Settings
 
-cli = typer.Typer(help="Customer segment scoring: train models, serve them, score files.", no_args_is_help=True)
-train_cli = typer.Typer(help="Train a segmentation model and write models/<version>/.", no_args_is_help=True)
+cli = typer.Typer(
+    help="Customer segment scoring: train models, serve them, score files.", no_args_is_help=True
+)
+train_cli = typer.Typer(
+    help="Train a segmentation model and write models/<version>/.", no_args_is_help=True
+)
 cli.add_typer(train_cli, name="train")
 err = Console(stderr=True)
 
-KOption = Annotated[int | None, typer.Option("--segments", min=2, max=30, help="number of segments (default: chosen by silhouette)")]
-KRange = Annotated[str, typer.Option("--k-range", help="range searched when --segments is not given, e.g. 4-8")]
+KOption = Annotated[
+    int | None,
+    typer.Option(
+        "--segments", min=2, max=30, help="number of segments (default: chosen by silhouette)"
+    ),
+]
+KRange = Annotated[
+    str, typer.Option("--k-range", help="range searched when --segments is not given, e.g. 4-8")
+]
 OutOption = Annotated[Path, typer.Option("--out", help="folder the model version is written under")]
-VersionOption = Annotated[str | None, typer.Option("--version", help="version name (default: <date>-<kind>-k<k>)")]
-SeedOption = Annotated[int, typer.Option("--seed", help="random seed: same data and seed give the same model")]
+VersionOption = Annotated[
+    str | None, typer.Option("--version", help="version name (default: <date>-<kind>-k<k>)")
+]
+SeedOption = Annotated[
+    int, typer.Option("--seed", help="random seed: same data and seed give the same model")
+]
 
 
 def _k_range(text: str) -> tuple[int, int]:
@@ -42,11 +59,20 @@ def train_transactions(
     file: Annotated[Path, typer.Argument(help="CSV (optionally .gz) or Parquet of transactions")],
     customer: Annotated[str, typer.Option("--customer", help="customer id column")],
     time: Annotated[str, typer.Option("--time", help="transaction timestamp column")],
-    amount: Annotated[str | None, typer.Option("--amount", help="spend column (or --quantity and --price)")] = None,
+    amount: Annotated[
+        str | None, typer.Option("--amount", help="spend column (or --quantity and --price)")
+    ] = None,
     quantity: Annotated[str | None, typer.Option("--quantity")] = None,
     price: Annotated[str | None, typer.Option("--price")] = None,
-    invoice: Annotated[str | None, typer.Option("--invoice", help="order id column; 'C…' ids are cancellations")] = None,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="reference date for recency (default: day after the last transaction)")] = None,
+    invoice: Annotated[
+        str | None, typer.Option("--invoice", help="order id column; 'C…' ids are cancellations")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="reference date for recency (default: day after the last transaction)"
+        ),
+    ] = None,
     segments: KOption = None,
     k_range: KRange = "4-8",
     out: OutOption = DEFAULT_MODELS_DIR,
@@ -74,10 +100,16 @@ def train_transactions(
 
 @train_cli.command("customers")
 def train_customers(
-    file: Annotated[Path, typer.Argument(help="CSV (optionally .gz) or Parquet, one row per customer")],
+    file: Annotated[
+        Path, typer.Argument(help="CSV (optionally .gz) or Parquet, one row per customer")
+    ],
     id_column: Annotated[str, typer.Option("--id", help="customer id column")],
-    numeric: Annotated[str, typer.Option("--numeric", help="numeric columns, comma-separated")] = "",
-    categorical: Annotated[str, typer.Option("--categorical", help="categorical columns, comma-separated")] = "",
+    numeric: Annotated[
+        str, typer.Option("--numeric", help="numeric columns, comma-separated")
+    ] = "",
+    categorical: Annotated[
+        str, typer.Option("--categorical", help="categorical columns, comma-separated")
+    ] = "",
     segments: KOption = None,
     k_range: KRange = "4-8",
     out: OutOption = DEFAULT_MODELS_DIR,
@@ -104,10 +136,14 @@ def train_customers(
 
 @cli.command()
 def serve(
-    model: Annotated[Path | None, typer.Option("--model", help="model folder (default: models/ and its DEFAULT)")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="model folder (default: models/ and its DEFAULT)")
+    ] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes sharing the port")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="worker processes sharing the port")
+    ] = 1,
 ) -> None:
     """Serve the HTTP API with uvicorn."""
     import uvicorn
@@ -157,7 +193,9 @@ def migrate() -> None:
 @cli.command()
 def score(
     model: Annotated[Path, typer.Option("--model", help="model folder")],
-    input_file: Annotated[Path, typer.Option("--input", help="CSV (optionally .gz) or Parquet of customers")],
+    input_file: Annotated[
+        Path, typer.Option("--input", help="CSV (optionally .gz) or Parquet of customers")
+    ],
     output_file: Annotated[Path, typer.Option("--output", help="CSV or Parquet (by suffix)")],
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1)] = 50_000,
 ) -> None:
@@ -172,33 +210,36 @@ def score(
         with Progress(*columns, console=err, transient=True) as progress:
             task = progress.add_task("score", total=count_rows(input_file))
             rows = score_file(
-                loaded, input_file, output_file, chunk_rows=chunk_rows, on_progress=lambda n: progress.advance(task, n)
+                loaded,
+                input_file,
+                output_file,
+                chunk_rows=chunk_rows,
+                on_progress=lambda n: progress.advance(task, n),
             )
     err.print(f"scored {rows} rows with model {loaded.version} into {output_file}")
 
 
-class _errors_as_messages:  # noqa: N801 - used as a statement-like context manager
-    """Expected failures (bad files, bad artifacts) become one red line and exit code 2."""
+@contextmanager
+def _errors_as_messages() -> Iterator[None]:
+    """Expected failures (bad files, bad artifacts, bad options) become one red line and exit 2."""
+    from app.scoring.artifact import ArtifactError
+    from app.scoring.offline import OfflineInputError
+    from app.training.tables import TableError
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> bool:
-        from app.scoring.artifact import ArtifactError
-        from app.scoring.offline import OfflineInputError
-        from app.training.tables import TableError
-
-        if exc is not None and isinstance(exc, ArtifactError | TableError | OfflineInputError | ValueError):
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2)
-        return False
+    try:
+        yield
+    except (ArtifactError, TableError, OfflineInputError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
 
 
 def _report(path: Path) -> None:
     from app.scoring.artifact import load_artifact
 
     manifest = load_artifact(path).manifest
-    err.print(f"wrote {path} (k={len(manifest.segments)}, silhouette {manifest.quality.silhouette})")
+    err.print(
+        f"wrote {path} (k={len(manifest.segments)}, silhouette {manifest.quality.silhouette})"
+    )
     for segment in sorted(manifest.segments, key=lambda s: s.id):
         err.print(f"  {segment.id} {segment.key:<22} {segment.share:6.1%}  {segment.name}")
     print(manifest.version)

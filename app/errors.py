@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from app.api.responses import OrjsonResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.responses import OrjsonResponse
 from app.scoring.model import Problem
 
 
@@ -119,7 +119,9 @@ def install_error_handlers(app: FastAPI, body_limit: int) -> None:
 
     async def app_error(_: Request, exc: Exception) -> OrjsonResponse:
         assert isinstance(exc, AppError)
-        return OrjsonResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status)
+        return OrjsonResponse(
+            error_body(exc.code, exc.message, exc.details), status_code=exc.status
+        )
 
     async def validation_error(_: Request, exc: Exception) -> OrjsonResponse:
         assert isinstance(exc, RequestValidationError)
@@ -136,13 +138,17 @@ def install_error_handlers(app: FastAPI, body_limit: int) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 413:  # a streamed body over the limit (app.api.limits)
             too_large = BodyTooLarge(body_limit)
-            return OrjsonResponse(error_body(too_large.code, too_large.message, too_large.details), status_code=413)
+            return OrjsonResponse(
+                error_body(too_large.code, too_large.message, too_large.details), status_code=413
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = {
             404: "No such endpoint; see /docs for the API.",
             405: "This endpoint does not take that method; see /docs.",
         }.get(exc.status_code, str(exc.detail))
-        return OrjsonResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+        return OrjsonResponse(
+            error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        )
 
     async def unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         message = "The service failed unexpectedly; nothing was stored. Retry, and report it if it persists."

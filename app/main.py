@@ -35,7 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         service = AssignmentService(model, engine, settings.max_batch)
         live = CollectorRegistry()
-        live.register(LiveCollector(lambda: service.model, engine, settings.drift_window, settings.drift_cache_seconds))
+        live.register(
+            LiveCollector(
+                lambda: service.model, engine, settings.drift_window, settings.drift_cache_seconds
+            )
+        )
         log.info("serving model %s (%d segments)", model.version, len(model.manifest.segments))
         try:
             yield {"runtime": Runtime(settings, model, engine, service, live)}

@@ -58,7 +58,9 @@ class AssignmentService:
             self._store(rows, "assign")
         return rows[0]
 
-    def assign_batch(self, customers: Sequence[CustomerInput], *, persist: bool) -> list[AssignmentRow]:
+    def assign_batch(
+        self, customers: Sequence[CustomerInput], *, persist: bool
+    ) -> list[AssignmentRow]:
         """Score customers in order; all are stored in one transaction, or none if any row is bad."""
         if len(customers) > self.max_batch:
             raise BatchTooLarge(len(customers), self.max_batch)
@@ -82,7 +84,7 @@ class AssignmentService:
         return rows
 
     def erase(self, customer_id: str) -> None:
-        with self._transaction("erase") as conn:
+        with self.transaction("erase") as conn:
             if repository.erase_customer(conn, customer_id) == 0:
                 raise CustomerNotFound(customer_id)
 
@@ -106,7 +108,9 @@ class AssignmentService:
             return _reason(exc)
         return None
 
-    def _score(self, customers: Sequence[CustomerInput], *, prefix: str, mode: str) -> list[AssignmentRow]:
+    def _score(
+        self, customers: Sequence[CustomerInput], *, prefix: str, mode: str
+    ) -> list[AssignmentRow]:
         started = time.perf_counter()
         model = self.model
         clean_rows: list[dict[str, Any]] = []
@@ -117,7 +121,11 @@ class AssignmentService:
             problems.extend(found)
         if problems:
             bad_rows = len({p.loc.split(".features")[0] for p in problems})
-            what = "customer's features are" if mode == "single" else f"batch has {bad_rows} invalid row(s), so it is"
+            what = (
+                "customer's features are"
+                if mode == "single"
+                else f"batch has {bad_rows} invalid row(s), so it is"
+            )
             raise InvalidFeatures(
                 f"The {what} invalid; nothing was stored. Fix the fields listed in details and resend.",
                 problems,
@@ -146,11 +154,11 @@ class AssignmentService:
         return rows
 
     def _store(self, rows: list[AssignmentRow], operation: str) -> None:
-        with self._transaction(operation) as conn:
+        with self.transaction(operation) as conn:
             repository.store_assignments(conn, rows)
 
     @contextmanager
-    def _transaction(self, operation: str) -> Iterator[Connection]:
+    def transaction(self, operation: str) -> Iterator[Connection]:
         """One transaction: committed when the block ends, rolled back on any error."""
         try:
             with self.engine.begin() as conn:
@@ -167,14 +175,16 @@ class AssignmentService:
     @contextmanager
     def _connection(self, operation: str) -> Iterator[Connection]:
         # reads use a transaction too: it is the same code path and rolls back harmlessly
-        with self._transaction(operation) as conn:
+        with self.transaction(operation) as conn:
             yield conn
 
 
 def _reason(exc: Exception) -> str:
     # the driver's first line, never the URL or credentials
     original = getattr(exc, "orig", None) or exc
-    first_line = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+    first_line = (
+        str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+    )
     return f"database unavailable ({type(original).__name__}: {first_line[:200]})"
 
 

@@ -25,13 +25,25 @@ class Settings(BaseSettings):
         description="a model folder, or a folder of versions with a DEFAULT file naming one",
     )
     max_batch: int = Field(default=10_000, ge=1, description="most customers in one batch request")
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="largest request body accepted")
-    drift_window: int = Field(default=10_000, ge=10, description="recent assignments the live drift figures cover")
-    drift_cache_seconds: float = Field(default=5.0, ge=0, description="how long a computed drift figure is reused")
-    db_connect_timeout: int = Field(default=2, ge=1, description="seconds to wait for a new database connection")
-    db_statement_timeout_ms: int = Field(default=5_000, ge=100, description="longest a statement may run (PostgreSQL)")
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="largest request body accepted"
+    )
+    drift_window: int = Field(
+        default=10_000, ge=10, description="recent assignments the live drift figures cover"
+    )
+    drift_cache_seconds: float = Field(
+        default=5.0, ge=0, description="how long a computed drift figure is reused"
+    )
+    db_connect_timeout: int = Field(
+        default=2, ge=1, description="seconds to wait for a new database connection"
+    )
+    db_statement_timeout_ms: int = Field(
+        default=5_000, ge=100, description="longest a statement may run (PostgreSQL)"
+    )
     db_pool_size: int = Field(default=10, ge=1)
-    db_pool_timeout: float = Field(default=2.0, gt=0, description="seconds to wait for a pooled connection")
+    db_pool_timeout: float = Field(
+        default=2.0, gt=0, description="seconds to wait for a pooled connection"
+    )
     log_level: str = "info"
 
     @property

@@ -27,7 +27,10 @@ DEFAULT_MODELS = PROJECT_ROOT / "models"
 
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("CI") == "true" and not os.environ.get("TEST_DATABASE_URL"):
-        pytest.exit("CI=true but TEST_DATABASE_URL is not set: the suite must run on PostgreSQL", returncode=3)
+        pytest.exit(
+            "CI=true but TEST_DATABASE_URL is not set: the suite must run on PostgreSQL",
+            returncode=3,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +49,10 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
-        pytest.exit(f"cannot reach PostgreSQL at TEST_DATABASE_URL ({base.host}:{base.port}): {exc}", returncode=3)
+        pytest.exit(
+            f"cannot reach PostgreSQL at TEST_DATABASE_URL ({base.host}:{base.port}): {exc}",
+            returncode=3,
+        )
     url = base.set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     yield url
@@ -63,12 +69,19 @@ def on_postgres(database_url: str) -> bool:
 def synthetic_transactions(path: Path, customers: int = 400, seed: int = 7) -> Path:
     """Transactions of four kinds of customer (recent big spenders, lapsed, one-off, regulars)."""
     rng = np.random.default_rng(seed)
-    rows = []
+    rows: list[tuple[str, str | None, pd.Timestamp, float]] = []
     end = pd.Timestamp("2024-06-30")
     for c in range(customers):
         kind = c % 4
-        orders = [int(rng.integers(15, 30)), int(rng.integers(1, 3)), 1, int(rng.integers(4, 9))][kind]
-        last_gap = [rng.integers(0, 10), rng.integers(200, 360), rng.integers(100, 300), rng.integers(10, 60)][kind]
+        orders = [int(rng.integers(15, 30)), int(rng.integers(1, 3)), 1, int(rng.integers(4, 9))][
+            kind
+        ]
+        last_gap = [
+            rng.integers(0, 10),
+            rng.integers(200, 360),
+            rng.integers(100, 300),
+            rng.integers(10, 60),
+        ][kind]
         spend = [400.0, 30.0, 15.0, 80.0][kind]
         for o in range(orders):
             when = end - pd.Timedelta(days=int(last_gap) + 7 * o)
@@ -118,7 +131,11 @@ def clear_tables(database_url: str) -> None:
 
 
 def make_settings(database_url: str, model_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"database_url": database_url, "model_dir": model_dir, "drift_cache_seconds": 0}
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "model_dir": model_dir,
+        "drift_cache_seconds": 0,
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -139,7 +156,7 @@ def client(settings: Settings, database_url: str) -> Iterator[TestClient]:
 def count_rows(database_url: str, table: str) -> int:
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        value = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()  # noqa: S608 - fixed names
+        value = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
     engine.dispose()
     return int(value)
 

@@ -48,7 +48,9 @@ def _out(row: AssignmentRow, model: SegmentModel) -> AssignmentOut:
     return AssignmentOut(
         customer_id=row.customer_id,
         segment=SegmentRef(
-            id=row.segment_id, key=row.segment_key, name=segment.name if segment else row.segment_key
+            id=row.segment_id,
+            key=row.segment_key,
+            name=segment.name if segment else row.segment_key,
         ),
         model_version=row.model_version,
         distance=row.distance,
@@ -69,7 +71,9 @@ def assign_batch(body: BatchIn, runtime: RuntimeDep, persist: bool = True) -> Ba
     """Assign many customers, stored in one transaction: all of them, or none if any row is invalid."""
     customers = [CustomerInput(c.customer_id, c.features) for c in body.customers]
     rows = runtime.service.assign_batch(customers, persist=persist)
-    return BatchOut(model_version=runtime.model.version, assignments=[_out(r, runtime.model) for r in rows])
+    return BatchOut(
+        model_version=runtime.model.version, assignments=[_out(r, runtime.model) for r in rows]
+    )
 
 
 @router.get("/v1/customers/{customer_id}/segment", response_model=AssignmentOut, tags=["customers"])
@@ -78,7 +82,9 @@ def current_segment(customer_id: str, runtime: RuntimeDep) -> AssignmentOut:
     return _out(runtime.service.current(customer_id), runtime.model)
 
 
-@router.get("/v1/customers/{customer_id}/assignments", response_model=HistoryOut, tags=["customers"])
+@router.get(
+    "/v1/customers/{customer_id}/assignments", response_model=HistoryOut, tags=["customers"]
+)
 def customer_history(
     customer_id: str, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> HistoryOut:
@@ -87,7 +93,9 @@ def customer_history(
     return HistoryOut(assignments=[_out(r, runtime.model) for r in rows])
 
 
-@router.delete("/v1/customers/{customer_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["customers"])
+@router.delete(
+    "/v1/customers/{customer_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["customers"]
+)
 def erase_customer(customer_id: str, runtime: RuntimeDep) -> Response:
     """Erase everything stored about the customer (history and membership)."""
     runtime.service.erase(customer_id)
@@ -154,7 +162,11 @@ def active_model(runtime: RuntimeDep) -> ActiveModelOut:
     m = runtime.model.manifest
     return ActiveModelOut.model_validate(
         _model_out(runtime.model)
-        | {"features": m.features, "k_search": m.quality.k_search, "training_data": m.training_data.model_dump()}
+        | {
+            "features": m.features,
+            "k_search": m.quality.k_search,
+            "training_data": m.training_data.model_dump(),
+        }
     )
 
 
@@ -164,13 +176,17 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["operations"], responses={503: {"description": "not ready, with the reason"}})
+@router.get(
+    "/readyz", tags=["operations"], responses={503: {"description": "not ready, with the reason"}}
+)
 def readyz(runtime: RuntimeDep) -> OrjsonResponse:
     """Readiness: a model is loaded and the store answers."""
     reason = runtime.service.store_ready()
     if reason is not None:
         body = error_body(
-            "not_ready", "The service cannot store assignments right now; it retries by itself.", [Problem("store", reason)]
+            "not_ready",
+            "The service cannot store assignments right now; it retries by itself.",
+            [Problem("store", reason)],
         )
         return OrjsonResponse(body, status_code=503)
     return OrjsonResponse({"status": "ready", "model_version": runtime.model.version})
@@ -179,4 +195,6 @@ def readyz(runtime: RuntimeDep) -> OrjsonResponse:
 @router.get("/metrics", tags=["operations"], response_class=Response)
 def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus exposition (summed over all worker processes)."""
-    return Response(exposition(runtime.live_registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        exposition(runtime.live_registry), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )

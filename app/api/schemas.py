@@ -23,7 +23,9 @@ class CustomerIn(BaseModel):
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    customers: list[CustomerIn] = Field(min_length=1, description="at most SEGMENTS_MAX_BATCH customers")
+    customers: list[CustomerIn] = Field(
+        min_length=1, description="at most SEGMENTS_MAX_BATCH customers"
+    )
 
 
 class SegmentRef(BaseModel):
@@ -36,8 +38,12 @@ class AssignmentOut(BaseModel):
     customer_id: str
     segment: SegmentRef
     model_version: str
-    distance: float = Field(description="distance to the segment's centre in the model's scaled space")
-    confidence: float = Field(description="1 - nearest/second-nearest centre distance: 0 on a border, 1 at a centre")
+    distance: float = Field(
+        description="distance to the segment's centre in the model's scaled space"
+    )
+    confidence: float = Field(
+        description="1 - nearest/second-nearest centre distance: 0 on a border, 1 at a centre"
+    )
     assigned_at: datetime
 
 
@@ -57,7 +63,9 @@ class SegmentOut(BaseModel):
     description: str
     share: float = Field(description="share of training customers in this segment")
     size: int = Field(description="training customers in this segment")
-    profile: dict[str, NumericProfile] = Field(description="per-feature median and quartiles, original units")
+    profile: dict[str, NumericProfile] = Field(
+        description="per-feature median and quartiles, original units"
+    )
     category_profile: dict[str, dict[str, float]]
 
 
@@ -69,7 +77,9 @@ class SegmentsOut(BaseModel):
 class MembersOut(BaseModel):
     segment: str
     members: list[str]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; null on the last page"
+    )
 
 
 class ModelOut(BaseModel):

@@ -45,7 +45,9 @@ class DriftFigures:
     feature_psi: dict[str, float]
 
 
-def drift_figures(baseline: DriftBaseline, sample: Sequence[tuple[str, Mapping[str, Any]]]) -> DriftFigures | None:
+def drift_figures(
+    baseline: DriftBaseline, sample: Sequence[tuple[str, Mapping[str, Any]]]
+) -> DriftFigures | None:
     """PSI of segment shares and of each feature over (segment key, features) pairs; None if empty."""
     if not sample:
         return None
@@ -58,4 +60,6 @@ def drift_figures(baseline: DriftBaseline, sample: Sequence[tuple[str, Mapping[s
         values = [features[name] for _, features in sample if name in features]
         if values:
             feature_psi[name] = psi(feature_baseline.shares, bin_shares(feature_baseline, values))
-    return DriftFigures(len(sample), psi([baseline.segment_shares[k] for k in keys], live_shares), feature_psi)
+    return DriftFigures(
+        len(sample), psi([baseline.segment_shares[k] for k in keys], live_shares), feature_psi
+    )

@@ -39,7 +39,11 @@ class LiveCollector(Collector):
         model = self._model()
         with self._lock:
             now = time.monotonic()
-            if self._cached and self._cached[1] == model.version and now - self._cached[0] < self._cache_seconds:
+            if (
+                self._cached
+                and self._cached[1] == model.version
+                and now - self._cached[0] < self._cache_seconds
+            ):
                 return self._cached[2]
             with self._engine.connect() as conn:
                 sample = repository.recent_assignments(conn, model.version, self._window)
@@ -55,7 +59,12 @@ class LiveCollector(Collector):
             labels=["version", "kind", "segments", "trained_at"],
         )
         info.add_metric(
-            [model.version, model.manifest.kind, str(len(model.manifest.segments)), model.manifest.trained_at.isoformat()],
+            [
+                model.version,
+                model.manifest.kind,
+                str(len(model.manifest.segments)),
+                model.manifest.trained_at.isoformat(),
+            ],
             1.0,
         )
         yield info

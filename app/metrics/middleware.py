@@ -32,4 +32,6 @@ class RequestTimer:
             route = scope.get("route")
             # the route template, never the raw path: label values must stay few
             template = getattr(route, "path", None) or "unmatched"
-            REQUEST_DURATION.labels(template, scope["method"], str(status)).observe(time.perf_counter() - started)
+            REQUEST_DURATION.labels(template, scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )

@@ -58,7 +58,9 @@ def resolve_model_dir(path: Path) -> Path:
         if (chosen / MANIFEST_FILE).is_file():
             return chosen
         raise ArtifactError(f"{pointer} names {chosen.name!r}, which has no {MANIFEST_FILE}")
-    raise ArtifactError(f"{path} has neither {MANIFEST_FILE} nor a {DEFAULT_POINTER} file naming a model")
+    raise ArtifactError(
+        f"{path} has neither {MANIFEST_FILE} nor a {DEFAULT_POINTER} file naming a model"
+    )
 
 
 def write_artifact(pipeline: Pipeline, manifest: Manifest, out_dir: Path) -> Path:
@@ -86,7 +88,9 @@ def load_artifact(path: Path) -> Artifact:
 
     blob_path = folder / manifest.artifact_file
     if blob_path.parent != folder:
-        raise ArtifactError(f"artifact_file {manifest.artifact_file!r} must name a file in {folder}")
+        raise ArtifactError(
+            f"artifact_file {manifest.artifact_file!r} must name a file in {folder}"
+        )
     try:
         blob = blob_path.read_bytes()
     except OSError as exc:
@@ -100,7 +104,9 @@ def load_artifact(path: Path) -> Artifact:
     try:
         untrusted = set(sio.get_untrusted_types(data=blob)) - set(TRUSTED_TYPES)
         if untrusted:
-            raise ArtifactError(f"{blob_path} contains types outside the trusted list: {sorted(untrusted)}")
+            raise ArtifactError(
+                f"{blob_path} contains types outside the trusted list: {sorted(untrusted)}"
+            )
         pipeline = sio.loads(blob, trusted=TRUSTED_TYPES)
     except ArtifactError:
         raise
@@ -122,7 +128,9 @@ def _verify_pipeline(folder: Path, manifest: Manifest, pipeline: object) -> None
     expected = [f.name for f in manifest.features]
     seen = [str(n) for n in getattr(pipeline, "feature_names_in_", [])]
     if sorted(seen) != sorted(expected):
-        raise ArtifactError(f"{folder}: the model was fitted on {seen}, the manifest declares {expected}")
+        raise ArtifactError(
+            f"{folder}: the model was fitted on {seen}, the manifest declares {expected}"
+        )
     sample = pd.DataFrame(manifest.parity_sample.rows, columns=seen)
     labels = pipeline.predict(sample)
     if not np.array_equal(labels, np.asarray(manifest.parity_sample.labels)):

@@ -31,7 +31,9 @@ class Scores:
 
     clusters: np.ndarray  # int, the KMeans label of each row
     distances: np.ndarray  # distance to the nearest centroid, in the model's scaled space
-    confidences: np.ndarray  # 1 - nearest / second-nearest distance: 0 = on a border, 1 = on a centroid
+    confidences: (
+        np.ndarray
+    )  # 1 - nearest / second-nearest distance: 0 = on a border, 1 = on a centroid
 
 
 class SegmentModel:
@@ -55,7 +57,9 @@ class SegmentModel:
     def load(cls, path: Path) -> SegmentModel:
         return cls(load_artifact(path))
 
-    def validate(self, features: Mapping[str, Any], where: str) -> tuple[dict[str, FeatureValue], list[Problem]]:
+    def validate(
+        self, features: Mapping[str, Any], where: str
+    ) -> tuple[dict[str, FeatureValue], list[Problem]]:
         """Check one customer's features; returns the clean values and every problem found."""
         clean: dict[str, FeatureValue] = {}
         problems: list[Problem] = []
@@ -73,7 +77,10 @@ class SegmentModel:
         for name in features:
             if name not in self._specs:
                 problems.append(
-                    Problem(f"{where}.{name}", f"is not a feature of this model; it takes {', '.join(self._specs)}")
+                    Problem(
+                        f"{where}.{name}",
+                        f"is not a feature of this model; it takes {', '.join(self._specs)}",
+                    )
                 )
         return clean, problems
 
@@ -108,7 +115,9 @@ class SegmentModel:
     def _check_scorer_parity(self) -> None:
         sample = self.manifest.parity_sample
         ours = self.score(sample.rows).clusters
-        theirs = self.artifact.pipeline.predict(pd.DataFrame(sample.rows, columns=self.feature_names))
+        theirs = self.artifact.pipeline.predict(
+            pd.DataFrame(sample.rows, columns=self.feature_names)
+        )
         if not np.array_equal(ours, theirs):
             raise ArtifactError(f"{self.artifact.path}: the scorer disagrees with Pipeline.predict")
 
@@ -135,7 +144,8 @@ def _check_value(spec: FeatureSpec, value: Any) -> tuple[FeatureValue | None, st
         return None, f"must be a finite number, got {value}"
     if spec.type == "integer" and not number.is_integer():
         return None, f"must be {_describe(spec)}, got {value}"
-    assert spec.minimum is not None and spec.maximum is not None
+    assert spec.minimum is not None
+    assert spec.maximum is not None
     if not spec.minimum <= number <= spec.maximum:
         return None, f"is out of range: must be {_describe(spec)}, got {value}"
     return number, None

@@ -45,7 +45,9 @@ def score_file(
                 writer = writer or pq.ParquetWriter(partial, table.schema)
                 writer.write_table(table)
             else:
-                scored.to_csv(partial, mode="a" if written else "w", header=not written, index=False)
+                scored.to_csv(
+                    partial, mode="a" if written else "w", header=not written, index=False
+                )
             written += len(scored)
             on_progress(len(scored))
         if writer is not None:
@@ -64,7 +66,9 @@ def score_file(
 def _score_chunk(model: SegmentModel, chunk: pd.DataFrame, first_row: int) -> pd.DataFrame:
     missing = [n for n in model.feature_names if n not in chunk.columns]
     if missing:
-        raise OfflineInputError(f"the input has no column {', '.join(missing)}; the model needs {model.feature_names}")
+        raise OfflineInputError(
+            f"the input has no column {', '.join(missing)}; the model needs {model.feature_names}"
+        )
     features = pd.DataFrame(index=chunk.index)
     problems: list[str] = []
     for spec in model.features:
@@ -73,11 +77,12 @@ def _score_chunk(model: SegmentModel, chunk: pd.DataFrame, first_row: int) -> pd
             features[spec.name] = column.astype("string").fillna("").astype(object)
             continue
         numbers = pd.to_numeric(column, errors="coerce").astype(np.float64)
-        assert spec.minimum is not None and spec.maximum is not None
+        assert spec.minimum is not None
+        assert spec.maximum is not None
         bad = ~np.isfinite(numbers) | (numbers < spec.minimum) | (numbers > spec.maximum)
         if spec.type == "integer":
             bad |= numbers != np.round(numbers)
-        for position in np.flatnonzero(bad.to_numpy())[:5]:
+        for position in np.flatnonzero(np.asarray(bad))[:5]:
             problems.append(
                 f"row {first_row + position + 1}, {spec.name}: {column.iloc[position]!r} is not "
                 f"{'an integer' if spec.type == 'integer' else 'a number'} from {spec.minimum:g} to {spec.maximum:g}"

@@ -8,15 +8,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, delete, func, insert, select, text
+from sqlalchemy import Connection, Table, delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.store.tables import Assignment, Membership
 
-assignments = Assignment.__table__
-memberships = Membership.__table__
+assignments = cast(Table, Assignment.__table__)
+memberships = cast(Table, Membership.__table__)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,11 @@ def store_assignments(conn: Connection, rows: Sequence[AssignmentRow]) -> None:
 
 
 def current_membership(conn: Connection, customer_id: str) -> AssignmentRow | None:
-    row = conn.execute(select(memberships).where(memberships.c.customer_id == customer_id)).mappings().first()
+    row = (
+        conn.execute(select(memberships).where(memberships.c.customer_id == customer_id))
+        .mappings()
+        .first()
+    )
     if row is None:
         return None
     return AssignmentRow(features={}, **{**row, "assigned_at": _utc(row["assigned_at"])})
@@ -56,15 +60,21 @@ def customer_history(conn: Connection, customer_id: str, limit: int) -> list[Ass
         .limit(limit)
     )
     return [
-        AssignmentRow(**{k: v for k, v in r.items() if k != "id"} | {"assigned_at": _utc(r["assigned_at"])})
+        AssignmentRow(
+            **{k: v for k, v in r.items() if k != "id"} | {"assigned_at": _utc(r["assigned_at"])}
+        )
         for r in conn.execute(query).mappings()
     ]
 
 
 def erase_customer(conn: Connection, customer_id: str) -> int:
     """Delete the customer's history and membership; returns how many rows went."""
-    history = conn.execute(delete(assignments).where(assignments.c.customer_id == customer_id)).rowcount
-    current = conn.execute(delete(memberships).where(memberships.c.customer_id == customer_id)).rowcount
+    history = conn.execute(
+        delete(assignments).where(assignments.c.customer_id == customer_id)
+    ).rowcount
+    current = conn.execute(
+        delete(memberships).where(memberships.c.customer_id == customer_id)
+    ).rowcount
     return int(history) + int(current)
 
 
@@ -77,7 +87,9 @@ def segment_members(conn: Connection, segment_key: str, after: str | None, limit
     return list(conn.execute(query).scalars())
 
 
-def recent_assignments(conn: Connection, model_version: str, window: int) -> list[tuple[str, dict[str, Any]]]:
+def recent_assignments(
+    conn: Connection, model_version: str, window: int
+) -> list[tuple[str, dict[str, Any]]]:
     """(segment key, features) of the model's latest `window` assignments: the live drift sample."""
     query = (
         select(assignments.c.segment_key, assignments.c.features)
@@ -89,7 +101,11 @@ def recent_assignments(conn: Connection, model_version: str, window: int) -> lis
 
 
 def count_members(conn: Connection, segment_key: str) -> int:
-    query = select(func.count()).select_from(memberships).where(memberships.c.segment_key == segment_key)
+    query = (
+        select(func.count())
+        .select_from(memberships)
+        .where(memberships.c.segment_key == segment_key)
+    )
     return int(conn.execute(query).scalar_one())
 
 
@@ -105,7 +121,9 @@ def _upsert_membership(conn: Connection) -> Any:
         statement = sqlite.insert(memberships)
     else:
         raise RuntimeError(f"unsupported database {dialect}: use PostgreSQL or SQLite")
-    updated = {c.name: statement.excluded[c.name] for c in memberships.columns if c.name != "customer_id"}
+    updated = {
+        c.name: statement.excluded[c.name] for c in memberships.columns if c.name != "customer_id"
+    }
     return statement.on_conflict_do_update(index_elements=[memberships.c.customer_id], set_=updated)
 
 

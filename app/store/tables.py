@@ -60,4 +60,6 @@ class Membership(Base):
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     # audience paging walks one segment in customer-id order
-    __table_args__ = (Index("ix_memberships_segment_key_customer_id", "segment_key", "customer_id"),)
+    __table_args__ = (
+        Index("ix_memberships_segment_key_customer_id", "segment_key", "customer_id"),
+    )

@@ -112,7 +112,9 @@ def fit_model(
         scores.append(
             KScore(
                 k=candidate,
-                silhouette=round(float(silhouette_score(space, labels, sample_size=sample, random_state=seed)), 4),
+                silhouette=round(
+                    float(silhouette_score(space, labels, sample_size=sample, random_state=seed)), 4
+                ),
                 davies_bouldin=round(float(davies_bouldin_score(space, labels)), 4),
                 inertia=round(float(pipeline.named_steps["kmeans"].inertia_), 4),
             )
@@ -209,7 +211,10 @@ def _segments(
         )
         category_profiles.append(
             {
-                name: {str(c): round(float(s), 4) for c, s in members[name].value_counts(normalize=True).items()}
+                name: {
+                    str(c): round(float(s), 4)
+                    for c, s in members[name].value_counts(normalize=True).items()
+                }
                 for name in plan.categorical
             }
         )
@@ -231,15 +236,19 @@ def _segments(
         spread = {n: float(frame[n].std()) or 1.0 for n in plan.numeric}
         overall = {n: float(frame[n].median()) for n in plan.numeric}
         numeric_z = [
-            {n: (p[n].median - overall[n]) / spread[n] for n in plan.numeric} for p in numeric_profiles
+            {n: (p[n].median - overall[n]) / spread[n] for n in plan.numeric}
+            for p in numeric_profiles
         ]
         overall_shares = {n: frame[n].value_counts(normalize=True) for n in plan.categorical}
         lifts = []
         for profile in category_profiles:
             lift: dict[str, tuple[str, float]] = {}
             for n, shares in profile.items():
-                top = max(shares, key=lambda c, n=n, shares=shares: shares[c] - overall_shares[n].get(c, 0.0))
-                lift[n] = (top, shares[top] - float(overall_shares[n].get(top, 0.0)))
+                gains = {
+                    c: share - float(overall_shares[n].get(c, 0.0)) for c, share in shares.items()
+                }
+                top = max(gains, key=gains.__getitem__)
+                lift[n] = (top, gains[top])
             lifts.append(lift)
         names = name_descriptive_segments(numeric_z, lifts)
 
@@ -248,7 +257,8 @@ def _segments(
     for cluster in range(k):
         key, name, description = names[cluster]
         figures = ", ".join(
-            f"median {n.replace('_', ' ')} {_fmt(numeric_profiles[cluster][n].median)}" for n in plan.numeric
+            f"median {n.replace('_', ' ')} {_fmt(numeric_profiles[cluster][n].median)}"
+            for n in plan.numeric
         )
         share = float(sizes[cluster]) / len(frame)
         segments.append(

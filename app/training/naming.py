@@ -11,20 +11,32 @@ from scipy.optimize import linear_sum_assignment
 # 1 = best) of recency (1 = bought most recently), frequency and monetary value.
 RFM_ARCHETYPES: dict[str, tuple[str, str, tuple[float, float, float]]] = {
     "champions": ("Champions", "Bought recently, buy often and spend the most.", (0.9, 0.9, 0.9)),
-    "loyal": ("Loyal customers", "Buy regularly and spend well; fairly recent.", (0.65, 0.75, 0.75)),
+    "loyal": (
+        "Loyal customers",
+        "Buy regularly and spend well; fairly recent.",
+        (0.65, 0.75, 0.75),
+    ),
     "potential_loyalists": (
         "Potential loyalists",
         "Recent customers with a few orders and average spend.",
         (0.8, 0.5, 0.5),
     ),
-    "new_customers": ("New customers", "Bought very recently, for the first time or so.", (0.9, 0.1, 0.15)),
+    "new_customers": (
+        "New customers",
+        "Bought very recently, for the first time or so.",
+        (0.9, 0.1, 0.15),
+    ),
     "promising": ("Promising", "Recent shoppers who have not spent much yet.", (0.7, 0.3, 0.3)),
     "need_attention": (
         "Need attention",
         "Middling recency, frequency and spend: worth a nudge.",
         (0.5, 0.5, 0.5),
     ),
-    "about_to_sleep": ("About to sleep", "Below-average recency, few orders, low spend.", (0.35, 0.3, 0.3)),
+    "about_to_sleep": (
+        "About to sleep",
+        "Below-average recency, few orders, low spend.",
+        (0.35, 0.3, 0.3),
+    ),
     "at_risk": (
         "At risk",
         "Used to buy often and spend well, but not for a long time.",
@@ -35,7 +47,11 @@ RFM_ARCHETYPES: dict[str, tuple[str, str, tuple[float, float, float]]] = {
         "Among the biggest spenders once, now gone quiet.",
         (0.1, 0.9, 0.9),
     ),
-    "hibernating": ("Hibernating", "Last bought long ago, few orders, low spend.", (0.25, 0.2, 0.2)),
+    "hibernating": (
+        "Hibernating",
+        "Last bought long ago, few orders, low spend.",
+        (0.25, 0.2, 0.2),
+    ),
     "lost": ("Lost", "Lowest recency, frequency and spend.", (0.05, 0.05, 0.05)),
 }
 

@@ -39,7 +39,9 @@ class RfmResult:
     rows_dropped: dict[str, int]
 
 
-def compute_rfm(raw: pd.DataFrame, cols: TransactionColumns, as_of: date | None = None) -> RfmResult:
+def compute_rfm(
+    raw: pd.DataFrame, cols: TransactionColumns, as_of: date | None = None
+) -> RfmResult:
     """RFM per customer, dropping rows with no customer and cancellations or returns.
 
     recency_days: whole days from the customer's last purchase to `as_of` (default: the day after
@@ -47,11 +49,12 @@ def compute_rfm(raw: pd.DataFrame, cols: TransactionColumns, as_of: date | None 
     invoice column); monetary: total spend of the kept rows.
     """
     frame = pd.DataFrame({"customer": normalise_ids(raw[cols.customer])})
-    frame["time"] = pd.to_datetime(raw[cols.time], errors="coerce")
+    frame["time"] = _parse_times(raw[cols.time])
     if cols.amount is not None:
         frame["amount"] = pd.to_numeric(raw[cols.amount], errors="coerce")
     else:
-        assert cols.quantity is not None and cols.price is not None
+        assert cols.quantity is not None
+        assert cols.price is not None
         quantity = pd.to_numeric(raw[cols.quantity], errors="coerce")
         frame["amount"] = quantity * pd.to_numeric(raw[cols.price], errors="coerce")
     if cols.invoice is not None:
@@ -89,3 +92,11 @@ def compute_rfm(raw: pd.DataFrame, cols: TransactionColumns, as_of: date | None 
     )
     features.index.name = "customer_id"
     return RfmResult(features, reference, len(frame), dropped)
+
+
+def _parse_times(values: pd.Series) -> pd.Series:
+    """ISO timestamps, with or without a time of day; other spellings parsed one by one."""
+    parsed = pd.to_datetime(values, format="ISO8601", errors="coerce")
+    if parsed.isna().sum() > values.isna().sum():
+        parsed = pd.to_datetime(values, format="mixed", errors="coerce")
+    return parsed

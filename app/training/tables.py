@@ -66,4 +66,6 @@ def normalise_ids(values: pd.Series) -> pd.Series:
 def _require_columns(path: Path, frame: pd.DataFrame, columns: list[str] | None) -> None:
     missing = [c for c in columns or [] if c not in frame.columns]
     if missing:
-        raise TableError(f"{path}: no column {', '.join(missing)}; it has {', '.join(frame.columns)}")
+        raise TableError(
+            f"{path}: no column {', '.join(missing)}; it has {', '.join(frame.columns)}"
+        )

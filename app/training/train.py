@@ -18,7 +18,11 @@ RFM_PLAN = FeaturePlan(
     integer={"frequency"},
     # ranges from what the features mean, not from the training data: live customers may
     # legitimately lie outside what training saw (that is drift, not bad input)
-    ranges={"recency_days": (0.0, 36_500.0), "frequency": (1.0, 1_000_000.0), "monetary": (0.0, 1e9)},
+    ranges={
+        "recency_days": (0.0, 36_500.0),
+        "frequency": (1.0, 1_000_000.0),
+        "monetary": (0.0, 1e9),
+    },
     descriptions={
         "recency_days": "days since the customer's last purchase",
         "frequency": "number of distinct orders",
@@ -59,7 +63,14 @@ def train_transactions(
         },
     )
     fitted = fit_model(
-        rfm.features, RFM_PLAN, kind="rfm", version=version, training_data=data, k=k, k_range=k_range, seed=seed
+        rfm.features,
+        RFM_PLAN,
+        kind="rfm",
+        version=version,
+        training_data=data,
+        k=k,
+        k_range=k_range,
+        seed=seed,
     )
     return write_artifact(fitted.pipeline, fitted.manifest, out_dir)
 
@@ -90,7 +101,9 @@ def train_customers(
     for name in categorical:
         frame[name] = raw[name].astype("string").fillna("unknown").to_numpy()
     if frame.index.duplicated().any():
-        raise TableError(f"{path}: column {id_column} repeats customer ids; give one row per customer")
+        raise TableError(
+            f"{path}: column {id_column} repeats customer ids; give one row per customer"
+        )
     integer = {n for n in numeric if (frame[n] == frame[n].round()).all()}
     plan = FeaturePlan(numeric=numeric, categorical=categorical, integer=integer)
     data = TrainingData(
@@ -102,6 +115,13 @@ def train_customers(
         options={"id": id_column},
     )
     fitted = fit_model(
-        frame, plan, kind="customers", version=version, training_data=data, k=k, k_range=k_range, seed=seed
+        frame,
+        plan,
+        kind="customers",
+        version=version,
+        training_data=data,
+        k=k,
+        k_range=k_range,
+        seed=seed,
     )
     return write_artifact(fitted.pipeline, fitted.manifest, out_dir)

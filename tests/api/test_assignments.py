@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from starlette.testclient import TestClient
 
@@ -14,27 +16,38 @@ CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
 LAPSED = {"recency_days": 300, "frequency": 1, "monetary": 20.0}
 
 
-def assert_error(body: dict, code: str, *locs: str) -> None:
+def assert_error(body: dict[str, Any], code: str, *locs: str) -> None:
     assert set(body) == {"error"}
     error = body["error"]
     assert error["code"] == code
-    assert error["message"].endswith(".") and len(error["message"]) > 20
+    assert error["message"].endswith(".")
+    assert len(error["message"]) > 20
     found = [d["loc"] for d in error["details"]]
     for loc in locs:
         assert loc in found, f"{loc} not in {found}"
     assert all(d["problem"] for d in error["details"])
 
 
-def test_single_assignment_is_stored_and_shaped_as_the_contract(client: TestClient, database_url: str) -> None:
+def test_single_assignment_is_stored_and_shaped_as_the_contract(
+    client: TestClient, database_url: str
+) -> None:
     response = client.post("/v1/assignments", json={"customer_id": "12347", "features": CHAMPION})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"customer_id", "segment", "model_version", "distance", "confidence", "assigned_at"}
+    assert set(body) == {
+        "customer_id",
+        "segment",
+        "model_version",
+        "distance",
+        "confidence",
+        "assigned_at",
+    }
     assert body["customer_id"] == "12347"
     assert body["model_version"] == "test-rfm-k4"
     assert set(body["segment"]) == {"id", "key", "name"}
     assert body["segment"]["key"] == "champions"
-    assert body["distance"] >= 0 and 0 <= body["confidence"] <= 1
+    assert body["distance"] >= 0
+    assert 0 <= body["confidence"] <= 1
     assert body["assigned_at"].endswith("Z")
     datetime.fromisoformat(body["assigned_at"])
     assert count_rows(database_url, "assignments") == 1
@@ -45,15 +58,21 @@ def test_single_assignment_is_stored_and_shaped_as_the_contract(client: TestClie
 
 
 def test_persist_false_scores_without_storing(client: TestClient, database_url: str) -> None:
-    response = client.post("/v1/assignments?persist=false", json={"customer_id": "x1", "features": LAPSED})
+    response = client.post(
+        "/v1/assignments?persist=false", json={"customer_id": "x1", "features": LAPSED}
+    )
     assert response.status_code == 200
     assert response.json()["segment"]["key"] != "champions"
     assert count_rows(database_url, "assignments") == 0
     assert client.get("/v1/customers/x1/segment").status_code == 404
 
 
-def test_batch_keeps_request_order_and_stores_everything(client: TestClient, database_url: str) -> None:
-    customers = [{"customer_id": f"c{i}", "features": CHAMPION if i % 2 else LAPSED} for i in range(50)]
+def test_batch_keeps_request_order_and_stores_everything(
+    client: TestClient, database_url: str
+) -> None:
+    customers = [
+        {"customer_id": f"c{i}", "features": CHAMPION if i % 2 else LAPSED} for i in range(50)
+    ]
     response = client.post("/v1/assignments/batch", json={"customers": customers})
     assert response.status_code == 200
     body = response.json()
@@ -69,7 +88,7 @@ def test_history_is_newest_first_and_membership_follows_the_latest(client: TestC
     client.post("/v1/assignments", json={"customer_id": "h", "features": LAPSED})
     client.post("/v1/assignments", json={"customer_id": "h", "features": CHAMPION})
     history = client.get("/v1/customers/h/assignments").json()["assignments"]
-    assert [a["segment"]["key"] for a in history][0] == "champions"
+    assert next(a["segment"]["key"] for a in history) == "champions"
     assert len(history) == 2
     assert history[0]["assigned_at"] >= history[1]["assigned_at"]
     assert client.get("/v1/customers/h/segment").json()["segment"]["key"] == "champions"
@@ -111,14 +130,18 @@ def test_each_kind_of_bad_feature_is_named(client: TestClient, database_url: str
 
 def test_non_finite_numbers_are_refused(client: TestClient) -> None:
     for token in ("NaN", "Infinity", "-Infinity"):
-        raw = '{"customer_id": "n", "features": {"recency_days": 1, "frequency": 2, "monetary": %s}}' % token
-        response = client.post("/v1/assignments", content=raw, headers={"content-type": "application/json"})
+        raw = f'{{"customer_id": "n", "features": {{"recency_days": 1, "frequency": 2, "monetary": {token}}}}}'
+        response = client.post(
+            "/v1/assignments", content=raw, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 422, token
         assert_error(response.json(), "invalid_input", "features.monetary")
 
 
 def test_malformed_json_and_bad_customer_id(client: TestClient) -> None:
-    response = client.post("/v1/assignments", content=b"{oops", headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/assignments", content=b"{oops", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_input"
     too_long = client.post("/v1/assignments", json={"customer_id": "x" * 129, "features": CHAMPION})
@@ -128,7 +151,9 @@ def test_malformed_json_and_bad_customer_id(client: TestClient) -> None:
     assert_error(empty.json(), "invalid_input", "customer_id")
 
 
-def test_bad_batch_lists_every_bad_row_and_stores_nothing(client: TestClient, database_url: str) -> None:
+def test_bad_batch_lists_every_bad_row_and_stores_nothing(
+    client: TestClient, database_url: str
+) -> None:
     customers = [{"customer_id": f"ok{i}", "features": CHAMPION} for i in range(20)]
     customers[3]["features"] = {**CHAMPION, "monetary": -5}
     customers[11]["features"] = {"recency_days": 3}
@@ -150,14 +175,19 @@ def test_bad_batch_lists_every_bad_row_and_stores_nothing(client: TestClient, da
 
 
 def test_batch_structure_errors_name_the_row(client: TestClient) -> None:
-    response = client.post("/v1/assignments/batch", json={"customers": [{"customer_id": "a", "features": CHAMPION}, {"features": {}}]})
+    response = client.post(
+        "/v1/assignments/batch",
+        json={"customers": [{"customer_id": "a", "features": CHAMPION}, {"features": {}}]},
+    )
     assert response.status_code == 422
     assert_error(response.json(), "invalid_input", "customers[1].customer_id")
     empty = client.post("/v1/assignments/batch", json={"customers": []})
     assert_error(empty.json(), "invalid_input", "customers")
 
 
-def test_too_many_rows_or_bytes_is_413_and_stores_nothing(database_url: str, rfm_model_dir: Path) -> None:
+def test_too_many_rows_or_bytes_is_413_and_stores_nothing(
+    database_url: str, rfm_model_dir: Path
+) -> None:
     clear_tables(database_url)
     settings = make_settings(database_url, rfm_model_dir, max_batch=5, max_body_bytes=4096)
     with TestClient(create_app(settings)) as small:
@@ -172,13 +202,17 @@ def test_too_many_rows_or_bytes_is_413_and_stores_nothing(database_url: str, rfm
         assert response.status_code == 413
         assert_error(response.json(), "payload_too_large", "body")
 
-        def chunks():  # no Content-Length: the limit must still hold while streaming
+        def chunks() -> Iterator[
+            bytes
+        ]:  # no Content-Length: the limit must still hold while streaming
             yield b'{"customers": ['
             for _ in range(100):
                 yield b'{"customer_id": "z", "features": {"recency_days": 1, "frequency": 2, "monetary": 3}},'
             yield b"]}"
 
-        streamed = small.post("/v1/assignments/batch", content=chunks(), headers={"content-type": "application/json"})
+        streamed = small.post(
+            "/v1/assignments/batch", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert streamed.status_code == 413
         assert streamed.json()["error"]["code"] == "payload_too_large"
     assert count_rows(database_url, "assignments") == 0
@@ -189,14 +223,28 @@ def test_unknown_category_is_accepted_and_counted(database_url: str, bank_model_
     with TestClient(create_app(make_settings(database_url, bank_model_dir))) as bank:
         active = bank.get("/v1/models/active").json()
         job = next(f for f in active["features"] if f["name"] == "job")
-        assert job["type"] == "category" and "management" in job["categories"]
-        before = metric_value(bank.get("/metrics").text, "segment_unknown_categories_total", feature="job")
-        features = {"age": 41, "balance": 1200, "job": "astronaut", "marital": "married", "education": "tertiary", "housing": "no"}
+        assert job["type"] == "category"
+        assert "management" in job["categories"]
+        before = metric_value(
+            bank.get("/metrics").text, "segment_unknown_categories_total", feature="job"
+        )
+        features = {
+            "age": 41,
+            "balance": 1200,
+            "job": "astronaut",
+            "marital": "married",
+            "education": "tertiary",
+            "housing": "no",
+        }
         response = bank.post("/v1/assignments", json={"customer_id": "b1", "features": features})
         assert response.status_code == 200
-        after = metric_value(bank.get("/metrics").text, "segment_unknown_categories_total", feature="job")
+        after = metric_value(
+            bank.get("/metrics").text, "segment_unknown_categories_total", feature="job"
+        )
         assert after == before + 1
-        wrong_type = bank.post("/v1/assignments", json={"customer_id": "b2", "features": {**features, "job": 7}})
+        wrong_type = bank.post(
+            "/v1/assignments", json={"customer_id": "b2", "features": {**features, "job": 7}}
+        )
         assert_error(wrong_type.json(), "invalid_input", "features.job")
 
 

@@ -16,12 +16,15 @@ def test_segments_have_keys_names_and_profiles(client: TestClient) -> None:
     assert len(segments) == 4
     assert len({s["key"] for s in segments}) == 4
     for segment in segments:
-        assert segment["name"] and segment["description"]
+        assert segment["name"]
+        assert segment["description"]
         assert set(segment["profile"]) == {"recency_days", "frequency", "monetary"}
         assert segment["profile"]["monetary"]["p25"] <= segment["profile"]["monetary"]["median"]
     assert abs(sum(s["share"] for s in segments) - 1) < 1e-3
     champions = next(s for s in segments if s["key"] == "champions")
-    assert champions["profile"]["frequency"]["median"] == max(s["profile"]["frequency"]["median"] for s in segments)
+    assert champions["profile"]["frequency"]["median"] == max(
+        s["profile"]["frequency"]["median"] for s in segments
+    )
 
 
 def test_audience_pages_cover_thousands_without_gaps_or_duplicates(client: TestClient) -> None:

@@ -310,10 +310,31 @@ def test_dockerfile_runtime_stage_contract() -> None:
 
     copied = " ".join(a for ins, a in stage if ins == "COPY")
     assert "/opt/venv" in copied, "runtime stage should copy the venv from the builder"
-    for needed in ("alembic.ini", "migrations/", "models/"):
+    # app.settings.PROJECT_ROOT is the folder holding the `app` package: alembic.ini,
+    # migrations/ and models/ must sit next to it, in WORKDIR.
+    for needed in ("app/", "alembic.ini", "migrations/", "models/"):
         assert needed in copied, (
             f"runtime stage must COPY {needed} (segments migrate / default model)"
         )
+
+
+def test_dockerfile_builder_installs_the_project_editable_at_app() -> None:
+    """The venv must import `app` from /app/app (not site-packages) so that
+    PROJECT_ROOT is /app: an editable install made in the same WORKDIR."""
+    instructions = _dockerfile_instructions()
+    first_from = [i for i, (ins, _) in enumerate(instructions) if ins == "FROM"]
+    assert len(first_from) >= 2, "expected a multi-stage build (builder + runtime)"
+    builder = instructions[first_from[0] : first_from[1]]
+    workdirs = [args for ins, args in builder if ins == "WORKDIR"]
+    assert workdirs, "builder stage has no WORKDIR"
+    assert workdirs[-1] == "/app", (
+        f"builder WORKDIR must be /app (like the runtime), is {workdirs[-1]}"
+    )
+    runs = " ".join(args for ins, args in builder if ins == "RUN")
+    assert "--requirement requirements.lock" in runs or "-r requirements.lock" in runs, runs
+    assert re.search(r"pip install [^&]*--no-deps [^&]*--editable \.", runs), (
+        f"builder should `pip install --no-deps --editable .` the project: {runs}"
+    )
 
 
 def test_dockerfile_copy_sources_exist_and_are_not_dockerignored() -> None:

@@ -1,0 +1,104 @@
+"""Drift figures: PSI arithmetic, and live traffic against the default model's training baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.metrics.drift import bin_shares, psi
+from app.scoring.manifest import FeatureBaseline
+from app.settings import PROJECT_ROOT
+from app.training.rfm import TransactionColumns, compute_rfm
+from app.training.tables import read_table
+from tests.conftest import DEFAULT_MODELS, clear_tables, make_settings, metric_value
+
+ONLINE_RETAIL = PROJECT_ROOT / "data" / "online-retail" / "online_retail.csv.gz"
+
+
+def test_psi_is_zero_for_equal_shares_and_grows_with_shift() -> None:
+    assert psi([0.25] * 4, [0.25] * 4) == pytest.approx(0.0)
+    small = psi([0.25] * 4, [0.27, 0.23, 0.25, 0.25])
+    large = psi([0.25] * 4, [0.6, 0.2, 0.1, 0.1])
+    assert 0 < small < 0.01 < 0.25 < large
+    # textbook value: sum((a-e) ln(a/e)) for a 2-bin 50/50 -> 80/20 shift
+    assert psi([0.5, 0.5], [0.8, 0.2]) == pytest.approx(0.3 * np.log(1.6) + (-0.3) * np.log(0.4))
+    # an empty live bin gives a finite (large) figure, not infinity
+    assert np.isfinite(psi([0.5, 0.5], [1.0, 0.0]))
+
+
+def test_bins_follow_the_baseline_edges_and_categories() -> None:
+    numeric = FeatureBaseline(edges=[1.0, 2.0], shares=[0.3, 0.3, 0.4])
+    assert bin_shares(numeric, [0.5, 1.0, 1.5, 2.0, 9.0]).tolist() == [0.4, 0.4, 0.2]
+    categorical = FeatureBaseline(categories=["a", "b"], shares=[0.5, 0.5, 0.0])
+    assert bin_shares(categorical, ["a", "b", "b", "zzz"]).tolist() == [0.25, 0.5, 0.25]
+
+
+@pytest.fixture(scope="module")
+def online_retail_rfm() -> pd.DataFrame:
+    """The real customers the default model was trained on, as RFM features."""
+    columns = TransactionColumns(
+        "CustomerID", "InvoiceDate", quantity="Quantity", price="UnitPrice", invoice="InvoiceNo"
+    )
+    return compute_rfm(read_table(ONLINE_RETAIL, columns.needed()), columns).features
+
+
+def _replay(client: TestClient, frame: pd.DataFrame, prefix: str) -> None:
+    records = frame.reset_index().to_dict(orient="records")
+    for start in range(0, len(records), 2000):
+        chunk = records[start : start + 2000]
+        customers = [
+            {
+                "customer_id": f"{prefix}{r['customer_id']}-{start + i}",
+                "features": {
+                    "recency_days": r["recency_days"],
+                    "frequency": int(r["frequency"]),
+                    "monetary": r["monetary"],
+                },
+            }
+            for i, r in enumerate(chunk)
+        ]
+        response = client.post("/v1/assignments/batch", json={"customers": customers})
+        assert response.status_code == 200, response.text
+
+
+def _drift(client: TestClient) -> tuple[float, dict[str, float], float]:
+    text = client.get("/metrics").text
+    features = {
+        f: metric_value(text, "segment_feature_drift_psi", feature=f)
+        for f in ("recency_days", "frequency", "monetary")
+    }
+    return (
+        metric_value(text, "segment_drift_psi"),
+        features,
+        metric_value(text, "segment_drift_samples"),
+    )
+
+
+def test_drift_is_quiet_for_training_traffic_and_loud_for_shifted(
+    database_url: str, online_retail_rfm: pd.DataFrame
+) -> None:
+    clear_tables(database_url)
+    settings = make_settings(database_url, DEFAULT_MODELS, drift_window=4000)
+    with TestClient(create_app(settings)) as client:
+        assert "segment_drift_psi{" not in client.get("/metrics").text  # no traffic, no figure
+        sample = online_retail_rfm.sample(n=4000, replace=True, random_state=3)
+        _replay(client, sample, "same-")
+        segment_psi, feature_psi, samples = _drift(client)
+        assert samples == 4000
+        assert segment_psi < 0.02, segment_psi
+        assert all(v < 0.02 for v in feature_psi.values()), feature_psi
+
+        # the market moves: customers come back less often and spend more
+        shifted = sample.assign(
+            recency_days=sample["recency_days"] + 120, monetary=sample["monetary"] * 3
+        )
+        _replay(client, shifted, "moved-")
+        segment_psi, feature_psi, samples = _drift(client)
+        assert samples == 4000  # the window holds only the shifted traffic now
+        assert segment_psi > 0.25, segment_psi
+        assert feature_psi["recency_days"] > 0.25, feature_psi
+        assert feature_psi["monetary"] > 0.25, feature_psi
+        assert feature_psi["frequency"] < 0.02  # unchanged feature stays quiet

@@ -1,0 +1,119 @@
+"""The database going away and coming back, on a real PostgreSQL: fail fast, lose nothing, recover."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.scoring.model import SegmentModel
+from app.service import AssignmentService
+from app.settings import Settings
+from app.store.engine import make_engine
+from app.store.repository import AssignmentRow, store_assignments
+from tests.api.test_assignments import CHAMPION, assert_error
+from tests.conftest import clear_tables, count_rows, make_settings
+
+
+@contextmanager
+def database_refusing_connections(database_url: str) -> Iterator[None]:
+    """Close every connection to the test database and refuse new ones, as if it went down."""
+    name = make_url(database_url).database
+    admin = create_engine(
+        make_url(database_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+            {"n": name},
+        )
+    try:
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+def test_store_outage_fails_fast_and_recovers_without_restart(
+    database_url: str, on_postgres: bool, rfm_model_dir: Path
+) -> None:
+    if not on_postgres:  # SQLite is a file: it cannot go away like a server
+        pytest.skip("needs PostgreSQL: set TEST_DATABASE_URL (CI always does)")
+    clear_tables(database_url)
+    settings: Settings = make_settings(database_url, rfm_model_dir)
+    with TestClient(create_app(settings)) as client:
+        assert (
+            client.post(
+                "/v1/assignments", json={"customer_id": "before", "features": CHAMPION}
+            ).status_code
+            == 200
+        )
+
+        with database_refusing_connections(database_url):
+            started = time.monotonic()
+            response = client.post(
+                "/v1/assignments", json={"customer_id": "during", "features": CHAMPION}
+            )
+            assert response.status_code == 503
+            assert_error(response.json(), "store_unavailable", "store")
+            # a guard against hanging, not a performance figure: the pool and connect timeouts are 2 s
+            assert time.monotonic() - started < 10
+
+            batch = [{"customer_id": f"b{i}", "features": CHAMPION} for i in range(10)]
+            assert (
+                client.post("/v1/assignments/batch", json={"customers": batch}).status_code == 503
+            )
+            scored = client.post(
+                "/v1/assignments?persist=false",
+                json={"customer_id": "during", "features": CHAMPION},
+            )
+            assert scored.status_code == 200
+            assert client.get("/healthz").status_code == 200
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert_error(ready.json(), "not_ready", "store")
+            assert "password" not in ready.text
+            assert (
+                client.get("/metrics").status_code == 200
+            )  # drift is skipped, the rest still exported
+
+        # back: the very next request works, no restart
+        assert client.get("/readyz").status_code == 200
+        after = client.post("/v1/assignments", json={"customer_id": "after", "features": CHAMPION})
+        assert after.status_code == 200
+    assert count_rows(database_url, "assignments") == 2  # before and after; nothing from the outage
+    assert count_rows(database_url, "memberships") == 2
+
+
+def test_failure_mid_write_rolls_back(
+    database_url: str, on_postgres: bool, rfm_model_dir: Path
+) -> None:
+    """Rows written before a failure in the same request's transaction are not kept."""
+    clear_tables(database_url)
+    model = SegmentModel.load(rfm_model_dir)
+    engine = make_engine(make_settings(database_url, rfm_model_dir))
+    service = AssignmentService(model, engine, max_batch=10)
+    now = datetime.now(UTC)
+    good = AssignmentRow("ok", 0, "champions", model.version, 0.1, 0.9, {"recency_days": 1.0}, now)
+    with pytest.raises(RuntimeError), service.transaction("assign") as conn:
+        store_assignments(conn, [good])
+        raise RuntimeError("the process fails between two writes")
+    if on_postgres:  # the database itself refusing the second write (id longer than the column)
+        too_long = AssignmentRow("x" * 200, 0, "champions", model.version, 0.1, 0.9, {}, now)
+        with pytest.raises(DataError), service.transaction("assign") as conn:
+            store_assignments(conn, [good])
+            store_assignments(conn, [too_long])
+    engine.dispose()
+    assert count_rows(database_url, "assignments") == 0
+    assert count_rows(database_url, "memberships") == 0

@@ -1,0 +1,113 @@
+"""The real thing: `segments serve` as uvicorn worker processes, over TCP, with metrics summed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import clear_tables, count_rows, metric_value
+
+CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def two_workers(
+    database_url: str, rfm_model_dir: Path, tmp_path: Path
+) -> Iterator[tuple[str, Path]]:
+    clear_tables(database_url)
+    port = free_port()
+    metrics_dir = tmp_path / "prometheus"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "SEGMENTS_DRIFT_CACHE_SECONDS": "0",
+    }
+    segments = Path(sys.executable).with_name("segments")
+    command = [
+        str(segments),
+        "serve",
+        "--model",
+        str(rfm_model_dir),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    ]
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not become ready:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield base, metrics_dir
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_two_workers_serve_and_their_metrics_add_up(
+    two_workers: tuple[str, Path], database_url: str
+) -> None:
+    base, metrics_dir = two_workers
+    singles = 120
+    for i in range(singles):
+        # a fresh connection each time, so the kernel spreads requests over both workers
+        response = httpx.post(
+            f"{base}/v1/assignments",
+            json={"customer_id": f"w{i}", "features": CHAMPION},
+            headers={"connection": "close"},
+        )
+        assert response.status_code == 200
+    batch = [{"customer_id": f"b{i}", "features": CHAMPION} for i in range(80)]
+    assert httpx.post(f"{base}/v1/assignments/batch", json={"customers": batch}).status_code == 200
+    assert count_rows(database_url, "assignments") == singles + 80
+
+    worker_files = {p.name.rsplit("_", 1)[-1] for p in metrics_dir.glob("counter_*.db")}
+    assert len(worker_files) >= 2, f"one worker took all requests: {worker_files}"
+
+    for _ in range(6):  # whichever worker answers the scrape, the totals are everyone's
+        text = httpx.get(f"{base}/metrics", headers={"connection": "close"}).text
+        assert metric_value(text, "segment_assignments_total", segment="champions") == singles + 80
+        assert (
+            metric_value(
+                text,
+                "segment_request_duration_seconds_count",
+                route="/v1/assignments",
+                method="POST",
+                status="200",
+            )
+            == singles
+        )
+        assert (
+            metric_value(text, "segment_inference_duration_seconds_count", mode="single") == singles
+        )
+        assert metric_value(text, "segment_drift_samples") == singles + 80
+        assert "segment_model_info{" in text
