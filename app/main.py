@@ -40,7 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 lambda: service.model, engine, settings.drift_window, settings.drift_cache_seconds
             )
         )
-        log.info("serving model %s (%d segments)", model.version, len(model.manifest.segments))
+        log.info(
+            "serving model %s (%d segments) with the %s",
+            model.version,
+            len(model.manifest.segments),
+            model.scorer_note,
+        )
         try:
             yield {"runtime": Runtime(settings, model, engine, service, live)}
         finally:

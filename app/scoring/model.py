@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,9 +13,12 @@ import numpy as np
 import pandas as pd
 
 from app.scoring.artifact import Artifact, ArtifactError, load_artifact
+from app.scoring.compiled import CompiledScorer, UnsupportedPipeline
 from app.scoring.manifest import FeatureSpec, Manifest, SegmentSpec
 
 FeatureValue = float | str
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,20 @@ class SegmentModel:
         self._categories = {f.name: frozenset(f.categories or ()) for f in self.features}
         self.segments_by_cluster: dict[int, SegmentSpec] = self.manifest.segment_by_cluster()
         self.segments_by_key: dict[str, SegmentSpec] = {s.key: s for s in self.manifest.segments}
+        self.numeric_names = [f.name for f in self.features if f.type != "category"]
+        self.categorical_names = [f.name for f in self.features if f.type == "category"]
         self._transform = artifact.pipeline[:-1]
         self._kmeans = artifact.pipeline.steps[-1][1]
+        self.compiled: CompiledScorer | None
+        try:
+            self.compiled = CompiledScorer.from_pipeline(
+                artifact.pipeline, self.numeric_names, self.categorical_names
+            )
+            self.scorer_note = "compiled numpy scorer"
+        except UnsupportedPipeline as exc:
+            self.compiled = None
+            self.scorer_note = f"scikit-learn (not compiled: {exc})"
+            log.warning("model %s: scoring with scikit-learn, not compiled: %s", self.version, exc)
         self._check_scorer_parity()
 
     @classmethod
@@ -94,32 +110,51 @@ class SegmentModel:
 
     def score(self, rows: Sequence[Mapping[str, FeatureValue]]) -> Scores:
         """Score validated rows (each one with every feature of the schema)."""
-        frame = pd.DataFrame.from_records(list(rows), columns=self.feature_names)
-        return self._score_frame(frame)
+        numeric = np.array([[row[n] for n in self.numeric_names] for row in rows], dtype=np.float64)
+        numeric = numeric.reshape(len(rows), len(self.numeric_names))
+        categorical = [[str(row[n]) for row in rows] for n in self.categorical_names]
+        return self.score_arrays(numeric, categorical)
+
+    def score_arrays(self, numeric: np.ndarray, categorical: Sequence[Sequence[str]]) -> Scores:
+        """Score a (rows, numeric features) matrix plus one sequence per categorical feature."""
+        if self.compiled is None:
+            frame = pd.DataFrame(numeric, columns=self.numeric_names)
+            for name, values in zip(self.categorical_names, categorical, strict=True):
+                frame[name] = pd.Series(list(values), dtype=object)
+            return self._score_with_sklearn(frame[self.feature_names])
+        space = self.compiled.transform(numeric.copy(), categorical)
+        clusters, nearest, runner_up = self.compiled.nearest(space)
+        return Scores(clusters, nearest, _confidence(nearest, runner_up))
 
     def score_frame(self, frame: pd.DataFrame) -> Scores:
         """Score a frame whose columns include the schema's features (offline scoring)."""
-        return self._score_frame(frame[self.feature_names])
+        numeric = frame[self.numeric_names].to_numpy(dtype=np.float64)
+        categorical = [frame[n].astype(str).tolist() for n in self.categorical_names]
+        return self.score_arrays(numeric, categorical)
 
-    def _score_frame(self, frame: pd.DataFrame) -> Scores:
+    def _score_with_sklearn(self, frame: pd.DataFrame) -> Scores:
         space = self._transform.transform(frame)
         distances = self._kmeans.transform(space)
-        clusters = np.argmin(distances, axis=1)
+        clusters = self._kmeans.predict(space)
         ordered = np.sort(distances, axis=1)
-        nearest = ordered[:, 0]
         runner_up = ordered[:, 1] if ordered.shape[1] > 1 else ordered[:, 0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            confidence = np.where(runner_up > 0, 1.0 - nearest / runner_up, 0.0)
-        return Scores(clusters, nearest, np.clip(confidence, 0.0, 1.0))
+        return Scores(clusters, ordered[:, 0], _confidence(ordered[:, 0], runner_up))
 
     def _check_scorer_parity(self) -> None:
+        """The scorer must give the labels training recorded for the parity sample."""
         sample = self.manifest.parity_sample
         ours = self.score(sample.rows).clusters
-        theirs = self.artifact.pipeline.predict(
-            pd.DataFrame(sample.rows, columns=self.feature_names)
-        )
-        if not np.array_equal(ours, theirs):
-            raise ArtifactError(f"{self.artifact.path}: the scorer disagrees with Pipeline.predict")
+        if not np.array_equal(ours, np.asarray(sample.labels)):
+            raise ArtifactError(
+                f"{self.artifact.path}: the {self.scorer_note} disagrees with the parity sample"
+            )
+
+
+def _confidence(nearest: np.ndarray, runner_up: np.ndarray) -> np.ndarray:
+    """1 - nearest / runner-up distance: 0 on the border of two segments, 1 on a centre."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        confidence = np.where(runner_up > 0, 1.0 - nearest / runner_up, 0.0)
+    return np.clip(confidence, 0.0, 1.0)
 
 
 def _describe(spec: FeatureSpec) -> str:
