@@ -50,7 +50,8 @@ def test_random_and_edge_inputs_agree_with_sklearn() -> None:
     )
     assert np.array_equal(model.score_frame(frame).clusters, _sklearn_labels(model, frame))
     # single rows go through the same arithmetic as batches
-    for row in frame.tail(4).to_dict(orient="records"):
+    for record in frame.tail(4).to_dict(orient="records"):
+        row = {str(k): float(v) for k, v in record.items()}
         single = model.score([row]).clusters[0]
         assert single == _sklearn_labels(model, pd.DataFrame([row]))[0]
 
