@@ -172,12 +172,18 @@ def serve(
 def _fresh_multiprocess_dir() -> None:
     """Counters summed over workers: prometheus_client's multiprocess mode, set before workers start."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
-        # the client's docs: wipe the folder between runs, or old workers' counts leak in
-        shutil.rmtree(folder, ignore_errors=True)
-        Path(folder).mkdir(parents=True)
-    else:
+    if not folder:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="segments-metrics-")
+        return
+    # the client's docs: empty the folder between runs, or old workers' counts leak in. Empty
+    # it rather than remove it: in Kubernetes it is a mounted emptyDir that cannot be removed.
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 @cli.command()

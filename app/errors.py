@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.responses import OrjsonResponse
-from app.scoring.model import Problem
+from app.scoring.validation import Problem
 
 
 @dataclass
@@ -82,12 +82,28 @@ class InvalidCursor(AppError):
         )
 
 
-class StoreUnavailable(AppError):
-    def __init__(self, reason: str) -> None:
+class InvalidBody(AppError):
+    def __init__(self, problem: str) -> None:
         super().__init__(
-            "The assignment store is unavailable, nothing was stored; retry shortly "
-            "or score without storing (?persist=false).",
-            [Problem("store", reason)],
+            "The request body is not valid JSON; send a JSON object as the API docs show.",
+            [Problem("body", problem)],
+            422,
+            "invalid_input",
+        )
+
+
+class StoreUnavailable(AppError):
+    def __init__(self, *, writing: bool) -> None:
+        if writing:
+            message = (
+                "The assignment store is unavailable and nothing was stored; retry shortly, "
+                "or score without storing (?persist=false)."
+            )
+        else:
+            message = "The assignment store is unavailable; retry shortly."
+        super().__init__(
+            message,
+            [Problem("store", "the database does not answer (connection refused or timed out)")],
             503,
             "store_unavailable",
         )
@@ -141,6 +157,11 @@ def install_error_handlers(app: FastAPI, body_limit: int) -> None:
             return OrjsonResponse(
                 error_body(too_large.code, too_large.message, too_large.details), status_code=413
             )
+        if exc.status_code == 400:  # FastAPI could not read the body
+            invalid = InvalidBody(str(exc.detail))
+            return OrjsonResponse(
+                error_body(invalid.code, invalid.message, invalid.details), status_code=422
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = {
             404: "No such endpoint; see /docs for the API.",
@@ -151,7 +172,8 @@ def install_error_handlers(app: FastAPI, body_limit: int) -> None:
         )
 
     async def unexpected(_: Request, exc: Exception) -> OrjsonResponse:
-        message = "The service failed unexpectedly; nothing was stored. Retry, and report it if it persists."
+        # Starlette re-raises after this handler, so the server logs the traceback once
+        message = "The service failed unexpectedly. Retry, and report it if it persists."
         return OrjsonResponse(error_body("internal_error", message), status_code=500)
 
     app.add_exception_handler(AppError, app_error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from app.scoring.model import SegmentModel
 from app.service import AssignmentService
 from app.settings import Settings
 from app.store.engine import make_engine
+from app.store.group_commit import GroupCommitter
+from app.store.migrate import head_revision
 
 log = logging.getLogger("app")
 
@@ -34,10 +37,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model = SegmentModel.load(settings.model_dir)
         engine = make_engine(settings)
         service = AssignmentService(model, engine, settings.max_batch)
+        service.schema_head = head_revision()
+        committer = GroupCommitter(
+            service.write, settings.group_commit_max_rows, settings.group_commit_wait_ms / 1000
+        )
+        service.committer = committer
+        committer.start()
         live = CollectorRegistry()
         live.register(
             LiveCollector(
-                lambda: service.model, engine, settings.drift_window, settings.drift_cache_seconds
+                lambda: service.model,
+                engine,
+                settings.drift_window,
+                settings.drift_cache_seconds,
+                settings.drift_min_samples,
             )
         )
         log.info(
@@ -46,9 +59,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             len(model.manifest.segments),
             model.scorer_note,
         )
+        if settings.gc_freeze:
+            # everything loaded so far lives as long as the process: move it out of the
+            # collector's sight, so collections during requests only walk request garbage
+            gc.collect()
+            gc.freeze()
         try:
-            yield {"runtime": Runtime(settings, model, engine, service, live)}
+            yield {"runtime": Runtime(settings, engine, service, live)}
         finally:
+            await committer.close()
             engine.dispose()
 
     app = FastAPI(

@@ -1,4 +1,4 @@
-"""What the lifespan builds once and every request uses: settings, model, engine, service."""
+"""What the lifespan builds once and every request uses: settings, service, engine, metrics."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from app.settings import Settings
 @dataclass
 class Runtime:
     settings: Settings
-    model: SegmentModel
     engine: Engine
     service: AssignmentService
     live_registry: CollectorRegistry
+
+    @property
+    def model(self) -> SegmentModel:
+        return self.service.model
+
+    @property
+    def segment_names(self) -> dict[str, str]:
+        return self.service.model.segment_names

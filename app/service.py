@@ -1,19 +1,21 @@
 """Assigning customers to segments and reading what was stored: validate, score, store, count.
 
-Knows nothing of HTTP; raises AppError subclasses that the API renders.
+Knows nothing of HTTP: takes parsed JSON, returns rows, raises AppError subclasses.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -27,15 +29,13 @@ from app.errors import (
     StoreUnavailable,
 )
 from app.metrics.registry import ASSIGNMENTS, INFERENCE_DURATION, STORE_FAILURES, UNKNOWN_CATEGORIES
-from app.scoring.model import Problem, SegmentModel
+from app.scoring.model import SegmentModel
+from app.scoring.validation import Problem, ValidBatch, customer_id_problem
 from app.store import repository
-from app.store.repository import AssignmentRow
+from app.store.group_commit import GroupCommitter
+from app.store.repository import AssignmentBatch, AssignmentRow
 
-
-@dataclass(frozen=True)
-class CustomerInput:
-    customer_id: str
-    features: Mapping[str, Any]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,41 +50,108 @@ class AssignmentService:
         self.model = model
         self.engine = engine
         self.max_batch = max_batch
+        self.committer: GroupCommitter | None = None  # set by the lifespan once the loop runs
+        self.schema_head: str | None = None  # the migration the code expects, for readiness
 
-    def assign(self, customer: CustomerInput, *, persist: bool) -> AssignmentRow:
-        """Score one customer and, unless persist is False, store it before returning."""
-        rows = self._score([customer], prefix="features", mode="single")
-        if persist:
-            self._store(rows, "assign")
-        return rows[0]
+    # --- assigning -----------------------------------------------------------------------------
 
-    def assign_batch(
-        self, customers: Sequence[CustomerInput], *, persist: bool
-    ) -> list[AssignmentRow]:
-        """Score customers in order; all are stored in one transaction, or none if any row is bad."""
+    def score_one(self, payload: Any) -> AssignmentRow:
+        """Validate and score one request body `{"customer_id", "features"}`."""
+        valid = self._validate([payload], prefix="", what="The customer's features are")
+        batch = self._score(valid, mode="single")
+        return AssignmentRow(
+            batch.customer_ids[0],
+            batch.segment_ids[0],
+            batch.segment_keys[0],
+            batch.model_versions[0],
+            batch.distances[0],
+            batch.confidences[0],
+            batch.features[0],
+            batch.assigned_at[0],
+        )
+
+    async def store_one(self, row: AssignmentRow) -> None:
+        """Store one assignment through group commit; returns once it is committed."""
+        assert self.committer is not None, "the lifespan starts the group committer"
+        await self.committer.submit(row)
+        self.count(AssignmentBatch.of_rows([row]))
+
+    def assign_batch(self, payload: Any, *, persist: bool) -> AssignmentBatch:
+        """Score a batch body `{"customers": [...]}` in order; store all of it in one transaction."""
+        customers = _customers_of(payload)
         if len(customers) > self.max_batch:
             raise BatchTooLarge(len(customers), self.max_batch)
-        rows = self._score(customers, prefix="customers[{i}].features", mode="batch")
+        valid = self._validate(customers, prefix="customers", what="")
+        batch = self._score(valid, mode="batch")
         if persist:
-            self._store(rows, "assign_batch")
-        return rows
+            self.write(batch, "assign_batch")
+        self.count(batch)
+        return batch
+
+    def write(self, batch: AssignmentBatch, operation: str = "assign") -> None:
+        with self.transaction(operation, writing=True) as conn:
+            repository.store_batch(conn, batch)
+
+    def count(self, batch: AssignmentBatch) -> None:
+        """Count assignments per segment once they are final (stored, or scored only)."""
+        keys, counts = np.unique(np.asarray(batch.segment_keys, dtype=object), return_counts=True)
+        version = batch.model_versions[0] if len(batch) else self.model.version
+        for key, number in zip(keys.tolist(), counts.tolist(), strict=True):
+            ASSIGNMENTS.labels(version, key).inc(number)
+
+    def _validate(self, customers: Sequence[Any], *, prefix: str, what: str) -> ValidBatch:
+        valid, problems = self.model.validator.customers(customers, prefix)
+        if problems or valid is None:
+            if not what:
+                bad_rows = len({p.loc.split("]")[0] for p in problems})
+                what = f"{bad_rows} of the batch's {len(customers)} customers are"
+            raise InvalidFeatures(
+                f"{what} invalid; nothing was stored. Fix the fields listed in details and resend.",
+                problems,
+            )
+        return valid
+
+    def _score(self, valid: ValidBatch, *, mode: str) -> AssignmentBatch:
+        started = time.perf_counter()
+        model = self.model
+        scores = model.score_arrays(valid.numeric, valid.categorical)
+        INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
+        for feature, unknown in model.unknown_categories(valid.categorical).items():
+            UNKNOWN_CATEGORIES.labels(model.version, feature).inc(unknown)
+        rows = len(valid.customer_ids)
+        clusters = scores.clusters.tolist()
+        return AssignmentBatch(
+            customer_ids=valid.customer_ids,
+            segment_ids=[model.segment_ids_by_cluster[c] for c in clusters],
+            segment_keys=[model.segment_keys_by_cluster[c] for c in clusters],
+            model_versions=[model.version] * rows,
+            distances=np.round(scores.distances, 6).tolist(),
+            confidences=np.round(scores.confidences, 6).tolist(),
+            features=valid.features,
+            assigned_at=[datetime.now(UTC)] * rows,
+        )
+
+    # --- reading and erasing -----------------------------------------------------------------
 
     def current(self, customer_id: str) -> AssignmentRow:
-        with self._connection("lookup") as conn:
+        _check_customer_id(customer_id)
+        with self.transaction("lookup") as conn:
             row = repository.current_membership(conn, customer_id)
         if row is None:
             raise CustomerNotFound(customer_id)
         return row
 
     def history(self, customer_id: str, limit: int) -> list[AssignmentRow]:
-        with self._connection("lookup") as conn:
+        _check_customer_id(customer_id)
+        with self.transaction("lookup") as conn:
             rows = repository.customer_history(conn, customer_id, limit)
         if not rows:
             raise CustomerNotFound(customer_id)
         return rows
 
     def erase(self, customer_id: str) -> None:
-        with self.transaction("erase") as conn:
+        _check_customer_id(customer_id)
+        with self.transaction("erase", writing=True) as conn:
             if repository.erase_customer(conn, customer_id) == 0:
                 raise CustomerNotFound(customer_id)
 
@@ -92,100 +159,72 @@ class AssignmentService:
         if segment_key not in self.model.segments_by_key:
             raise SegmentNotFound(segment_key, self.model.segments_by_key)
         after = _decode_cursor(cursor) if cursor else None
-        with self._connection("lookup") as conn:
-            # one extra row tells whether another page follows without a count query
+        with self.transaction("lookup") as conn:
+            # one extra row tells whether another page follows, without a count query
             ids = repository.segment_members(conn, segment_key, after, limit + 1)
         more = len(ids) > limit
         ids = ids[:limit]
         return MembersPage(segment_key, ids, _encode_cursor(ids[-1]) if more else None)
 
     def store_ready(self) -> str | None:
-        """None when the store answers, else why not."""
+        """None when the store answers and is migrated, else why not."""
         try:
             with self.engine.connect() as conn:
                 repository.ping(conn)
+                revision = repository.schema_revision(conn)
         except (OperationalError, InterfaceError, PoolTimeout, DBAPIError) as exc:
-            return _reason(exc)
+            log.warning("store not ready: %s", exc)
+            return "the database does not answer (connection refused or timed out)"
+        if self.schema_head is not None and revision != self.schema_head:
+            return f"the database schema is at {revision or 'nothing'}, not {self.schema_head}: run `segments migrate`"
         return None
 
-    def _score(
-        self, customers: Sequence[CustomerInput], *, prefix: str, mode: str
-    ) -> list[AssignmentRow]:
-        started = time.perf_counter()
-        model = self.model
-        clean_rows: list[dict[str, Any]] = []
-        problems: list[Problem] = []
-        for i, customer in enumerate(customers):
-            clean, found = model.validate(customer.features, prefix.format(i=i))
-            clean_rows.append(clean)
-            problems.extend(found)
-        if problems:
-            bad_rows = len({p.loc.split(".features")[0] for p in problems})
-            what = (
-                "customer's features are"
-                if mode == "single"
-                else f"batch has {bad_rows} invalid row(s), so it is"
-            )
-            raise InvalidFeatures(
-                f"The {what} invalid; nothing was stored. Fix the fields listed in details and resend.",
-                problems,
-            )
-        scores = model.score(clean_rows)
-        INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
-        now = datetime.now(UTC)
-        rows = []
-        for i, customer in enumerate(customers):
-            segment = model.segments_by_cluster[int(scores.clusters[i])]
-            rows.append(
-                AssignmentRow(
-                    customer_id=customer.customer_id,
-                    segment_id=segment.id,
-                    segment_key=segment.key,
-                    model_version=model.version,
-                    distance=round(float(scores.distances[i]), 6),
-                    confidence=round(float(scores.confidences[i]), 6),
-                    features=clean_rows[i],
-                    assigned_at=now,
-                )
-            )
-            ASSIGNMENTS.labels(model.version, segment.key).inc()
-            for feature in model.unknown_categories(clean_rows[i]):
-                UNKNOWN_CATEGORIES.labels(model.version, feature).inc()
-        return rows
-
-    def _store(self, rows: list[AssignmentRow], operation: str) -> None:
-        with self.transaction(operation) as conn:
-            repository.store_assignments(conn, rows)
-
     @contextmanager
-    def transaction(self, operation: str) -> Iterator[Connection]:
+    def transaction(self, operation: str, *, writing: bool = False) -> Iterator[Connection]:
         """One transaction: committed when the block ends, rolled back on any error."""
         try:
             with self.engine.begin() as conn:
                 yield conn
         except (OperationalError, InterfaceError, PoolTimeout) as exc:
-            STORE_FAILURES.labels(operation).inc()
-            raise StoreUnavailable(_reason(exc)) from exc
+            raise self._unavailable(operation, writing, exc) from exc
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-            STORE_FAILURES.labels(operation).inc()
-            raise StoreUnavailable(_reason(exc)) from exc
+            raise self._unavailable(operation, writing, exc) from exc
 
-    @contextmanager
-    def _connection(self, operation: str) -> Iterator[Connection]:
-        # reads use a transaction too: it is the same code path and rolls back harmlessly
-        with self.transaction(operation) as conn:
-            yield conn
+    @staticmethod
+    def _unavailable(operation: str, writing: bool, exc: Exception) -> StoreUnavailable:
+        STORE_FAILURES.labels(operation).inc()
+        # the driver's message names hosts and users: it goes to the log, not to the client
+        log.warning("store unavailable during %s: %s", operation, exc)
+        return StoreUnavailable(writing=writing)
 
 
-def _reason(exc: Exception) -> str:
-    # the driver's first line, never the URL or credentials
-    original = getattr(exc, "orig", None) or exc
-    first_line = (
-        str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
-    )
-    return f"database unavailable ({type(original).__name__}: {first_line[:200]})"
+def _customers_of(payload: Any) -> list[Any]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("customers"), list):
+        raise InvalidFeatures(
+            "The body must be an object with a list of customers; see POST /v1/assignments/batch in /docs.",
+            [Problem("customers", "is required: a list of {customer_id, features} objects")],
+        )
+    extra = [key for key in payload if key != "customers"]
+    if extra:
+        raise InvalidFeatures(
+            "The body has fields other than customers; remove them and resend.",
+            [Problem(key, "is not a field of a batch") for key in extra],
+        )
+    if not payload["customers"]:
+        raise InvalidFeatures(
+            "The batch is empty; send at least one customer.", [Problem("customers", "is empty")]
+        )
+    return list(payload["customers"])
+
+
+def _check_customer_id(customer_id: str) -> None:
+    problem = customer_id_problem(customer_id)
+    if problem:
+        raise InvalidFeatures(
+            f"The customer id is invalid: it {problem}.", [Problem("customer_id", problem)]
+        )
 
 
 def _encode_cursor(customer_id: str) -> str:
@@ -197,6 +236,6 @@ def _decode_cursor(cursor: str) -> str:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidCursor() from exc
-    if not text.startswith("m1:"):
+    if not text.startswith("m1:") or customer_id_problem(text[3:]):
         raise InvalidCursor()
     return text[3:]

@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(
         default=2.0, gt=0, description="seconds to wait for a pooled connection"
     )
+    group_commit_max_rows: int = Field(
+        default=512, ge=1, description="most single assignments in one commit"
+    )
+    group_commit_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=50,
+        description="extra wait to gather rows before a commit; 0 = commit as soon as the writer is free",
+    )
+    drift_min_samples: int = Field(
+        default=100, ge=1, description="fewest assignments behind a drift figure"
+    )
+    gc_freeze: bool = Field(
+        default=True, description="freeze start-up objects out of the garbage collector"
+    )
     log_level: str = "info"
 
     @property

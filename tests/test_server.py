@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -32,6 +33,9 @@ def two_workers(
     clear_tables(database_url)
     port = free_port()
     metrics_dir = tmp_path / "prometheus"
+    # as in Kubernetes, the folder exists already (a mounted emptyDir), here with a stale file
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale counts from an earlier run")
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -77,8 +81,9 @@ def test_two_workers_serve_and_their_metrics_add_up(
     two_workers: tuple[str, Path], database_url: str
 ) -> None:
     base, metrics_dir = two_workers
+    assert not (metrics_dir / "counter_999999.db").exists()
     singles = 120
-    for i in range(singles):
+    for i in range(singles // 2):
         # a fresh connection each time, so the kernel spreads requests over both workers
         response = httpx.post(
             f"{base}/v1/assignments",
@@ -86,6 +91,20 @@ def test_two_workers_serve_and_their_metrics_add_up(
             headers={"connection": "close"},
         )
         assert response.status_code == 200
+
+    async def concurrent() -> list[int]:
+        async with httpx.AsyncClient(base_url=base) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/assignments", json={"customer_id": f"w{i}", "features": CHAMPION}
+                    )
+                    for i in range(singles // 2, singles)
+                )
+            )
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(concurrent()) == [200] * (singles // 2)
     batch = [{"customer_id": f"b{i}", "features": CHAMPION} for i in range(80)]
     assert httpx.post(f"{base}/v1/assignments/batch", json={"customers": batch}).status_code == 200
     assert count_rows(database_url, "assignments") == singles + 80

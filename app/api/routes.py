@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
+from app.api.body import parse_json
 from app.api.responses import OrjsonResponse
 from app.api.schemas import (
     ActiveModelOut,
@@ -20,13 +24,14 @@ from app.api.schemas import (
     SegmentOut,
     SegmentRef,
     SegmentsOut,
+    request_body_schema,
 )
 from app.errors import error_body
 from app.metrics.registry import exposition
 from app.runtime import Runtime
-from app.scoring.model import Problem, SegmentModel
-from app.service import AssignmentService, CustomerInput
-from app.store.repository import AssignmentRow
+from app.scoring.model import SegmentModel
+from app.scoring.validation import CUSTOMER_ID_PATTERN, Problem
+from app.store.repository import AssignmentBatch, AssignmentRow
 
 
 def _runtime(request: Request) -> Runtime:
@@ -34,13 +39,10 @@ def _runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
-CustomerId = Annotated[str, Query(min_length=1, max_length=128)]
+CustomerIdPath = Annotated[str, Path(pattern=CUSTOMER_ID_PATTERN, max_length=128)]
+Persist = Annotated[bool, Query(description="false: score without storing")]
 
 router = APIRouter()
-
-
-def _service(runtime: Runtime) -> AssignmentService:
-    return runtime.service
 
 
 def _out(row: AssignmentRow, model: SegmentModel) -> AssignmentOut:
@@ -59,25 +61,87 @@ def _out(row: AssignmentRow, model: SegmentModel) -> AssignmentOut:
     )
 
 
-@router.post("/v1/assignments", response_model=AssignmentOut, tags=["assignments"])
-def assign(body: CustomerIn, runtime: RuntimeDep, persist: bool = True) -> AssignmentOut:
-    """Assign one customer to a segment and store it (`?persist=false` only scores)."""
-    row = runtime.service.assign(CustomerInput(body.customer_id, body.features), persist=persist)
-    return _out(row, runtime.model)
+def _json(body: object) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.post("/v1/assignments/batch", response_model=BatchOut, tags=["assignments"])
-def assign_batch(body: BatchIn, runtime: RuntimeDep, persist: bool = True) -> BatchOut:
+def _timestamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _assignment_dicts(batch: AssignmentBatch, names: dict[str, str]) -> list[dict[str, object]]:
+    stamp = {moment: _timestamp(moment) for moment in set(batch.assigned_at)}
+    return [
+        {
+            "customer_id": customer_id,
+            "segment": {"id": segment_id, "key": key, "name": names[key]},
+            "model_version": version,
+            "distance": distance,
+            "confidence": confidence,
+            "assigned_at": stamp[moment],
+        }
+        for customer_id, segment_id, key, version, distance, confidence, moment in zip(
+            batch.customer_ids,
+            batch.segment_ids,
+            batch.segment_keys,
+            batch.model_versions,
+            batch.distances,
+            batch.confidences,
+            batch.assigned_at,
+            strict=True,
+        )
+    ]
+
+
+@router.post(
+    "/v1/assignments",
+    response_model=AssignmentOut,
+    tags=["assignments"],
+    openapi_extra=request_body_schema(CustomerIn),
+)
+async def assign(request: Request, runtime: RuntimeDep, persist: Persist = True) -> Response:
+    """Assign one customer to a segment and store it (`?persist=false` only scores).
+
+    Answers only once the assignment is committed; concurrent requests share commits.
+    """
+    service = runtime.service
+    payload = parse_json(await request.body())
+    if service.model.compiled is not None:
+        # the compiled scorer takes microseconds: cheaper inline than a hop to a thread
+        row = service.score_one(payload)
+    else:
+        row = await run_in_threadpool(service.score_one, payload)
+    if persist:
+        await service.store_one(row)
+    else:
+        service.count(AssignmentBatch.of_rows([row]))
+    batch = AssignmentBatch.of_rows([row])
+    return _json(_assignment_dicts(batch, runtime.segment_names)[0])
+
+
+@router.post(
+    "/v1/assignments/batch",
+    response_model=BatchOut,
+    tags=["assignments"],
+    openapi_extra=request_body_schema(BatchIn),
+)
+async def assign_batch(request: Request, runtime: RuntimeDep, persist: Persist = True) -> Response:
     """Assign many customers, stored in one transaction: all of them, or none if any row is invalid."""
-    customers = [CustomerInput(c.customer_id, c.features) for c in body.customers]
-    rows = runtime.service.assign_batch(customers, persist=persist)
-    return BatchOut(
-        model_version=runtime.model.version, assignments=[_out(r, runtime.model) for r in rows]
-    )
+    raw = await request.body()
+
+    def work() -> bytes:
+        batch = runtime.service.assign_batch(parse_json(raw), persist=persist)
+        body = {
+            "model_version": runtime.model.version,
+            "assignments": _assignment_dicts(batch, runtime.segment_names),
+        }
+        return orjson.dumps(body)
+
+    return Response(await run_in_threadpool(work), media_type="application/json")
 
 
 @router.get("/v1/customers/{customer_id}/segment", response_model=AssignmentOut, tags=["customers"])
-def current_segment(customer_id: str, runtime: RuntimeDep) -> AssignmentOut:
+def current_segment(customer_id: CustomerIdPath, runtime: RuntimeDep) -> AssignmentOut:
     """The customer's current segment: their latest stored assignment."""
     return _out(runtime.service.current(customer_id), runtime.model)
 
@@ -86,7 +150,9 @@ def current_segment(customer_id: str, runtime: RuntimeDep) -> AssignmentOut:
     "/v1/customers/{customer_id}/assignments", response_model=HistoryOut, tags=["customers"]
 )
 def customer_history(
-    customer_id: str, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    customer_id: CustomerIdPath,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> HistoryOut:
     """The customer's stored assignments, newest first."""
     rows = runtime.service.history(customer_id, limit)
@@ -96,7 +162,7 @@ def customer_history(
 @router.delete(
     "/v1/customers/{customer_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["customers"]
 )
-def erase_customer(customer_id: str, runtime: RuntimeDep) -> Response:
+def erase_customer(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
     """Erase everything stored about the customer (history and membership)."""
     runtime.service.erase(customer_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -171,6 +237,7 @@ def active_model(runtime: RuntimeDep) -> ActiveModelOut:
 
 
 @router.get("/healthz", tags=["operations"])
+@router.head("/healthz", include_in_schema=False)
 def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}

@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 
 class LiveCollector(Collector):
     def __init__(
-        self, model: Callable[[], SegmentModel], engine: Engine, window: int, cache_seconds: float
+        self,
+        model: Callable[[], SegmentModel],
+        engine: Engine,
+        window: int,
+        cache_seconds: float,
+        min_samples: int,
     ) -> None:
+        self._min_samples = min_samples
         self._model = model
         self._engine = engine
         self._window = window
@@ -89,7 +95,8 @@ class LiveCollector(Collector):
             labels=["model_version"],
         )
         samples.add_metric([model.version], float(figures.samples if figures else 0))
-        if figures is not None:
+        # a handful of assignments says nothing about the population: no figure, no false alarm
+        if figures is not None and figures.samples >= self._min_samples:
             segment.add_metric([model.version], figures.segment_psi)
             for name, value in figures.feature_psi.items():
                 feature.add_metric([model.version, name], value)

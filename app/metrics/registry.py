@@ -58,6 +58,11 @@ UNKNOWN_CATEGORIES = Counter(
     "Categorical feature values the model never saw in training (accepted, scored as no category).",
     ["model_version", "feature"],
 )
+GROUP_COMMIT_ROWS = Histogram(
+    "segment_group_commit_rows",
+    "Single assignments written per group commit (one transaction); count = commits.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
 STORE_FAILURES = Counter(
     "segment_store_failures",
     "Requests that could not store their assignments because the database was unavailable.",

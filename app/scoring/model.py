@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,18 +13,9 @@ import pandas as pd
 from app.scoring.artifact import Artifact, ArtifactError, load_artifact
 from app.scoring.compiled import CompiledScorer, UnsupportedPipeline
 from app.scoring.manifest import FeatureSpec, Manifest, SegmentSpec
-
-FeatureValue = float | str
+from app.scoring.validation import FeatureValue, SchemaValidator
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one request value: where (`customers[3].features.monetary`) and what."""
-
-    loc: str
-    problem: str
 
 
 @dataclass(frozen=True)
@@ -49,10 +38,17 @@ class SegmentModel:
         self.version = self.manifest.version
         self.features: list[FeatureSpec] = self.manifest.features
         self.feature_names = [f.name for f in self.features]
-        self._specs = {f.name: f for f in self.features}
+        self.validator = SchemaValidator(self.features)
         self._categories = {f.name: frozenset(f.categories or ()) for f in self.features}
         self.segments_by_cluster: dict[int, SegmentSpec] = self.manifest.segment_by_cluster()
         self.segments_by_key: dict[str, SegmentSpec] = {s.key: s for s in self.manifest.segments}
+        self.segment_names = {s.key: s.name for s in self.manifest.segments}
+        self.segment_ids_by_cluster = [
+            self.segments_by_cluster[c].id for c in range(len(self.segments_by_cluster))
+        ]
+        self.segment_keys_by_cluster = [
+            self.segments_by_cluster[c].key for c in range(len(self.segments_by_cluster))
+        ]
         self.numeric_names = [f.name for f in self.features if f.type != "category"]
         self.categorical_names = [f.name for f in self.features if f.type == "category"]
         self._transform = artifact.pipeline[:-1]
@@ -73,40 +69,15 @@ class SegmentModel:
     def load(cls, path: Path) -> SegmentModel:
         return cls(load_artifact(path))
 
-    def validate(
-        self, features: Mapping[str, Any], where: str
-    ) -> tuple[dict[str, FeatureValue], list[Problem]]:
-        """Check one customer's features; returns the clean values and every problem found."""
-        clean: dict[str, FeatureValue] = {}
-        problems: list[Problem] = []
-        for name, spec in self._specs.items():
-            loc = f"{where}.{name}"
-            if name not in features:
-                problems.append(Problem(loc, f"is required: {_describe(spec)}"))
-                continue
-            value, problem = _check_value(spec, features[name])
-            if problem:
-                problems.append(Problem(loc, problem))
-            else:
-                assert value is not None
-                clean[name] = value
-        for name in features:
-            if name not in self._specs:
-                problems.append(
-                    Problem(
-                        f"{where}.{name}",
-                        f"is not a feature of this model; it takes {', '.join(self._specs)}",
-                    )
-                )
-        return clean, problems
-
-    def unknown_categories(self, features: Mapping[str, FeatureValue]) -> list[str]:
-        """Names of categorical features whose value the model never saw in training."""
-        return [
-            name
-            for name, allowed in self._categories.items()
-            if allowed and features.get(name) not in allowed
-        ]
+    def unknown_categories(self, categorical: Sequence[Sequence[str]]) -> dict[str, int]:
+        """How many values of each categorical feature the model never saw in training."""
+        counts = {}
+        for name, values in zip(self.categorical_names, categorical, strict=True):
+            allowed = self._categories[name]
+            unknown = sum(1 for v in values if v not in allowed)
+            if unknown:
+                counts[name] = unknown
+        return counts
 
     def score(self, rows: Sequence[Mapping[str, FeatureValue]]) -> Scores:
         """Score validated rows (each one with every feature of the schema)."""
@@ -155,32 +126,3 @@ def _confidence(nearest: np.ndarray, runner_up: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         confidence = np.where(runner_up > 0, 1.0 - nearest / runner_up, 0.0)
     return np.clip(confidence, 0.0, 1.0)
-
-
-def _describe(spec: FeatureSpec) -> str:
-    if spec.type == "category":
-        shown = ", ".join((spec.categories or [])[:10])
-        return f"a string, one of {shown} (others are accepted as unknown)"
-    kind = "an integer" if spec.type == "integer" else "a number"
-    return f"{kind} from {spec.minimum:g} to {spec.maximum:g}"
-
-
-def _check_value(spec: FeatureSpec, value: Any) -> tuple[FeatureValue | None, str | None]:
-    if spec.type == "category":
-        if not isinstance(value, str):
-            return None, f"must be {_describe(spec)}, got {type(value).__name__}"
-        if not value.strip() or len(value) > 256:
-            return None, "must be a non-empty string of at most 256 characters"
-        return value, None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, f"must be {_describe(spec)}, got {type(value).__name__}"
-    number = float(value)
-    if not math.isfinite(number):
-        return None, f"must be a finite number, got {value}"
-    if spec.type == "integer" and not number.is_integer():
-        return None, f"must be {_describe(spec)}, got {value}"
-    assert spec.minimum is not None
-    assert spec.maximum is not None
-    if not spec.minimum <= number <= spec.maximum:
-        return None, f"is out of range: must be {_describe(spec)}, got {value}"
-    return number, None

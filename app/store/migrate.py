@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from app.settings import PROJECT_ROOT
 
@@ -25,3 +26,8 @@ def upgrade(database_url: str) -> None:
 def check(database_url: str) -> None:
     """Raise if the migrations do not produce exactly the schema app.store.tables declares."""
     command.check(alembic_config(database_url))
+
+
+def head_revision(root: Path = PROJECT_ROOT) -> str | None:
+    """The newest migration this code ships: what a ready database must be at."""
+    return ScriptDirectory.from_config(alembic_config("", root)).get_current_head()

@@ -1,4 +1,4 @@
-"""Reading and writing assignments: the only module that speaks SQL (through SQLAlchemy Core).
+"""Reading and writing assignments: the only module that speaks SQL (through SQLAlchemy).
 
 Functions take a Connection inside the caller's transaction and never commit themselves.
 """
@@ -10,17 +10,34 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
+import psycopg
 from sqlalchemy import Connection, Table, delete, func, insert, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from app.store.tables import Assignment, Membership
 
 assignments = cast(Table, Assignment.__table__)
 memberships = cast(Table, Membership.__table__)
 
+HISTORY_COLUMNS = (
+    "customer_id",
+    "segment_id",
+    "segment_key",
+    "model_version",
+    "distance",
+    "confidence",
+    "features",
+    "assigned_at",
+)
+MEMBERSHIP_COLUMNS = tuple(c for c in HISTORY_COLUMNS if c != "features")
+
 
 @dataclass(frozen=True)
 class AssignmentRow:
+    """One stored (or storable) assignment, as the API reports it."""
+
     customer_id: str
     segment_id: int
     segment_key: str
@@ -31,55 +48,179 @@ class AssignmentRow:
     assigned_at: datetime
 
 
-def store_assignments(conn: Connection, rows: Sequence[AssignmentRow]) -> None:
-    """Append every row to the history and make each customer's last row their membership."""
-    if not rows:
+@dataclass(frozen=True)
+class AssignmentBatch:
+    """Assignments to store, as columns: a batch request, or single requests committed together."""
+
+    customer_ids: Sequence[str]
+    segment_ids: Sequence[int]
+    segment_keys: Sequence[str]
+    model_versions: Sequence[str]
+    distances: Sequence[float]
+    confidences: Sequence[float]
+    features: Sequence[dict[str, Any]]
+    assigned_at: Sequence[datetime]
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[AssignmentRow]) -> AssignmentBatch:
+        return cls(
+            [r.customer_id for r in rows],
+            [r.segment_id for r in rows],
+            [r.segment_key for r in rows],
+            [r.model_version for r in rows],
+            [r.distance for r in rows],
+            [r.confidence for r in rows],
+            [r.features for r in rows],
+            [r.assigned_at for r in rows],
+        )
+
+    def __len__(self) -> int:
+        return len(self.customer_ids)
+
+    def history_tuples(self) -> list[tuple[Any, ...]]:
+        features = [orjson.dumps(f).decode() for f in self.features]
+        return list(
+            zip(
+                self.customer_ids,
+                self.segment_ids,
+                self.segment_keys,
+                self.model_versions,
+                self.distances,
+                self.confidences,
+                features,
+                self.assigned_at,
+                strict=True,
+            )
+        )
+
+    def latest_memberships(self) -> list[tuple[Any, ...]]:
+        """One row per customer: their latest assignment in this batch (later rows win ties)."""
+        latest: dict[str, tuple[Any, ...]] = {}
+        for row in zip(
+            self.customer_ids,
+            self.segment_ids,
+            self.segment_keys,
+            self.model_versions,
+            self.distances,
+            self.confidences,
+            self.assigned_at,
+            strict=True,
+        ):
+            kept = latest.get(row[0])
+            if kept is None or kept[6] <= row[6]:
+                latest[row[0]] = row
+        return list(latest.values())
+
+
+def store_batch(conn: Connection, batch: AssignmentBatch) -> None:
+    """Append every assignment to the history and update each customer's membership."""
+    if not len(batch):
         return
-    conn.execute(insert(assignments), [_history_params(r) for r in rows])
-    latest = {r.customer_id: r for r in rows}  # a customer twice in one batch: the later row wins
-    upsert = _upsert_membership(conn)
-    conn.execute(upsert, [_membership_params(r) for r in latest.values()])
+    if conn.dialect.name == "postgresql":
+        _store_postgresql(conn, batch)
+    elif conn.dialect.name == "sqlite":
+        _store_sqlite(conn, batch)
+    else:
+        raise RuntimeError(f"unsupported database {conn.dialect.name}: use PostgreSQL or SQLite")
+
+
+# PostgreSQL: COPY for the history (the fastest way in), and one INSERT … SELECT FROM unnest()
+# of array parameters for the memberships: two round trips whatever the batch size.
+_COPY_HISTORY = f"COPY assignments ({', '.join(HISTORY_COLUMNS)}) FROM STDIN"
+_UPSERT_MEMBERSHIPS = text(
+    f"""
+    INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)})
+    SELECT * FROM unnest(
+        CAST(:customer_id AS varchar[]), CAST(:segment_id AS integer[]), CAST(:segment_key AS varchar[]),
+        CAST(:model_version AS varchar[]), CAST(:distance AS float8[]), CAST(:confidence AS float8[]),
+        CAST(:assigned_at AS timestamptz[]))
+    ON CONFLICT (customer_id) DO UPDATE SET
+        {", ".join(f"{c} = excluded.{c}" for c in MEMBERSHIP_COLUMNS if c != "customer_id")}
+    WHERE memberships.assigned_at <= excluded.assigned_at
+    """  # noqa: S608 - the column names are constants; every value is a bound parameter
+)
+
+
+def _store_postgresql(conn: Connection, batch: AssignmentBatch) -> None:
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        with driver.cursor() as cursor, cursor.copy(_COPY_HISTORY) as copy:
+            for row in batch.history_tuples():
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        # COPY bypasses SQLAlchemy's statement execution: wrap the driver's error the way
+        # SQLAlchemy would (DataError, OperationalError …) so callers handle one family
+        raise DBAPIError.instance(
+            _COPY_HISTORY, None, exc, psycopg.Error, dialect=conn.dialect
+        ) from exc
+    members = batch.latest_memberships()
+    columns = list(zip(*members, strict=True))
+    conn.execute(
+        _UPSERT_MEMBERSHIPS,
+        {name: list(values) for name, values in zip(MEMBERSHIP_COLUMNS, columns, strict=True)},
+    )
+
+
+def _store_sqlite(conn: Connection, batch: AssignmentBatch) -> None:
+    history = [
+        dict(zip(HISTORY_COLUMNS, row, strict=True))
+        for row in zip(
+            batch.customer_ids,
+            batch.segment_ids,
+            batch.segment_keys,
+            batch.model_versions,
+            batch.distances,
+            batch.confidences,
+            batch.features,
+            batch.assigned_at,
+            strict=True,
+        )
+    ]
+    conn.execute(insert(assignments), history)
+    statement = sqlite.insert(memberships)
+    upsert = statement.on_conflict_do_update(
+        index_elements=[memberships.c.customer_id],
+        set_={c: statement.excluded[c] for c in MEMBERSHIP_COLUMNS if c != "customer_id"},
+        where=memberships.c.assigned_at <= statement.excluded.assigned_at,
+    )
+    conn.execute(
+        upsert,
+        [dict(zip(MEMBERSHIP_COLUMNS, row, strict=True)) for row in batch.latest_memberships()],
+    )
 
 
 def current_membership(conn: Connection, customer_id: str) -> AssignmentRow | None:
-    row = (
-        conn.execute(select(memberships).where(memberships.c.customer_id == customer_id))
-        .mappings()
-        .first()
-    )
+    query = select(memberships).where(memberships.c.customer_id == customer_id)
+    row = conn.execute(query).mappings().first()
     if row is None:
         return None
     return AssignmentRow(features={}, **{**row, "assigned_at": _utc(row["assigned_at"])})
 
 
 def customer_history(conn: Connection, customer_id: str, limit: int) -> list[AssignmentRow]:
+    """The customer's assignments, newest first (the order membership follows)."""
     query = (
-        select(assignments)
+        select(*(assignments.c[name] for name in HISTORY_COLUMNS))
         .where(assignments.c.customer_id == customer_id)
-        .order_by(assignments.c.id.desc())
+        .order_by(assignments.c.assigned_at.desc(), assignments.c.id.desc())
         .limit(limit)
     )
     return [
-        AssignmentRow(
-            **{k: v for k, v in r.items() if k != "id"} | {"assigned_at": _utc(r["assigned_at"])}
-        )
+        AssignmentRow(**{**r, "assigned_at": _utc(r["assigned_at"])})
         for r in conn.execute(query).mappings()
     ]
 
 
 def erase_customer(conn: Connection, customer_id: str) -> int:
     """Delete the customer's history and membership; returns how many rows went."""
-    history = conn.execute(
-        delete(assignments).where(assignments.c.customer_id == customer_id)
-    ).rowcount
-    current = conn.execute(
-        delete(memberships).where(memberships.c.customer_id == customer_id)
-    ).rowcount
-    return int(history) + int(current)
+    history = conn.execute(delete(assignments).where(assignments.c.customer_id == customer_id))
+    current = conn.execute(delete(memberships).where(memberships.c.customer_id == customer_id))
+    return int(history.rowcount) + int(current.rowcount)
 
 
 def segment_members(conn: Connection, segment_key: str, after: str | None, limit: int) -> list[str]:
-    """Customer ids currently in the segment, in id order, starting after `after` (keyset paging)."""
+    """Customer ids currently in the segment, in id order, after `after` (keyset paging)."""
     query = select(memberships.c.customer_id).where(memberships.c.segment_key == segment_key)
     if after is not None:
         query = query.where(memberships.c.customer_id > after)
@@ -90,7 +231,7 @@ def segment_members(conn: Connection, segment_key: str, after: str | None, limit
 def recent_assignments(
     conn: Connection, model_version: str, window: int
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(segment key, features) of the model's latest `window` assignments: the live drift sample."""
+    """(segment key, features) of the model's latest `window` assignments: the drift sample."""
     query = (
         select(assignments.c.segment_key, assignments.c.features)
         .where(assignments.c.model_version == model_version)
@@ -113,37 +254,14 @@ def ping(conn: Connection) -> None:
     conn.execute(text("SELECT 1"))
 
 
-def _upsert_membership(conn: Connection) -> Any:
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(memberships)
-    elif dialect == "sqlite":
-        statement = sqlite.insert(memberships)
-    else:
-        raise RuntimeError(f"unsupported database {dialect}: use PostgreSQL or SQLite")
-    updated = {
-        c.name: statement.excluded[c.name] for c in memberships.columns if c.name != "customer_id"
-    }
-    return statement.on_conflict_do_update(index_elements=[memberships.c.customer_id], set_=updated)
-
-
-def _history_params(row: AssignmentRow) -> dict[str, Any]:
-    return {
-        "customer_id": row.customer_id,
-        "segment_id": row.segment_id,
-        "segment_key": row.segment_key,
-        "model_version": row.model_version,
-        "distance": row.distance,
-        "confidence": row.confidence,
-        "features": row.features,
-        "assigned_at": row.assigned_at,
-    }
-
-
-def _membership_params(row: AssignmentRow) -> dict[str, Any]:
-    params = _history_params(row)
-    del params["features"]
-    return params
+def schema_revision(conn: Connection) -> str | None:
+    """The Alembic revision the database is at (None before the first migration)."""
+    try:
+        return cast(
+            str | None, conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        )
+    except (ProgrammingError, OperationalError):  # no alembic_version table: never migrated
+        return None
 
 
 def _utc(moment: datetime) -> datetime:

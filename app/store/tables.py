@@ -41,13 +41,18 @@ class Assignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("ix_assignments_customer_id_id", "customer_id", "id"),
+        # a customer's history, newest first (assigned_at, then id to break ties)
+        Index("ix_assignments_customer_id_assigned_at", "customer_id", "assigned_at", "id"),
         Index("ix_assignments_model_version_id", "model_version", "id"),
     )
 
 
 class Membership(Base):
-    """A customer's current segment: the latest assignment, one row per customer."""
+    """A customer's current segment: the assignment with the latest assigned_at, one row per customer.
+
+    Concurrent writers may commit out of order; the upsert keeps the row whose assigned_at is
+    latest, and history is read in the same order, so the two always agree.
+    """
 
     __tablename__ = "memberships"
 

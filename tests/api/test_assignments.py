@@ -120,6 +120,7 @@ def test_each_kind_of_bad_feature_is_named(client: TestClient, database_url: str
         "not integer": ({**CHAMPION, "frequency": 2.5}, "features.frequency"),
         "out of range": ({**CHAMPION, "recency_days": -1}, "features.recency_days"),
         "null": ({**CHAMPION, "monetary": None}, "features.monetary"),
+        "list": ({**CHAMPION, "monetary": [1]}, "features.monetary"),
     }
     for label, (features, loc) in cases.items():
         response = client.post("/v1/assignments", json={"customer_id": "bad", "features": features})
@@ -169,7 +170,7 @@ def test_bad_batch_lists_every_bad_row_and_stores_nothing(
         "customers[11].features.monetary",
         "customers[19].features.colour",
     )
-    assert "3 invalid" in body["error"]["message"]
+    assert body["error"]["message"].startswith("3 of the batch's 20 customers are invalid")
     assert count_rows(database_url, "assignments") == 0
     assert count_rows(database_url, "memberships") == 0
 
@@ -253,3 +254,84 @@ def test_unknown_route_and_method_use_the_error_body(client: TestClient) -> None
     response = client.put("/v1/assignments", json={})
     assert response.status_code == 405
     assert_error(response.json(), "method_not_allowed")
+
+
+def test_ids_that_could_not_be_read_back_are_refused(client: TestClient, database_url: str) -> None:
+    for bad_id in ("a/b", "x\u0000y", "tab\there", "x" * 129):
+        response = client.post(
+            "/v1/assignments", json={"customer_id": bad_id, "features": CHAMPION}
+        )
+        assert response.status_code == 422, bad_id
+        assert_error(response.json(), "invalid_input", "customer_id")
+    batch = [
+        {"customer_id": "fine", "features": CHAMPION},
+        {"customer_id": "no/slash", "features": CHAMPION},
+    ]
+    response = client.post("/v1/assignments/batch", json={"customers": batch})
+    assert_error(response.json(), "invalid_input", "customers[1].customer_id")
+    assert client.get("/v1/customers/x%00y/segment").status_code == 422
+    assert client.delete("/v1/customers/x%00y").status_code == 422
+    # any other text is a fine id, and reads back through the URL
+    odd = "ünïcode id with spaces & ?query#chars"
+    assert (
+        client.post("/v1/assignments", json={"customer_id": odd, "features": CHAMPION}).status_code
+        == 200
+    )
+    from urllib.parse import quote
+
+    assert client.get(f"/v1/customers/{quote(odd, safe='')}/segment").json()["customer_id"] == odd
+    assert count_rows(database_url, "assignments") == 1
+
+
+def test_numbers_beyond_float_and_bodies_beyond_reason(client: TestClient) -> None:
+    huge = (
+        '{"customer_id": "h", "features": {"recency_days": 1, "frequency": 1%s, "monetary": 3}}'
+        % ("0" * 400)
+    )
+    response = client.post(
+        "/v1/assignments", content=huge, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert_error(response.json(), "invalid_input", "features.frequency")
+
+    deep = "[" * 100_000 + "]" * 100_000
+    response = client.post(
+        "/v1/assignments", content=deep, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert_error(response.json(), "invalid_input", "body")
+
+    truncated = client.post(
+        "/v1/assignments", content=b'{"a":', headers={"content-type": "application/json"}
+    )
+    assert_error(truncated.json(), "invalid_input", "body")
+    assert_error(client.post("/v1/assignments", content=b"").json(), "invalid_input", "body")
+    not_object = client.post("/v1/assignments", json=[1, 2])
+    assert_error(not_object.json(), "invalid_input", "body")
+    features_not_object = client.post("/v1/assignments", json={"customer_id": "a", "features": [1]})
+    assert_error(features_not_object.json(), "invalid_input", "features")
+
+
+def test_batch_envelope_errors(client: TestClient) -> None:
+    assert_error(
+        client.post("/v1/assignments/batch", json={"rows": []}).json(), "invalid_input", "customers"
+    )
+    extra = client.post(
+        "/v1/assignments/batch",
+        json={"customers": [{"customer_id": "a", "features": CHAMPION}], "x": 1},
+    )
+    assert_error(extra.json(), "invalid_input", "x")
+    unknown_field = client.post(
+        "/v1/assignments/batch",
+        json={"customers": [{"customer_id": "a", "features": CHAMPION, "email": "e"}]},
+    )
+    assert_error(unknown_field.json(), "invalid_input", "customers[0].email")
+
+
+def test_readiness_names_an_unmigrated_database(tmp_path: Path, rfm_model_dir: Path) -> None:
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    with TestClient(create_app(make_settings(empty, rfm_model_dir))) as fresh:
+        ready = fresh.get("/readyz")
+        assert ready.status_code == 503
+        assert "segments migrate" in ready.json()["error"]["details"][0]["problem"]
+        assert fresh.head("/healthz").status_code == 200

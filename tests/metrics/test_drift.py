@@ -84,6 +84,12 @@ def test_drift_is_quiet_for_training_traffic_and_loud_for_shifted(
     settings = make_settings(database_url, DEFAULT_MODELS, drift_window=4000)
     with TestClient(create_app(settings)) as client:
         assert "segment_drift_psi{" not in client.get("/metrics").text  # no traffic, no figure
+        _replay(client, online_retail_rfm.head(50), "few-")
+        # 50 assignments are below SEGMENTS_DRIFT_MIN_SAMPLES (100): still no figure, no false alarm
+        text = client.get("/metrics").text
+        assert "segment_drift_psi{" not in text
+        assert metric_value(text, "segment_drift_samples") == 50
+        clear_tables(database_url)
         sample = online_retail_rfm.sample(n=4000, replace=True, random_state=3)
         _replay(client, sample, "same-")
         segment_psi, feature_psi, samples = _drift(client)

@@ -113,3 +113,29 @@ def test_scorer_agrees_with_the_pipeline_on_all_training_like_rows() -> None:
     )
     ours = model.score_frame(frame).clusters
     assert np.array_equal(ours, model.artifact.pipeline.predict(frame))
+
+
+def test_the_default_model_and_its_data_are_committed() -> None:
+    """What `make serve` and `make model` need must be in git, not only in this working tree."""
+    import subprocess
+
+    from app.settings import PROJECT_ROOT
+
+    if not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an unpacked release): nothing to compare")
+    listed = subprocess.run(
+        ["git", "ls-files", "models", "data"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    version = (DEFAULT_MODELS / "DEFAULT").read_text().strip()
+    for needed in (
+        "models/DEFAULT",
+        f"models/{version}/manifest.json",
+        f"models/{version}/pipeline.skops",
+        "data/online-retail/online_retail.csv.gz",
+        "data/online-retail/SOURCE.md",
+    ):
+        assert needed in listed

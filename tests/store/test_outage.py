@@ -19,9 +19,9 @@ from app.scoring.model import SegmentModel
 from app.service import AssignmentService
 from app.settings import Settings
 from app.store.engine import make_engine
-from app.store.repository import AssignmentRow, store_assignments
+from app.store.repository import AssignmentBatch, AssignmentRow, store_batch
 from tests.api.test_assignments import CHAMPION, assert_error
-from tests.conftest import clear_tables, count_rows, make_settings
+from tests.conftest import clear_tables, count_rows, make_settings, metric_value
 
 
 @contextmanager
@@ -60,6 +60,7 @@ def test_store_outage_fails_fast_and_recovers_without_restart(
             == 200
         )
 
+        counted = metric_value(client.get("/metrics").text, "segment_assignments_total")
         with database_refusing_connections(database_url):
             started = time.monotonic()
             response = client.post(
@@ -84,9 +85,11 @@ def test_store_outage_fails_fast_and_recovers_without_restart(
             assert ready.status_code == 503
             assert_error(ready.json(), "not_ready", "store")
             assert "password" not in ready.text
-            assert (
-                client.get("/metrics").status_code == 200
-            )  # drift is skipped, the rest still exported
+            metrics = client.get("/metrics")
+            assert metrics.status_code == 200  # drift is skipped, the rest still exported
+            # only the persist=false scoring counts: nothing refused was counted as assigned
+            assert metric_value(metrics.text, "segment_assignments_total") == counted + 1
+            assert "127.0.0.1" not in response.text  # the driver's message stays in the log
 
         # back: the very next request works, no restart
         assert client.get("/readyz").status_code == 200
@@ -107,13 +110,13 @@ def test_failure_mid_write_rolls_back(
     now = datetime.now(UTC)
     good = AssignmentRow("ok", 0, "champions", model.version, 0.1, 0.9, {"recency_days": 1.0}, now)
     with pytest.raises(RuntimeError), service.transaction("assign") as conn:
-        store_assignments(conn, [good])
+        store_batch(conn, AssignmentBatch.of_rows([good]))
         raise RuntimeError("the process fails between two writes")
     if on_postgres:  # the database itself refusing the second write (id longer than the column)
         too_long = AssignmentRow("x" * 200, 0, "champions", model.version, 0.1, 0.9, {}, now)
         with pytest.raises(DataError), service.transaction("assign") as conn:
-            store_assignments(conn, [good])
-            store_assignments(conn, [too_long])
+            store_batch(conn, AssignmentBatch.of_rows([good]))
+            store_batch(conn, AssignmentBatch.of_rows([too_long]))
     engine.dispose()
     assert count_rows(database_url, "assignments") == 0
     assert count_rows(database_url, "memberships") == 0

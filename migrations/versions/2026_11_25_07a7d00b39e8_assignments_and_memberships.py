@@ -1,8 +1,8 @@
 """assignments and memberships
 
-Revision ID: 851ba30b3d1f
+Revision ID: 07a7d00b39e8
 Revises:
-Create Date: 2026-11-25 02:58:34.944315
+Create Date: 2026-11-25 03:21:29.055895
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "851ba30b3d1f"
+revision: str = "07a7d00b39e8"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -39,7 +39,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_assignments")),
     )
     with op.batch_alter_table("assignments", schema=None) as batch_op:
-        batch_op.create_index("ix_assignments_customer_id_id", ["customer_id", "id"], unique=False)
+        batch_op.create_index(
+            "ix_assignments_customer_id_assigned_at",
+            ["customer_id", "assigned_at", "id"],
+            unique=False,
+        )
         batch_op.create_index(
             "ix_assignments_model_version_id", ["model_version", "id"], unique=False
         )
@@ -71,7 +75,7 @@ def downgrade() -> None:
     op.drop_table("memberships")
     with op.batch_alter_table("assignments", schema=None) as batch_op:
         batch_op.drop_index("ix_assignments_model_version_id")
-        batch_op.drop_index("ix_assignments_customer_id_id")
+        batch_op.drop_index("ix_assignments_customer_id_assigned_at")
 
     op.drop_table("assignments")
     # ### end Alembic commands ###

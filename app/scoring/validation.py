@@ -1,0 +1,225 @@
+"""Checking request data against the model's feature schema, naming every problem by location.
+
+A batch is checked column by column in bulk (one numpy pass per feature); only when that finds
+something wrong does it walk the rows one by one to say exactly which row and what.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.scoring.manifest import FeatureSpec
+
+FeatureValue = float | str
+CUSTOMER_ID_MAX = 128
+# ids travel in URL paths (/v1/customers/{id}): no slash, no control characters
+CUSTOMER_ID_PATTERN = r"^[^/\x00-\x1f\x7f]{1,128}$"
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+CATEGORY_MAX = 256
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one request value: where (`customers[3].features.monetary`) and what."""
+
+    loc: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class ValidBatch:
+    """Customers that passed validation, as columns ready for the scorer."""
+
+    customer_ids: list[str]
+    numeric: np.ndarray  # (rows, numeric features), float64, in the schema's numeric order
+    categorical: list[list[str]]  # one list per categorical feature
+    features: list[dict[str, Any]]  # each customer's features as sent (validated), for storage
+
+
+def customer_id_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string of 1 to {CUSTOMER_ID_MAX} characters, got {type(value).__name__}"
+    if not _CUSTOMER_ID.match(value):
+        return f"must be 1 to {CUSTOMER_ID_MAX} characters with no '/' and no control characters"
+    return None
+
+
+class SchemaValidator:
+    def __init__(self, features: Sequence[FeatureSpec]) -> None:
+        self.specs = {f.name: f for f in features}
+        self.numeric = [f for f in features if f.type != "category"]
+        self.categorical = [f for f in features if f.type == "category"]
+        self._names = frozenset(self.specs)
+        self._low = np.array([f.minimum for f in self.numeric], dtype=np.float64)
+        self._high = np.array([f.maximum for f in self.numeric], dtype=np.float64)
+        self._integer = np.array([f.type == "integer" for f in self.numeric], dtype=bool)
+
+    def features(self, features: Any, where: str) -> list[Problem]:
+        """Every problem with one customer's features (an empty list when they are fine)."""
+        if not isinstance(features, Mapping):
+            return [
+                Problem(
+                    where, f"must be an object of the model's features ({', '.join(self.specs)})"
+                )
+            ]
+        problems: list[Problem] = []
+        for name, spec in self.specs.items():
+            loc = f"{where}.{name}"
+            if name not in features:
+                problems.append(Problem(loc, f"is required: {describe(spec)}"))
+                continue
+            problem = _value_problem(spec, features[name])
+            if problem:
+                problems.append(Problem(loc, problem))
+        for name in features:
+            if name not in self.specs:
+                problems.append(
+                    Problem(
+                        f"{where}.{name}",
+                        f"is not a feature of this model; it takes {', '.join(self.specs)}",
+                    )
+                )
+        return problems
+
+    def customers(
+        self, customers: Sequence[Any], prefix: str
+    ) -> tuple[ValidBatch | None, list[Problem]]:
+        """Validate customer objects `{"customer_id", "features"}`; `prefix` is e.g. 'customers'."""
+        batch = self._fast_path(customers)
+        if batch is not None:
+            return batch, []
+        problems: list[Problem] = []
+        for i, customer in enumerate(customers):
+            where = f"{prefix}[{i}]" if prefix else ""
+            dot = f"{where}." if where else ""
+            if not isinstance(customer, Mapping):
+                problems.append(
+                    Problem(where or "body", "must be an object with customer_id and features")
+                )
+                continue
+            id_problem = customer_id_problem(customer.get("customer_id"))
+            if "customer_id" not in customer:
+                problems.append(Problem(f"{dot}customer_id", "is required"))
+            elif id_problem:
+                problems.append(Problem(f"{dot}customer_id", id_problem))
+            if "features" not in customer:
+                problems.append(Problem(f"{dot}features", "is required"))
+            else:
+                problems.extend(self.features(customer["features"], f"{dot}features"))
+            for key in customer:
+                if key not in ("customer_id", "features"):
+                    problems.append(
+                        Problem(f"{dot}{key}", "is not a field; send customer_id and features")
+                    )
+        if problems:
+            return None, problems
+        # everything was fine after all (e.g. integers the fast path would not take): convert
+        return self._convert(customers), []
+
+    def _fast_path(self, customers: Sequence[Any]) -> ValidBatch | None:
+        """Bulk checks that succeed for clean input; None means 'look row by row'."""
+        try:
+            ids = [c["customer_id"] for c in customers]
+            features = [c["features"] for c in customers]
+            if any(len(c) != 2 for c in customers):
+                return None
+        except (TypeError, KeyError):
+            return None
+        if not all(type(i) is str and _CUSTOMER_ID.match(i) for i in ids):
+            return None
+        names = self._names
+        if not all(type(f) is dict and f.keys() == names for f in features):
+            return None
+        batch = self._convert(customers)
+        if batch is None:
+            return None
+        return (
+            batch
+            if self._numeric_ok(batch.numeric) and self._categorical_ok(batch.categorical)
+            else None
+        )
+
+    def _convert(self, customers: Sequence[Any]) -> ValidBatch | None:
+        features = [c["features"] for c in customers]
+        columns = []
+        for spec in self.numeric:
+            column = [f[spec.name] for f in features]
+            # bools are ints to Python and numpy: refuse them explicitly
+            if not all(type(v) is float or type(v) is int for v in column):
+                return None
+            columns.append(column)
+        try:
+            numeric = np.array(columns, dtype=np.float64).T.reshape(
+                len(customers), len(self.numeric)
+            )
+        except OverflowError:  # an integer beyond float range
+            return None
+        categorical = [[f[spec.name] for f in features] for spec in self.categorical]
+        return ValidBatch(
+            [c["customer_id"] for c in customers],
+            np.ascontiguousarray(numeric),
+            categorical,
+            features,
+        )
+
+    def _numeric_ok(self, numeric: np.ndarray) -> bool:
+        if numeric.size == 0:
+            return True
+        with np.errstate(invalid="ignore"):
+            in_range = (numeric >= self._low) & (numeric <= self._high)
+        whole = ~self._integer | (numeric == np.round(numeric))
+        return bool(np.isfinite(numeric).all() and in_range.all() and whole.all())
+
+    def _categorical_ok(self, categorical: list[list[Any]]) -> bool:
+        return all(
+            all(type(v) is str and 0 < len(v) <= CATEGORY_MAX and v.strip() for v in column)
+            for column in categorical
+        )
+
+
+def describe(spec: FeatureSpec) -> str:
+    if spec.type == "category":
+        shown = ", ".join((spec.categories or [])[:10])
+        return f"a string, one of {shown} (others are accepted as unknown)"
+    kind = "an integer" if spec.type == "integer" else "a number"
+    return f"{kind} from {spec.minimum:g} to {spec.maximum:g}"
+
+
+def _value_problem(spec: FeatureSpec, value: Any) -> str | None:
+    if spec.type == "category":
+        if not isinstance(value, str):
+            return f"must be {describe(spec)}, got {_type_name(value)}"
+        if not value.strip() or len(value) > CATEGORY_MAX:
+            return f"must be a non-empty string of at most {CATEGORY_MAX} characters"
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be {describe(spec)}, got {_type_name(value)}"
+    try:
+        number = float(value)
+    except OverflowError:
+        return f"is out of range: must be {describe(spec)}"
+    if not math.isfinite(number):
+        return f"must be a finite number, got {value}"
+    if spec.type == "integer" and not number.is_integer():
+        return f"must be {describe(spec)}, got {value}"
+    assert spec.minimum is not None
+    assert spec.maximum is not None
+    if not spec.minimum <= number <= spec.maximum:
+        return f"is out of range: must be {describe(spec)}, got {value}"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)

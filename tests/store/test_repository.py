@@ -1,0 +1,62 @@
+"""Storing assignments: history and membership agree, whatever order concurrent writers commit in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine
+
+from app.scoring.model import SegmentModel
+from app.service import AssignmentService
+from app.store import repository
+from app.store.engine import make_engine
+from app.store.repository import AssignmentBatch, AssignmentRow
+from tests.conftest import clear_tables, make_settings
+
+
+def _row(customer: str, key: str, at: datetime) -> AssignmentRow:
+    return AssignmentRow(customer, 1, key, "v1", 0.5, 0.5, {"recency_days": 1.0}, at)
+
+
+def test_membership_follows_the_latest_assignment_not_the_last_commit(
+    database_url: str, rfm_model_dir: Path
+) -> None:
+    clear_tables(database_url)
+    service = AssignmentService(
+        SegmentModel.load(rfm_model_dir),
+        make_engine(make_settings(database_url, rfm_model_dir)),
+        10,
+    )
+    earlier = datetime(2026, 1, 1, tzinfo=UTC)
+    later = earlier + timedelta(milliseconds=3)
+    # request B (scored later) commits first, then request A (scored earlier) commits
+    service.write(AssignmentBatch.of_rows([_row("c1", "champions", later)]))
+    service.write(AssignmentBatch.of_rows([_row("c1", "hibernating", earlier)]))
+    with service.transaction("lookup") as conn:
+        current = repository.current_membership(conn, "c1")
+        history = repository.customer_history(conn, "c1", 10)
+    assert current is not None
+    assert current.segment_key == "champions"
+    assert [r.segment_key for r in history] == [
+        "champions",
+        "hibernating",
+    ]  # newest first, same order
+    service.engine.dispose()
+
+
+def test_a_customer_twice_in_one_batch_keeps_the_later_row(database_url: str) -> None:
+    clear_tables(database_url)
+    engine = create_engine(database_url)
+    now = datetime.now(UTC)
+    batch = AssignmentBatch.of_rows(
+        [_row("d", "first", now), _row("e", "other", now), _row("d", "second", now)]
+    )
+    with engine.begin() as conn:
+        repository.store_batch(conn, batch)
+    with engine.connect() as conn:
+        current = repository.current_membership(conn, "d")
+        assert current is not None
+        assert current.segment_key == "second"
+        assert len(repository.customer_history(conn, "d", 10)) == 2
+    engine.dispose()
