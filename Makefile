@@ -23,7 +23,7 @@ test: $(VENV)/.test  ## the whole suite; on PostgreSQL when TEST_DATABASE_URL is
 	$(BIN)/pytest
 
 lint: $(VENV)/.test
-	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/mypy app tests
+	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/mypy app tests bench
 
 model: $(VENV)/.serve  ## retrain the default model from the committed Online Retail data
 	rm -rf models/$(DEFAULT_MODEL) && $(BIN)/segments train transactions $(TRAIN_DATA) --customer CustomerID --time InvoiceDate --quantity Quantity --price UnitPrice --invoice InvoiceNo --k-range 5-7 --version $(DEFAULT_MODEL) --out models && echo $(DEFAULT_MODEL) > models/DEFAULT

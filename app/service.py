@@ -9,13 +9,13 @@ import base64
 import binascii
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -55,26 +55,16 @@ class AssignmentService:
 
     # --- assigning -----------------------------------------------------------------------------
 
-    def score_one(self, payload: Any) -> AssignmentRow:
-        """Validate and score one request body `{"customer_id", "features"}`."""
+    def score_single(self, payload: Any) -> AssignmentBatch:
+        """Validate and score one request body `{"customer_id", "features"}` (a batch of one)."""
         valid = self._validate([payload], prefix="", what="The customer's features are")
-        batch = self._score(valid, mode="single")
-        return AssignmentRow(
-            batch.customer_ids[0],
-            batch.segment_ids[0],
-            batch.segment_keys[0],
-            batch.model_versions[0],
-            batch.distances[0],
-            batch.confidences[0],
-            batch.features[0],
-            batch.assigned_at[0],
-        )
+        return self._score(valid, mode="single")
 
-    async def store_one(self, row: AssignmentRow) -> None:
+    async def store_one(self, batch: AssignmentBatch) -> None:
         """Store one assignment through group commit; returns once it is committed."""
         assert self.committer is not None, "the lifespan starts the group committer"
-        await self.committer.submit(row)
-        self.count(AssignmentBatch.of_rows([row]))
+        await self.committer.submit(batch.row(0))
+        self.count(batch)
 
     def assign_batch(self, payload: Any, *, persist: bool) -> AssignmentBatch:
         """Score a batch body `{"customers": [...]}` in order; store all of it in one transaction."""
@@ -94,9 +84,9 @@ class AssignmentService:
 
     def count(self, batch: AssignmentBatch) -> None:
         """Count assignments per segment once they are final (stored, or scored only)."""
-        keys, counts = np.unique(np.asarray(batch.segment_keys, dtype=object), return_counts=True)
-        version = batch.model_versions[0] if len(batch) else self.model.version
-        for key, number in zip(keys.tolist(), counts.tolist(), strict=True):
+        for (version, key), number in Counter(
+            zip(batch.model_versions, batch.segment_keys, strict=True)
+        ).items():
             ASSIGNMENTS.labels(version, key).inc(number)
 
     def _validate(self, customers: Sequence[Any], *, prefix: str, what: str) -> ValidBatch:
@@ -125,8 +115,8 @@ class AssignmentService:
             segment_ids=[model.segment_ids_by_cluster[c] for c in clusters],
             segment_keys=[model.segment_keys_by_cluster[c] for c in clusters],
             model_versions=[model.version] * rows,
-            distances=np.round(scores.distances, 6).tolist(),
-            confidences=np.round(scores.confidences, 6).tolist(),
+            distances=[round(d, 6) for d in scores.distances.tolist()],
+            confidences=[round(c, 6) for c in scores.confidences.tolist()],
             features=valid.features,
             assigned_at=[datetime.now(UTC)] * rows,
         )

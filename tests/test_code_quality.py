@@ -15,7 +15,7 @@ from app.settings import PROJECT_ROOT
     [
         ["ruff", "format", "--check", "."],
         ["ruff", "check", "."],
-        ["mypy", "app", "tests"],
+        ["mypy", "app", "tests", "bench"],
     ],
     ids=["ruff-format", "ruff-check", "mypy"],
 )

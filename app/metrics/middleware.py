@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics.registry import REQUEST_DURATION
@@ -12,6 +13,8 @@ from app.metrics.registry import REQUEST_DURATION
 class RequestTimer:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # the labelled child per (route, method, status): .labels() costs more than observe()
+        self._children: dict[tuple[str, str, str], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -32,6 +35,8 @@ class RequestTimer:
             route = scope.get("route")
             # the route template, never the raw path: label values must stay few
             template = getattr(route, "path", None) or "unmatched"
-            REQUEST_DURATION.labels(template, scope["method"], str(status)).observe(
-                time.perf_counter() - started
-            )
+            key = (template, scope["method"], str(status))
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = REQUEST_DURATION.labels(*key)
+            child.observe(time.perf_counter() - started)

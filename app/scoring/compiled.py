@@ -60,6 +60,10 @@ class CompiledScorer:
         self._num_log = np.array([c.log1p for c in numeric], dtype=bool)
         self._num_mean = np.array([c.mean for c in numeric], dtype=np.float64)
         self._num_scale = np.array([c.scale for c in numeric], dtype=np.float64)
+        self._any_log = bool(self._num_log.any())
+        self._all_log = bool(self._num_log.all())
+        # numeric features only, already in model-space order: the scaled matrix *is* the space
+        self._numeric_is_space = not onehots and self._num_out.tolist() == list(range(width))
         self._centers = np.ascontiguousarray(centers, dtype=np.float64)
         self._centers_t = np.ascontiguousarray(self._centers.T)
         self._center_sq = np.einsum("ij,ij->i", self._centers, self._centers)
@@ -120,13 +124,17 @@ class CompiledScorer:
     def transform(self, numeric: np.ndarray, categorical: Sequence[Sequence[str]]) -> np.ndarray:
         """Model-space rows from a (rows, numeric features) float matrix and categorical columns."""
         rows = numeric.shape[0]
+        values = numeric[:, self._num_in]
+        if self._all_log:
+            np.log1p(values, out=values)
+        elif self._any_log:
+            values[:, self._num_log] = np.log1p(values[:, self._num_log])
+        values -= self._num_mean
+        values /= self._num_scale
+        if self._numeric_is_space:
+            return values
         space = np.zeros((rows, self._width), dtype=np.float64)
         if self._numeric:
-            values = numeric[:, self._num_in]
-            if self._num_log.any():
-                values[:, self._num_log] = np.log1p(values[:, self._num_log])
-            values -= self._num_mean
-            values /= self._num_scale
             space[:, self._num_out] = values
         for onehot in self._onehots:
             column = categorical[onehot.feature]
@@ -144,6 +152,13 @@ class CompiledScorer:
         ||c||^2 - 2 x.c (the ||x||^2 term is the same for every centre), first minimum wins.
         """
         partial = self._center_sq - 2.0 * (space @ self._centers_t)
+        if partial.shape[0] == 1:  # one customer: the rest in plain floats, same decisions
+            values = partial[0].tolist()
+            cluster = values.index(min(values))  # the first minimum, as np.argmin
+            x_sq = float(space[0] @ space[0])
+            squared = sorted(max(v + x_sq, 0.0) for v in values)
+            second = squared[1] if len(squared) > 1 else squared[0]
+            return np.array([cluster]), np.array([squared[0] ** 0.5]), np.array([second**0.5])
         clusters = np.argmin(partial, axis=1)
         x_sq = np.einsum("ij,ij->i", space, space)
         squared = np.maximum(partial + x_sq[:, None], 0.0)

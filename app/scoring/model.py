@@ -123,6 +123,9 @@ class SegmentModel:
 
 def _confidence(nearest: np.ndarray, runner_up: np.ndarray) -> np.ndarray:
     """1 - nearest / runner-up distance: 0 on the border of two segments, 1 on a centre."""
+    if nearest.shape[0] == 1:
+        near, second = float(nearest[0]), float(runner_up[0])
+        return np.array([min(max(1.0 - near / second, 0.0), 1.0) if second > 0 else 0.0])
     with np.errstate(divide="ignore", invalid="ignore"):
         confidence = np.where(runner_up > 0, 1.0 - nearest / runner_up, 0.0)
     return np.clip(confidence, 0.0, 1.0)

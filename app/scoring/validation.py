@@ -59,6 +59,10 @@ class SchemaValidator:
         self._low = np.array([f.minimum for f in self.numeric], dtype=np.float64)
         self._high = np.array([f.maximum for f in self.numeric], dtype=np.float64)
         self._integer = np.array([f.type == "integer" for f in self.numeric], dtype=bool)
+        self._bounds = [
+            (float(f.minimum or 0), float(f.maximum or 0), f.type == "integer")
+            for f in self.numeric
+        ]
 
     def features(self, features: Any, where: str) -> list[Problem]:
         """Every problem with one customer's features (an empty list when they are fine)."""
@@ -171,10 +175,19 @@ class SchemaValidator:
     def _numeric_ok(self, numeric: np.ndarray) -> bool:
         if numeric.size == 0:
             return True
+        if numeric.shape[0] == 1:  # one customer: plain floats beat numpy's per-call overhead
+            return all(
+                low <= v <= high and (not integer or v.is_integer())
+                for v, (low, high, integer) in zip(numeric[0].tolist(), self._bounds, strict=True)
+            )
+        # NaN fails both comparisons and infinities fail one: the range check covers finiteness
         with np.errstate(invalid="ignore"):
-            in_range = (numeric >= self._low) & (numeric <= self._high)
-        whole = ~self._integer | (numeric == np.round(numeric))
-        return bool(np.isfinite(numeric).all() and in_range.all() and whole.all())
+            if not ((numeric >= self._low) & (numeric <= self._high)).all():
+                return False
+        if self._integer.any():
+            integers = numeric[:, self._integer]
+            return bool((integers == np.floor(integers)).all())
+        return True
 
     def _categorical_ok(self, categorical: list[list[Any]]) -> bool:
         return all(

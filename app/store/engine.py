@@ -13,7 +13,9 @@ from app.settings import Settings
 def make_engine(settings: Settings) -> Engine:
     url = make_url(settings.database_url_text)
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": settings.db_connect_timeout})
+        engine = create_engine(
+            url, connect_args={"timeout": settings.db_connect_timeout}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.drivername == "postgresql":
@@ -36,6 +38,8 @@ def make_engine(settings: Settings) -> Engine:
         pool_timeout=settings.db_pool_timeout,
         # a connection the server dropped is replaced on checkout: recovery without a restart
         pool_pre_ping=True,
+        # errors and logs must not carry customer ids or features
+        hide_parameters=True,
     )
 
 

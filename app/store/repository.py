@@ -77,6 +77,18 @@ class AssignmentBatch:
     def __len__(self) -> int:
         return len(self.customer_ids)
 
+    def row(self, index: int) -> AssignmentRow:
+        return AssignmentRow(
+            self.customer_ids[index],
+            self.segment_ids[index],
+            self.segment_keys[index],
+            self.model_versions[index],
+            self.distances[index],
+            self.confidences[index],
+            self.features[index],
+            self.assigned_at[index],
+        )
+
     def history_tuples(self) -> list[tuple[Any, ...]]:
         features = [orjson.dumps(f).decode() for f in self.features]
         return list(

@@ -1,0 +1,1 @@
+"""Benchmarks: real servers under a real load generator (wrk); see bench/run.py."""

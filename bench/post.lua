@@ -1,0 +1,19 @@
+-- wrk script: POST the JSON in BODY_FILE. With VARY_ID=1 the body is a template whose "__ID__"
+-- is replaced by a counter, so single assignments go to many customers (as in production).
+local file = assert(io.open(os.getenv("BODY_FILE"), "r"))
+local template = file:read("*a")
+file:close()
+local vary = os.getenv("VARY_ID") == "1"
+local counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = template
+
+request = function()
+  if vary then
+    counter = counter + 1
+    local body = template:gsub("__ID__", tostring(counter) .. "-" .. tostring(math.random(1, 1000000000)))
+    return wrk.format(nil, nil, nil, body)
+  end
+  return wrk.format(nil, nil, nil, template)
+end

@@ -1,0 +1,453 @@
+"""Benchmark the service against the usual way and a bare endpoint, in one run (`make bench`).
+
+Each server runs as a real uvicorn process pinned to CPU 0; wrk runs pinned to CPU 1 and talks
+to it over loopback. PostgreSQL (the persisted scenarios) is not pinned. Every scenario is
+repeated and reported as the median with the spread; bench/RESULTS.md gets the tables and the
+ratios the issue asks for. Bounded: each wrk run lasts --duration seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pandas as pd
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.store.migrate import upgrade  # noqa: E402
+from app.training.rfm import TransactionColumns, compute_rfm  # noqa: E402
+from app.training.tables import read_table  # noqa: E402
+
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Run:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Scenario:
+    name: str
+    server: str
+    rows: int = 1
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, attribute: str) -> float:
+        return float(statistics.median(getattr(r, attribute) for r in self.runs))
+
+    def spread(self, attribute: str) -> str:
+        values = [getattr(r, attribute) for r in self.runs]
+        return f"{min(values):,.3g}–{max(values):,.3g}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(
+    kind: str, database_url: str, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """Start one server process on CPU 0; yields (base url, pid)."""
+    port = free_port()
+    uvicorn = [
+        str(BIN / "uvicorn"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    command = {
+        "ours": [str(BIN / "segments"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        "baseline": [*uvicorn, "--factory", "bench.baseline_app:create_app"],
+        "bare": [*uvicorn, "bench.bare_app:app"],
+    }[kind]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "SEGMENTS_LOG_LEVEL": "warning",
+        **(extra_env or {}),
+    }
+    process = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], cwd=ROOT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{base}/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{kind} server did not start")
+        yield base, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wrk(url: str, connections: int, duration: int, body_file: Path | None, vary_id: bool) -> Run:
+    command = [
+        "taskset",
+        "-c",
+        LOAD_CPU,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "30s",
+    ]
+    env = dict(os.environ)
+    if body_file is not None:
+        command += ["-s", str(ROOT / "bench" / "post.lua")]
+        env |= {"BODY_FILE": str(body_file), "VARY_ID": "1" if vary_id else "0"}
+    output = subprocess.run(
+        [*command, url], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    percentiles = {
+        int(p): _ms(v, unit)
+        for p, v, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+    }
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors += int(non_2xx.group(1)) if non_2xx else 0
+    return Run(rps, percentiles[50], percentiles[99], errors)
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process, in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    current = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return current / 1024, peak / 1024
+
+
+def real_customers() -> pd.DataFrame:
+    columns = TransactionColumns(
+        "CustomerID", "InvoiceDate", quantity="Quantity", price="UnitPrice", invoice="InvoiceNo"
+    )
+    raw = read_table(ROOT / "data" / "online-retail" / "online_retail.csv.gz", columns.needed())
+    return compute_rfm(raw, columns).features
+
+
+def write_bodies(folder: Path, customers: pd.DataFrame) -> dict[str, Path]:
+    frame = customers.reset_index()
+    records = [
+        {"recency_days": float(r), "frequency": int(f), "monetary": float(m)}
+        for r, f, m in zip(
+            frame["recency_days"], frame["frequency"], frame["monetary"], strict=True
+        )
+    ]
+
+    def features(record: dict[str, float | int]) -> dict[str, float | int]:
+        return record
+
+    bodies: dict[str, object] = {
+        "single": {"customer_id": "__ID__", "features": features(records[0])}
+    }
+    for size in (1000, 10_000):
+        bodies[f"batch{size}"] = {
+            "customers": [
+                {"customer_id": f"b{i}", "features": features(records[i % len(records)])}
+                for i in range(size)
+            ]
+        }
+    paths = {}
+    for name, body in bodies.items():
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(body))
+        paths[name] = path
+    return paths
+
+
+@contextmanager
+def bench_database(admin_url: str) -> Iterator[str]:
+    base = make_url(admin_url).set(drivername="postgresql+psycopg")
+    name = f"segments_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--database",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install wrk")
+
+    scenarios: dict[str, Scenario] = {}
+    memory: dict[str, tuple[float, float]] = {}
+
+    def measure(
+        key: str,
+        server_kind: str,
+        base: str,
+        path: str,
+        connections: int,
+        body: Path | None,
+        rows: int = 1,
+        vary: bool = False,
+    ) -> None:
+        scenario = scenarios.setdefault(key, Scenario(key, server_kind, rows))
+        wrk(base + path, connections, 2, body, vary)  # warm-up, not counted
+        for _ in range(args.repeats):
+            scenario.runs.append(wrk(base + path, connections, args.duration, body, vary))
+        print(
+            f"{key:<44} {scenario.median('requests_per_second'):>10,.0f} req/s  p50 {scenario.median('p50_ms'):.3f} ms  p99 {scenario.median('p99_ms'):.3f} ms",
+            flush=True,
+        )
+
+    customers = real_customers()
+    started = time.time()
+    with tempfile.TemporaryDirectory() as folder, bench_database(args.database) as database_url:
+        bodies = write_bodies(Path(folder), customers)
+        sqlite_url = f"sqlite:///{folder}/unused.db"
+        upgrade(sqlite_url)
+        for kind in ("bare", "baseline", "ours"):
+            db = database_url if kind != "bare" else sqlite_url
+            with server(kind, db) as (base, pid):
+                for c in (1, 16, 64):
+                    measure(
+                        f"single scored c={c} [{kind}]",
+                        kind,
+                        base,
+                        "/v1/assignments?persist=false",
+                        c,
+                        bodies["single"],
+                        vary=True,
+                    )
+                if kind == "bare":
+                    continue
+                for c in (1, 16, 64):
+                    measure(
+                        f"single persisted c={c} [{kind}]",
+                        kind,
+                        base,
+                        "/v1/assignments",
+                        c,
+                        bodies["single"],
+                        vary=True,
+                    )
+                for size in (1000, 10_000):
+                    measure(
+                        f"batch {size} scored [{kind}]",
+                        kind,
+                        base,
+                        "/v1/assignments/batch?persist=false",
+                        1,
+                        bodies[f"batch{size}"],
+                        rows=size,
+                    )
+                    measure(
+                        f"batch {size} persisted [{kind}]",
+                        kind,
+                        base,
+                        "/v1/assignments/batch",
+                        1,
+                        bodies[f"batch{size}"],
+                        rows=size,
+                    )
+                if kind == "ours":
+                    segments = httpx.get(f"{base}/v1/segments").json()["segments"]
+                    biggest = max(segments, key=lambda s: s["share"])["key"]
+                    measure(
+                        f"audience page of 1000 c=16 [{kind}]",
+                        kind,
+                        base,
+                        f"/v1/segments/{biggest}/members?limit=1000",
+                        16,
+                        None,
+                    )
+                memory[kind] = rss_mb(pid)
+        # garbage collector: the same 1,000-row batches with gc.freeze off (CPython defaults)
+        with server("ours", database_url, {"SEGMENTS_GC_FREEZE": "false"}) as (base, _):
+            measure(
+                "batch 1000 scored, gc untuned [ours]",
+                "ours",
+                base,
+                "/v1/assignments/batch?persist=false",
+                1,
+                bodies["batch1000"],
+                rows=1000,
+            )
+    elapsed = time.time() - started
+    write_report(args, scenarios, memory, elapsed)
+
+
+def write_report(
+    args: argparse.Namespace,
+    scenarios: dict[str, Scenario],
+    memory: dict[str, tuple[float, float]],
+    elapsed: float,
+) -> None:
+    def rps(key: str) -> float:
+        return scenarios[key].median("requests_per_second") * scenarios[key].rows
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    postgres = subprocess.run(
+        ["psql", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` (`python bench/run.py --duration {args.duration} --repeats {args.repeats}`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, in {elapsed / 60:.0f} minutes.",
+        "",
+        f"- Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, {postgres}.",
+        "- Each server is one uvicorn process pinned to CPU 0 (`taskset -c 0`); wrk (1 thread) is pinned to CPU 1;",
+        "  PostgreSQL runs unpinned on the same two cores, so persisted figures share CPU with the database.",
+        "- `ours` is `segments serve` (1 worker); `baseline` is bench/baseline_app.py (FastAPI + pydantic + a DataFrame +",
+        "  `Pipeline.predict` + ORM `session.add`/`merge`), serving the same model and tables; `bare` is a FastAPI endpoint returning a constant.",
+        "- Bodies are real Online Retail customers' RFM features; single requests each carry a new customer id.",
+        f"- Every figure is the median of {args.repeats} runs of {args.duration} s after a 2 s warm-up; the spread is min–max of those runs.",
+        "",
+        "| scenario | requests/s | rows/s | p50 ms | p99 ms | requests/s spread | errors |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for s in scenarios.values():
+        errors = sum(r.errors for r in s.runs)
+        lines.append(
+            f"| {s.name} | {s.median('requests_per_second'):,.0f} | {rps(s.name):,.0f} | {s.median('p50_ms'):.3f} | "
+            f"{s.median('p99_ms'):.2f} | {s.spread('requests_per_second')} | {errors} |"
+        )
+    lines += [
+        "",
+        "## Memory",
+        "",
+        "| server | RSS after the run, MB | peak RSS, MB |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {kind} | {now:.0f} | {peak:.0f} |" for kind, (now, peak) in memory.items()]
+
+    def ratio(a: str, b: str) -> float:
+        return rps(a) / rps(b)
+
+    checks = [
+        (
+            "single scored, c=16: ours / baseline",
+            ratio("single scored c=16 [ours]", "single scored c=16 [baseline]"),
+            ">= 10",
+        ),
+        (
+            "single scored, c=16: ours / bare endpoint",
+            ratio("single scored c=16 [ours]", "single scored c=16 [bare]"),
+            ">= 0.40",
+        ),
+        (
+            "single scored, c=1: p50 ms",
+            scenarios["single scored c=1 [ours]"].median("p50_ms"),
+            "< 0.5",
+        ),
+        (
+            "single persisted, c=16: ours / baseline scored-only",
+            ratio("single persisted c=16 [ours]", "single scored c=16 [baseline]"),
+            ">= 5",
+        ),
+        (
+            "single persisted, c=64: ours / baseline scored-only",
+            ratio("single persisted c=64 [ours]", "single scored c=64 [baseline]"),
+            ">= 5",
+        ),
+        (
+            "batch 10,000 scored: ours / baseline (rows/s)",
+            ratio("batch 10000 scored [ours]", "batch 10000 scored [baseline]"),
+            ">= 5",
+        ),
+        (
+            "batch 10,000 persisted: ours / baseline scored-only",
+            ratio("batch 10000 persisted [ours]", "batch 10000 scored [baseline]"),
+            ">= 2",
+        ),
+        (
+            "batch 1,000 scored: p99 / p50",
+            scenarios["batch 1000 scored [ours]"].median("p99_ms")
+            / scenarios["batch 1000 scored [ours]"].median("p50_ms"),
+            "<= 3",
+        ),
+        (
+            "batch 1,000 scored, gc untuned: p99 / p50",
+            scenarios["batch 1000 scored, gc untuned [ours]"].median("p99_ms")
+            / scenarios["batch 1000 scored, gc untuned [ours]"].median("p50_ms"),
+            "(for comparison)",
+        ),
+    ]
+    lines += [
+        "",
+        "## Targets (issue 3), as ratios within this run",
+        "",
+        "| figure | value | target |",
+        "| --- | ---: | --- |",
+    ]
+    lines += [f"| {name} | {value:.2f} | {target} |" for name, value, target in checks]
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
