@@ -43,7 +43,8 @@ class Assignment(Base):
     __table_args__ = (
         # a customer's history, newest first (assigned_at, then id to break ties)
         Index("ix_assignments_customer_id_assigned_at", "customer_id", "assigned_at", "id"),
-        Index("ix_assignments_model_version_id", "model_version", "id"),
+        # no (model_version, id) index: the drift window walks the primary key backwards, where
+        # the newest rows are the active model's, and every index slows the bulk COPY
     )
 
 

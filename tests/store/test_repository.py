@@ -60,3 +60,23 @@ def test_a_customer_twice_in_one_batch_keeps_the_later_row(database_url: str) ->
         assert current.segment_key == "second"
         assert len(repository.customer_history(conn, "d", 10)) == 2
     engine.dispose()
+
+
+def test_awkward_text_survives_the_bulk_write(database_url: str) -> None:
+    """COPY's text format gives backslashes and tabs meaning: they must arrive unchanged."""
+    clear_tables(database_url)
+    engine = create_engine(database_url)
+    awkward_id = "back\\slash ü \\N"
+    features = {"job": 'tab\there, back\\slash, "quoted", new\nline', "age": 41.0}
+    row = AssignmentRow(awkward_id, 2, "loyal", "v1", 0.123456, 0.5, features, datetime.now(UTC))
+    with engine.begin() as conn:
+        repository.store_batch(conn, AssignmentBatch.of_rows([row]))
+    with engine.connect() as conn:
+        stored = repository.customer_history(conn, awkward_id, 1)[0]
+        current = repository.current_membership(conn, awkward_id)
+    assert stored.features == features
+    assert stored.customer_id == awkward_id
+    assert stored.distance == 0.123456
+    assert current is not None
+    assert current.customer_id == awkward_id
+    engine.dispose()

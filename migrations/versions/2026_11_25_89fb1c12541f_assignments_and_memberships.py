@@ -1,8 +1,8 @@
 """assignments and memberships
 
-Revision ID: 07a7d00b39e8
+Revision ID: 89fb1c12541f
 Revises:
-Create Date: 2026-11-25 03:21:29.055895
+Create Date: 2026-11-25 03:42:46.386106
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "07a7d00b39e8"
+revision: str = "89fb1c12541f"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -44,9 +44,6 @@ def upgrade() -> None:
             ["customer_id", "assigned_at", "id"],
             unique=False,
         )
-        batch_op.create_index(
-            "ix_assignments_model_version_id", ["model_version", "id"], unique=False
-        )
 
     op.create_table(
         "memberships",
@@ -74,7 +71,6 @@ def downgrade() -> None:
 
     op.drop_table("memberships")
     with op.batch_alter_table("assignments", schema=None) as batch_op:
-        batch_op.drop_index("ix_assignments_model_version_id")
         batch_op.drop_index("ix_assignments_customer_id_assigned_at")
 
     op.drop_table("assignments")
