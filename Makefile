@@ -28,6 +28,9 @@ lint: $(VENV)/.test
 model: $(VENV)/.serve  ## retrain the default model from the committed Online Retail data
 	rm -rf models/$(DEFAULT_MODEL) && $(BIN)/segments train transactions $(TRAIN_DATA) --customer CustomerID --time InvoiceDate --quantity Quantity --price UnitPrice --invoice InvoiceNo --k-range 5-7 --version $(DEFAULT_MODEL) --out models && echo $(DEFAULT_MODEL) > models/DEFAULT
 
+bench: $(VENV)/.test  ## real servers under wrk (Debian's wrk package), PostgreSQL on 127.0.0.1; writes bench/RESULTS.md
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) && $(BIN)/python bench/run.py
+
 lock:  ## re-pin dependencies after editing pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml -q --python-version 3.11 -o requirements.lock && uv pip compile pyproject.toml -q --python-version 3.11 --extra test -o requirements-test.lock
 

@@ -90,6 +90,16 @@ def server(
     ]
     command = {
         "ours": [str(BIN / "segments"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        "ours, 2 workers": [
+            str(BIN / "segments"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
         "baseline": [*uvicorn, "--factory", "bench.baseline_app:create_app"],
         "bare": [*uvicorn, "bench.bare_app:app"],
     }[kind]
@@ -318,6 +328,26 @@ def main() -> None:
                         None,
                     )
                 memory[kind] = rss_mb(pid)
+        # workers per core: two worker processes sharing the one server core
+        with server("ours, 2 workers", database_url) as (base, _):
+            measure(
+                "single scored c=64 [ours, 2 workers on 1 core]",
+                "ours, 2 workers",
+                base,
+                "/v1/assignments?persist=false",
+                64,
+                bodies["single"],
+                vary=True,
+            )
+            measure(
+                "single persisted c=64 [ours, 2 workers on 1 core]",
+                "ours, 2 workers",
+                base,
+                "/v1/assignments",
+                64,
+                bodies["single"],
+                vary=True,
+            )
         # garbage collector: the same 1,000-row batches with gc.freeze off (CPython defaults)
         with server("ours", database_url, {"SEGMENTS_GC_FREEZE": "false"}) as (base, _):
             measure(
@@ -372,6 +402,11 @@ def write_report(
     ]
     for s in scenarios.values():
         errors = sum(r.errors for r in s.runs)
+        if s.median("requests_per_second") == 0:
+            lines.append(
+                f"| {s.name} | no request finished within {args.duration} s | | | | | {errors} |"
+            )
+            continue
         lines.append(
             f"| {s.name} | {s.median('requests_per_second'):,.0f} | {rps(s.name):,.0f} | {s.median('p50_ms'):.3f} | "
             f"{s.median('p99_ms'):.2f} | {s.spread('requests_per_second')} | {errors} |"
@@ -429,6 +464,18 @@ def write_report(
             scenarios["batch 1000 scored [ours]"].median("p99_ms")
             / scenarios["batch 1000 scored [ours]"].median("p50_ms"),
             "<= 3",
+        ),
+        (
+            "single scored c=64: 2 workers / 1 worker, both on one core",
+            ratio("single scored c=64 [ours, 2 workers on 1 core]", "single scored c=64 [ours]"),
+            "(workers per core)",
+        ),
+        (
+            "single persisted c=64: 2 workers / 1 worker, both on one core",
+            ratio(
+                "single persisted c=64 [ours, 2 workers on 1 core]", "single persisted c=64 [ours]"
+            ),
+            "(workers per core)",
         ),
         (
             "batch 1,000 scored, gc untuned: p99 / p50",

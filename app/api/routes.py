@@ -222,10 +222,13 @@ def segment_members(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
-) -> MembersOut:
+) -> Response:
     """Customers whose current segment is `key`, in customer-id order; follow `next_cursor` to page."""
     page = runtime.service.members(key, cursor, limit)
-    return MembersOut(segment=page.segment, members=page.members, next_cursor=page.next_cursor)
+    # a page holds up to 10,000 ids: orjson straight from the list, not a model per response
+    return _json(
+        {"segment": page.segment, "members": page.members, "next_cursor": page.next_cursor}
+    )
 
 
 def _model_out(model: SegmentModel) -> dict[str, object]:
