@@ -225,6 +225,68 @@ def score(
     err.print(f"scored {rows} rows with model {loaded.version} into {output_file}")
 
 
+@cli.command()
+def drift(
+    since: Annotated[str, typer.Option("--since", help="how far back, e.g. 30d, 12h, 2w")] = "30d",
+    every: Annotated[str, typer.Option("--every", help="period length, e.g. 1d, 1h")] = "1d",
+    model: Annotated[
+        Path | None, typer.Option("--model", help="model folder (default: the served one)")
+    ] = None,
+    chart: Annotated[Path, typer.Option("--chart", help="PNG to write")] = Path("drift.png"),
+    min_samples: Annotated[
+        int, typer.Option("--min-samples", min=1, help="fewer is 'insufficient'")
+    ] = 100,
+) -> None:
+    """Drift per period from the stored history (DATABASE_URL): a table, and a PNG chart."""
+    from rich.table import Table
+
+    from app.metrics.history import draw_chart, drift_history, parse_span
+    from app.scoring.model import SegmentModel
+    from app.store.engine import make_engine
+
+    with _errors_as_messages():
+        settings = Settings()
+        loaded = SegmentModel.load(model or settings.model_dir)
+        engine = make_engine(settings)
+        try:
+            periods = drift_history(
+                engine,
+                loaded,
+                since=parse_span(since),
+                every=parse_span(every),
+                min_samples=min_samples,
+            )
+        finally:
+            engine.dispose()
+    table = Table(title=f"Drift of model {loaded.version} vs training, every {every} over {since}")
+    for column in (
+        "period start",
+        "samples",
+        "segment PSI",
+        "segment JS",
+        *(f"{n} PSI" for n in loaded.feature_names),
+    ):
+        table.add_column(column, justify="right")
+    for period in periods:
+        if period.figures is None:
+            cells = ["insufficient"] * (2 + len(loaded.feature_names))
+        else:
+            f = period.figures
+            cells = [f"{f.segment_psi:.3f}", f"{f.segment_js_distance:.3f}"]
+            cells += [
+                f"{f.features[n].psi:.3f}" if n in f.features else "-" for n in loaded.feature_names
+            ]
+        start = (
+            f"{period.start:%Y-%m-%d}"
+            if parse_span(every).total_seconds() >= 86_400
+            else f"{period.start:%m-%d %H:%M}"
+        )
+        table.add_row(start, str(period.samples), *cells)
+    Console(width=max(120, 30 + 14 * len(loaded.feature_names))).print(table)
+    draw_chart(periods, loaded, chart)
+    err.print(f"chart written to {chart}")
+
+
 @contextmanager
 def _errors_as_messages() -> Iterator[None]:
     """Expected failures (bad files, bad artifacts, bad options) become one red line and exit 2."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -115,8 +116,8 @@ class AssignmentService:
             segment_ids=[model.segment_ids_by_cluster[c] for c in clusters],
             segment_keys=[model.segment_keys_by_cluster[c] for c in clusters],
             model_versions=[model.version] * rows,
-            distances=[round(d, 6) for d in scores.distances.tolist()],
-            confidences=[round(c, 6) for c in scores.confidences.tolist()],
+            distances=np.round(scores.distances, 6).tolist(),
+            confidences=np.round(scores.confidences, 6).tolist(),
             features=valid.features,
             assigned_at=[datetime.now(UTC)] * rows,
         )

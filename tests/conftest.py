@@ -174,3 +174,18 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
             total += float(value)
     return total
+
+
+ONLINE_RETAIL = PROJECT_ROOT / "data" / "online-retail" / "online_retail.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def online_retail_rfm() -> pd.DataFrame:
+    """The real customers the default model was trained on, as RFM features."""
+    from app.training.rfm import compute_rfm
+    from app.training.tables import read_table
+
+    columns = TransactionColumns(
+        "CustomerID", "InvoiceDate", quantity="Quantity", price="UnitPrice", invoice="InvoiceNo"
+    )
+    return compute_rfm(read_table(ONLINE_RETAIL, columns.needed()), columns).features

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.spatial.distance import jensenshannon
 
 from app.scoring.manifest import DriftBaseline, FeatureBaseline
 
@@ -38,28 +39,73 @@ def bin_shares(baseline: FeatureBaseline, values: Iterable[Any]) -> np.ndarray:
     return counts / total if total else counts.astype(np.float64)
 
 
+def js_distance(
+    expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray
+) -> float:
+    """Jensen-Shannon distance (base 2): 0 for identical shares, 1 for disjoint ones; never infinite."""
+    return float(
+        jensenshannon(
+            np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64), base=2
+        )
+    )
+
+
+def outside_share(baseline: FeatureBaseline, values: Sequence[Any]) -> float:
+    """Share of values outside what training saw: beyond its range, or an unseen category."""
+    if not values:
+        return 0.0
+    if baseline.categories is not None:
+        known = set(baseline.categories)
+        return sum(1 for v in values if str(v) not in known) / len(values)
+    if baseline.minimum is None or baseline.maximum is None:
+        return 0.0
+    numbers = np.asarray(values, dtype=np.float64)
+    return float(((numbers < baseline.minimum) | (numbers > baseline.maximum)).mean())
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    psi: float
+    js_distance: float
+    outside_share: float
+
+
 @dataclass(frozen=True)
 class DriftFigures:
     samples: int
     segment_psi: float
-    feature_psi: dict[str, float]
+    segment_js_distance: float
+    features: dict[str, FeatureDrift]
+
+    @property
+    def feature_psi(self) -> dict[str, float]:
+        return {name: f.psi for name, f in self.features.items()}
 
 
 def drift_figures(
     baseline: DriftBaseline, sample: Sequence[tuple[str, Mapping[str, Any]]]
 ) -> DriftFigures | None:
-    """PSI of segment shares and of each feature over (segment key, features) pairs; None if empty."""
+    """Segment-share and per-feature drift over (segment key, features) pairs; None if empty."""
     if not sample:
         return None
     keys = list(baseline.segment_shares)
     index = {k: i for i, k in enumerate(keys)}
     counts = np.bincount([index[s] for s, _ in sample if s in index], minlength=len(keys))
     live_shares = counts / max(counts.sum(), 1)
-    feature_psi: dict[str, float] = {}
+    trained_shares = [baseline.segment_shares[k] for k in keys]
+    features: dict[str, FeatureDrift] = {}
     for name, feature_baseline in baseline.features.items():
-        values = [features[name] for _, features in sample if name in features]
+        values = [f[name] for _, f in sample if name in f]
         if values:
-            feature_psi[name] = psi(feature_baseline.shares, bin_shares(feature_baseline, values))
+            live = bin_shares(feature_baseline, values)
+            features[name] = FeatureDrift(
+                psi(feature_baseline.shares, live),
+                js_distance(feature_baseline.shares, live),
+                outside_share(feature_baseline, values),
+            )
     return DriftFigures(
-        len(sample), psi([baseline.segment_shares[k] for k in keys], live_shares), feature_psi
+        len(sample),
+        psi(trained_shares, live_shares),
+        js_distance(trained_shares, live_shares),
+        features,
     )

@@ -94,12 +94,28 @@ class LiveCollector(Collector):
             "How many stored assignments the drift figures cover (at most SEGMENTS_DRIFT_WINDOW).",
             labels=["model_version"],
         )
+        segment_js = GaugeMetricFamily(
+            "segment_drift_js_distance",
+            "Jensen-Shannon distance (base 2, 0 to 1) of segment shares over the recent window vs training.",
+            labels=["model_version"],
+        )
+        feature_js = GaugeMetricFamily(
+            "segment_feature_drift_js_distance",
+            "Jensen-Shannon distance (base 2, 0 to 1) of each feature over the recent window vs its training bins.",
+            labels=["model_version", "feature"],
+        )
+        outside = GaugeMetricFamily(
+            "segment_feature_outside_share",
+            "Share of recent values outside training: beyond the training range, or an unseen category.",
+            labels=["model_version", "feature"],
+        )
         samples.add_metric([model.version], float(figures.samples if figures else 0))
         # a handful of assignments says nothing about the population: no figure, no false alarm
         if figures is not None and figures.samples >= self._min_samples:
             segment.add_metric([model.version], figures.segment_psi)
-            for name, value in figures.feature_psi.items():
-                feature.add_metric([model.version, name], value)
-        yield segment
-        yield feature
-        yield samples
+            segment_js.add_metric([model.version], figures.segment_js_distance)
+            for name, drift in figures.features.items():
+                feature.add_metric([model.version, name], drift.psi)
+                feature_js.add_metric([model.version, name], drift.js_distance)
+                outside.add_metric([model.version, name], drift.outside_share)
+        yield from (segment, feature, segment_js, feature_js, outside, samples)

@@ -77,6 +77,9 @@ class FeatureBaseline(_Strict):
     # categorical: one bin per category, then one for categories unseen in training
     categories: list[str] | None = None
     shares: list[float]
+    # numeric: the training range, to count live values outside it
+    minimum: float | None = None
+    maximum: float | None = None
 
 
 class DriftBaseline(_Strict):

@@ -271,6 +271,22 @@ def recent_assignments(
     return [(r[0], r[1]) for r in conn.execute(query)]
 
 
+def assignments_between(
+    conn: Connection, model_version: str, start: datetime, end: datetime
+) -> list[tuple[datetime, str, dict[str, Any]]]:
+    """(assigned_at, segment key, features) of the model's assignments in [start, end), oldest first."""
+    query = (
+        select(assignments.c.assigned_at, assignments.c.segment_key, assignments.c.features)
+        .where(
+            assignments.c.model_version == model_version,
+            assignments.c.assigned_at >= start,
+            assignments.c.assigned_at < end,
+        )
+        .order_by(assignments.c.assigned_at, assignments.c.id)
+    )
+    return [(_utc(r[0]), r[1], r[2]) for r in conn.execute(query)]
+
+
 def count_members(conn: Connection, segment_key: str) -> int:
     query = (
         select(func.count())

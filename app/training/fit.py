@@ -289,7 +289,12 @@ def _drift_baseline(
         edges = sorted({round(float(q), 6) for q in quantiles})
         bins = np.searchsorted(np.asarray(edges), values, side="left")
         shares = np.bincount(bins, minlength=len(edges) + 1) / len(values)
-        features[name] = FeatureBaseline(edges=edges, shares=[round(float(s), 6) for s in shares])
+        features[name] = FeatureBaseline(
+            edges=edges,
+            shares=[round(float(s), 6) for s in shares],
+            minimum=float(values.min()),
+            maximum=float(values.max()),
+        )
     for name in plan.categorical:
         categories = sorted(frame[name].unique().tolist())
         observed = frame[name].value_counts(normalize=True)

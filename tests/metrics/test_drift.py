@@ -8,14 +8,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from app.metrics.drift import bin_shares, psi
+from app.metrics.drift import bin_shares, js_distance, outside_share, psi
 from app.scoring.manifest import FeatureBaseline
-from app.settings import PROJECT_ROOT
-from app.training.rfm import TransactionColumns, compute_rfm
-from app.training.tables import read_table
 from tests.conftest import DEFAULT_MODELS, clear_tables, make_settings, metric_value
-
-ONLINE_RETAIL = PROJECT_ROOT / "data" / "online-retail" / "online_retail.csv.gz"
 
 
 def test_psi_is_zero_for_equal_shares_and_grows_with_shift() -> None:
@@ -29,20 +24,25 @@ def test_psi_is_zero_for_equal_shares_and_grows_with_shift() -> None:
     assert np.isfinite(psi([0.5, 0.5], [1.0, 0.0]))
 
 
+def test_js_distance_is_bounded_and_symmetric() -> None:
+    assert js_distance([0.25] * 4, [0.25] * 4) == pytest.approx(0.0)
+    assert js_distance([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0)  # disjoint: the maximum
+    assert js_distance([0.5, 0.5], [0.8, 0.2]) == pytest.approx(js_distance([0.8, 0.2], [0.5, 0.5]))
+    assert 0 < js_distance([0.5, 0.5], [0.8, 0.2]) < 1
+
+
+def test_outside_share_counts_values_training_never_saw() -> None:
+    numeric = FeatureBaseline(edges=[1.0], shares=[0.5, 0.5], minimum=0.0, maximum=10.0)
+    assert outside_share(numeric, [-1.0, 0.0, 5.0, 10.0, 11.0]) == pytest.approx(0.4)
+    categorical = FeatureBaseline(categories=["a", "b"], shares=[0.5, 0.5, 0.0])
+    assert outside_share(categorical, ["a", "zzz", "b", "yyy"]) == pytest.approx(0.5)
+
+
 def test_bins_follow_the_baseline_edges_and_categories() -> None:
     numeric = FeatureBaseline(edges=[1.0, 2.0], shares=[0.3, 0.3, 0.4])
     assert bin_shares(numeric, [0.5, 1.0, 1.5, 2.0, 9.0]).tolist() == [0.4, 0.4, 0.2]
     categorical = FeatureBaseline(categories=["a", "b"], shares=[0.5, 0.5, 0.0])
     assert bin_shares(categorical, ["a", "b", "b", "zzz"]).tolist() == [0.25, 0.5, 0.25]
-
-
-@pytest.fixture(scope="module")
-def online_retail_rfm() -> pd.DataFrame:
-    """The real customers the default model was trained on, as RFM features."""
-    columns = TransactionColumns(
-        "CustomerID", "InvoiceDate", quantity="Quantity", price="UnitPrice", invoice="InvoiceNo"
-    )
-    return compute_rfm(read_table(ONLINE_RETAIL, columns.needed()), columns).features
 
 
 def _replay(client: TestClient, frame: pd.DataFrame, prefix: str) -> None:
@@ -77,6 +77,19 @@ def _drift(client: TestClient) -> tuple[float, dict[str, float], float]:
     )
 
 
+FEATURES = ("recency_days", "frequency", "monetary")
+
+
+def _other_figures(client: TestClient) -> tuple[float, dict[str, float], dict[str, float]]:
+    """(segment JS distance, per-feature JS distance, per-feature share outside training)."""
+    text = client.get("/metrics").text
+    return (
+        metric_value(text, "segment_drift_js_distance"),
+        {f: metric_value(text, "segment_feature_drift_js_distance", feature=f) for f in FEATURES},
+        {f: metric_value(text, "segment_feature_outside_share", feature=f) for f in FEATURES},
+    )
+
+
 def test_drift_is_quiet_for_training_traffic_and_loud_for_shifted(
     database_url: str, online_retail_rfm: pd.DataFrame
 ) -> None:
@@ -96,6 +109,10 @@ def test_drift_is_quiet_for_training_traffic_and_loud_for_shifted(
         assert samples == 4000
         assert segment_psi < 0.02, segment_psi
         assert all(v < 0.02 for v in feature_psi.values()), feature_psi
+        segment_js, feature_js, outside = _other_figures(client)
+        assert segment_js < 0.05, segment_js
+        assert all(v < 0.05 for v in feature_js.values()), feature_js
+        assert all(v == 0 for v in outside.values()), outside  # training customers are in range
 
         # the market moves: customers come back less often and spend more
         shifted = sample.assign(
@@ -108,3 +125,9 @@ def test_drift_is_quiet_for_training_traffic_and_loud_for_shifted(
         assert feature_psi["recency_days"] > 0.25, feature_psi
         assert feature_psi["monetary"] > 0.25, feature_psi
         assert feature_psi["frequency"] < 0.02  # unchanged feature stays quiet
+        segment_js, feature_js, outside = _other_figures(client)
+        assert segment_js > 0.2, segment_js
+        assert feature_js["monetary"] > 0.2, feature_js
+        assert feature_js["frequency"] < 0.05, feature_js
+        assert outside["recency_days"] > 0.05, outside  # +120 days pushes the oldest past training
+        assert outside["frequency"] == 0, outside

@@ -13,23 +13,17 @@ from sklearn.preprocessing import FunctionTransformer
 from app.scoring.artifact import Artifact, load_artifact
 from app.scoring.compiled import CompiledScorer, UnsupportedPipeline
 from app.scoring.model import SegmentModel
-from app.training.rfm import TransactionColumns, compute_rfm
-from app.training.tables import read_table
 from tests.conftest import BANK_CLIENTS, DEFAULT_MODELS
-from tests.metrics.test_drift import ONLINE_RETAIL
 
 
 def _sklearn_labels(model: SegmentModel, frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(model.artifact.pipeline.predict(frame[model.feature_names]))
 
 
-def test_every_online_retail_customer_gets_sklearns_label() -> None:
+def test_every_online_retail_customer_gets_sklearns_label(online_retail_rfm: pd.DataFrame) -> None:
     model = SegmentModel.load(DEFAULT_MODELS)
     assert model.compiled is not None
-    columns = TransactionColumns(
-        "CustomerID", "InvoiceDate", quantity="Quantity", price="UnitPrice", invoice="InvoiceNo"
-    )
-    frame = compute_rfm(read_table(ONLINE_RETAIL, columns.needed()), columns).features
+    frame = online_retail_rfm
     assert len(frame) == 4339
     ours = model.score_frame(frame).clusters
     assert np.array_equal(ours, _sklearn_labels(model, frame))
