@@ -14,6 +14,7 @@ from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.api.routes import router
 from app.errors import install_error_handlers
+from app.metrics.history import parse_span
 from app.metrics.live import LiveCollector
 from app.metrics.middleware import RequestTimer
 from app.runtime import Runtime
@@ -51,6 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.drift_window,
                 settings.drift_cache_seconds,
                 settings.drift_min_samples,
+                [
+                    (w.strip(), parse_span(w))
+                    for w in settings.drift_time_windows.split(",")
+                    if w.strip()
+                ],
+                settings.drift_max_rows,
             )
         )
         log.info(

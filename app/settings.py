@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         le=50,
         description="extra wait to gather rows before a commit; 0 = commit as soon as the writer is free",
     )
+    drift_time_windows: str = Field(
+        default="1h,24h",
+        description="time windows for segment_drift_window_* (e.g. 15m,1h,24h; empty: none)",
+    )
+    drift_max_rows: int = Field(
+        default=50_000, ge=100, description="newest assignments a time window reads at most"
+    )
     drift_min_samples: int = Field(
         default=100, ge=1, description="fewest assignments behind a drift figure"
     )

@@ -1,7 +1,9 @@
 """Gauges computed when Prometheus scrapes: model info and drift over the shared store.
 
 Drift is computed from the stored assignments, where every worker's and every replica's
-traffic meets, so the figure is the same whichever process answers the scrape.
+traffic meets, so the figure is the same whichever process answers the scrape. Two kinds of
+window: the last N assignments (the contract's segment_drift_psi), and time windows such as the
+last hour and day (segment_drift_window_*, labelled by window).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -22,6 +25,8 @@ from app.store import repository
 
 log = logging.getLogger(__name__)
 
+COUNT_WINDOW = "count"
+
 
 class LiveCollector(Collector):
     def __init__(
@@ -31,30 +36,39 @@ class LiveCollector(Collector):
         window: int,
         cache_seconds: float,
         min_samples: int,
+        time_windows: Sequence[tuple[str, timedelta]] = (),
+        max_rows: int = 50_000,
     ) -> None:
-        self._min_samples = min_samples
         self._model = model
         self._engine = engine
         self._window = window
         self._cache_seconds = cache_seconds
+        self._min_samples = min_samples
+        self._time_windows = list(time_windows)
+        self._max_rows = max_rows
         self._lock = threading.Lock()
-        self._cached: tuple[float, str, DriftFigures | None] | None = None
+        self._cached: dict[str, tuple[float, str, DriftFigures | None]] = {}
 
-    def drift(self) -> DriftFigures | None:
-        """The active model's drift over the recent window, reused for `cache_seconds`."""
+    def drift(self, window: str = COUNT_WINDOW) -> DriftFigures | None:
+        """The active model's drift over a window, reused for `cache_seconds`."""
         model = self._model()
         with self._lock:
             now = time.monotonic()
-            if (
-                self._cached
-                and self._cached[1] == model.version
-                and now - self._cached[0] < self._cache_seconds
-            ):
-                return self._cached[2]
+            cached = self._cached.get(window)
+            if cached and cached[1] == model.version and now - cached[0] < self._cache_seconds:
+                return cached[2]
             with self._engine.connect() as conn:
-                sample = repository.recent_assignments(conn, model.version, self._window)
+                if window == COUNT_WINDOW:
+                    sample = repository.recent_assignments(conn, model.version, self._window)
+                else:
+                    span = dict(self._time_windows)[window]
+                    since = datetime.now(UTC) - span
+                    # a busy day can hold millions: the newest max_rows of it stand for the window
+                    sample = repository.recent_assignments(
+                        conn, model.version, self._max_rows, since=since
+                    )
             figures = drift_figures(model.manifest.drift_baseline, sample)
-            self._cached = (now, model.version, figures)
+            self._cached[window] = (now, model.version, figures)
             return figures
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -75,24 +89,24 @@ class LiveCollector(Collector):
         )
         yield info
         try:
-            figures = self.drift()
+            yield from self._count_window(model)
+            yield from self._time_window_families(model)
         except SQLAlchemyError as exc:
             log.warning("drift not computed, the store is unavailable: %s", exc.__class__.__name__)
-            return
+
+    def _count_window(self, model: SegmentModel) -> Iterator[GaugeMetricFamily]:
+        figures = self.drift(COUNT_WINDOW)
+        version = [model.version]
         segment = GaugeMetricFamily(
             "segment_drift_psi",
-            "Population stability index of segment shares over the recent window vs training (0.1 warn, 0.25 alert).",
+            "Population stability index of segment shares over the last SEGMENTS_DRIFT_WINDOW "
+            "assignments vs training (0.1 warn, 0.25 alert).",
             labels=["model_version"],
         )
         feature = GaugeMetricFamily(
             "segment_feature_drift_psi",
             "Population stability index of each feature over the recent window vs its training bins.",
             labels=["model_version", "feature"],
-        )
-        samples = GaugeMetricFamily(
-            "segment_drift_samples",
-            "How many stored assignments the drift figures cover (at most SEGMENTS_DRIFT_WINDOW).",
-            labels=["model_version"],
         )
         segment_js = GaugeMetricFamily(
             "segment_drift_js_distance",
@@ -109,13 +123,59 @@ class LiveCollector(Collector):
             "Share of recent values outside training: beyond the training range, or an unseen category.",
             labels=["model_version", "feature"],
         )
-        samples.add_metric([model.version], float(figures.samples if figures else 0))
+        samples = GaugeMetricFamily(
+            "segment_drift_samples",
+            "How many stored assignments the drift figures cover (at most SEGMENTS_DRIFT_WINDOW).",
+            labels=["model_version"],
+        )
+        samples.add_metric(version, float(figures.samples if figures else 0))
         # a handful of assignments says nothing about the population: no figure, no false alarm
         if figures is not None and figures.samples >= self._min_samples:
-            segment.add_metric([model.version], figures.segment_psi)
-            segment_js.add_metric([model.version], figures.segment_js_distance)
+            segment.add_metric(version, figures.segment_psi)
+            segment_js.add_metric(version, figures.segment_js_distance)
             for name, drift in figures.features.items():
-                feature.add_metric([model.version, name], drift.psi)
-                feature_js.add_metric([model.version, name], drift.js_distance)
-                outside.add_metric([model.version, name], drift.outside_share)
+                feature.add_metric([*version, name], drift.psi)
+                feature_js.add_metric([*version, name], drift.js_distance)
+                outside.add_metric([*version, name], drift.outside_share)
         yield from (segment, feature, segment_js, feature_js, outside, samples)
+
+    def _time_window_families(self, model: SegmentModel) -> Iterator[GaugeMetricFamily]:
+        if not self._time_windows:
+            return
+        segment = GaugeMetricFamily(
+            "segment_drift_window_psi",
+            "Population stability index of segment shares over a time window vs training.",
+            labels=["model_version", "window"],
+        )
+        segment_js = GaugeMetricFamily(
+            "segment_drift_window_js_distance",
+            "Jensen-Shannon distance of segment shares over a time window vs training.",
+            labels=["model_version", "window"],
+        )
+        feature = GaugeMetricFamily(
+            "segment_feature_drift_window_psi",
+            "Population stability index of each feature over a time window vs its training bins.",
+            labels=["model_version", "feature", "window"],
+        )
+        outside = GaugeMetricFamily(
+            "segment_feature_outside_window_share",
+            "Share of a time window's values outside training (beyond its range, or unseen categories).",
+            labels=["model_version", "feature", "window"],
+        )
+        samples = GaugeMetricFamily(
+            "segment_drift_window_samples",
+            "Stored assignments behind a time window's figures (the newest SEGMENTS_DRIFT_MAX_ROWS at most).",
+            labels=["model_version", "window"],
+        )
+        for window, _ in self._time_windows:
+            figures = self.drift(window)
+            labels = [model.version, window]
+            samples.add_metric(labels, float(figures.samples if figures else 0))
+            if figures is None or figures.samples < self._min_samples:
+                continue
+            segment.add_metric(labels, figures.segment_psi)
+            segment_js.add_metric(labels, figures.segment_js_distance)
+            for name, drift in figures.features.items():
+                feature.add_metric([model.version, name, window], drift.psi)
+                outside.add_metric([model.version, name, window], drift.outside_share)
+        yield from (segment, segment_js, feature, outside, samples)

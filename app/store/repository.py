@@ -259,15 +259,16 @@ def segment_members(conn: Connection, segment_key: str, after: str | None, limit
 
 
 def recent_assignments(
-    conn: Connection, model_version: str, window: int
+    conn: Connection, model_version: str, window: int, since: datetime | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(segment key, features) of the model's latest `window` assignments: the drift sample."""
-    query = (
-        select(assignments.c.segment_key, assignments.c.features)
-        .where(assignments.c.model_version == model_version)
-        .order_by(assignments.c.id.desc())
-        .limit(window)
+    """(segment key, features) of the model's latest `window` assignments (optionally only those
+    since a time): the drift sample."""
+    query = select(assignments.c.segment_key, assignments.c.features).where(
+        assignments.c.model_version == model_version
     )
+    if since is not None:
+        query = query.where(assignments.c.assigned_at >= since)
+    query = query.order_by(assignments.c.id.desc()).limit(window)
     return [(r[0], r[1]) for r in conn.execute(query)]
 
 

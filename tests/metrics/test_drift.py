@@ -101,7 +101,9 @@ def test_drift_is_quiet_for_training_traffic_and_loud_for_shifted(
         # 50 assignments are below SEGMENTS_DRIFT_MIN_SAMPLES (100): still no figure, no false alarm
         text = client.get("/metrics").text
         assert "segment_drift_psi{" not in text
+        assert "segment_drift_window_psi{" not in text
         assert metric_value(text, "segment_drift_samples") == 50
+        assert metric_value(text, "segment_drift_window_samples", window="1h") == 50
         clear_tables(database_url)
         sample = online_retail_rfm.sample(n=4000, replace=True, random_state=3)
         _replay(client, sample, "same-")
@@ -131,3 +133,9 @@ def test_drift_is_quiet_for_training_traffic_and_loud_for_shifted(
         assert feature_js["frequency"] < 0.05, feature_js
         assert outside["recency_days"] > 0.05, outside  # +120 days pushes the oldest past training
         assert outside["frequency"] == 0, outside
+
+        # the time windows hold both replays (all within the last hour): drift shows there too
+        text = client.get("/metrics").text
+        for window in ("1h", "24h"):
+            assert metric_value(text, "segment_drift_window_samples", window=window) == 8000
+            assert metric_value(text, "segment_drift_window_psi", window=window) > 0.1
