@@ -17,6 +17,7 @@ from app.errors import install_error_handlers
 from app.metrics.history import parse_span
 from app.metrics.live import LiveCollector
 from app.metrics.middleware import RequestTimer
+from app.metrics.registry import ASSIGNMENTS, STORE_FAILURES
 from app.runtime import Runtime
 from app.scoring.model import SegmentModel
 from app.service import AssignmentService
@@ -66,6 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             len(model.manifest.segments),
             model.scorer_note,
         )
+        # every series exists from the start, at zero, so rate() and alerts see the first event
+        for segment in model.manifest.segments:
+            ASSIGNMENTS.labels(model.version, segment.key)
+        for operation in ("assign", "assign_batch", "lookup", "erase"):
+            STORE_FAILURES.labels(operation)
         if settings.gc_freeze:
             # everything loaded so far lives as long as the process: move it out of the
             # collector's sight, so collections during requests only walk request garbage
