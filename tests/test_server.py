@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +10,9 @@ import httpx
 import pytest
 
 from tests.conftest import clear_tables, count_rows, metric_value
+from tests.servers import segments_server
 
 CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -31,50 +20,8 @@ def two_workers(
     database_url: str, rfm_model_dir: Path, tmp_path: Path
 ) -> Iterator[tuple[str, Path]]:
     clear_tables(database_url)
-    port = free_port()
-    metrics_dir = tmp_path / "prometheus"
-    # as in Kubernetes, the folder exists already (a mounted emptyDir), here with a stale file
-    metrics_dir.mkdir()
-    (metrics_dir / "counter_999999.db").write_bytes(b"stale counts from an earlier run")
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        "SEGMENTS_DRIFT_CACHE_SECONDS": "0",
-    }
-    segments = Path(sys.executable).with_name("segments")
-    command = [
-        str(segments),
-        "serve",
-        "--model",
-        str(rfm_model_dir),
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-    ]
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not become ready:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield base, metrics_dir
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with segments_server(database_url, rfm_model_dir, tmp_path) as service:
+        yield service.base, service.metrics_dir
 
 
 def test_two_workers_serve_and_their_metrics_add_up(

@@ -109,16 +109,7 @@ def _assignments_json(batch: AssignmentBatch, names: dict[str, str]) -> list[str
         f'{{"customer_id":{encode_json_string(customer_id)},"segment":{segment[segment_id, key]},'
         f'"model_version":{version[model_version]},"distance":{distance!r},"confidence":{confidence!r},'
         f'"assigned_at":{stamp[moment]}}}'
-        for customer_id, segment_id, key, model_version, distance, confidence, moment in zip(
-            batch.customer_ids,
-            batch.segment_ids,
-            batch.segment_keys,
-            batch.model_versions,
-            batch.distances,
-            batch.confidences,
-            batch.assigned_at,
-            strict=True,
-        )
+        for customer_id, segment_id, key, model_version, distance, confidence, _, moment in batch.rows()
     ]
 
 

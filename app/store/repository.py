@@ -5,7 +5,7 @@ Functions take a Connection inside the caller's transaction and never commit the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -89,38 +89,35 @@ class AssignmentBatch:
             self.assigned_at[index],
         )
 
-    def history_tuples(self) -> list[tuple[Any, ...]]:
-        features = [orjson.dumps(f).decode() for f in self.features]
-        return list(
-            zip(
-                self.customer_ids,
-                self.segment_ids,
-                self.segment_keys,
-                self.model_versions,
-                self.distances,
-                self.confidences,
-                features,
-                self.assigned_at,
-                strict=True,
-            )
-        )
-
-    def latest_memberships(self) -> list[tuple[Any, ...]]:
-        """One row per customer: their latest assignment in this batch (later rows win ties)."""
-        latest: dict[str, tuple[Any, ...]] = {}
-        for row in zip(
+    def rows(self) -> Iterator[tuple[str, int, str, str, float, float, dict[str, Any], datetime]]:
+        """One tuple per assignment, in HISTORY_COLUMNS order."""
+        return zip(
             self.customer_ids,
             self.segment_ids,
             self.segment_keys,
             self.model_versions,
             self.distances,
             self.confidences,
+            self.features,
             self.assigned_at,
             strict=True,
-        ):
-            kept = latest.get(row[0])
-            if kept is None or kept[6] <= row[6]:
-                latest[row[0]] = row
+        )
+
+    def latest_memberships(self) -> list[tuple[Any, ...]]:
+        """One row per customer (MEMBERSHIP_COLUMNS): their latest assignment here, later rows win ties."""
+        latest: dict[str, tuple[Any, ...]] = {}
+        for customer_id, segment_id, key, version, distance, confidence, _, moment in self.rows():
+            kept = latest.get(customer_id)
+            if kept is None or kept[6] <= moment:
+                latest[customer_id] = (
+                    customer_id,
+                    segment_id,
+                    key,
+                    version,
+                    distance,
+                    confidence,
+                    moment,
+                )
         return list(latest.values())
 
 
@@ -160,17 +157,7 @@ def _store_postgresql(conn: Connection, batch: AssignmentBatch) -> None:
     stamps = {moment: moment.isoformat() for moment in set(batch.assigned_at)}
     history = "".join(
         f"{_copy_text(c)}\t{i}\t{k}\t{v}\t{d!r}\t{f!r}\t{_copy_text(orjson.dumps(x).decode())}\t{stamps[t]}\n"
-        for c, i, k, v, d, f, x, t in zip(
-            batch.customer_ids,
-            batch.segment_ids,
-            batch.segment_keys,
-            batch.model_versions,
-            batch.distances,
-            batch.confidences,
-            batch.features,
-            batch.assigned_at,
-            strict=True,
-        )
+        for c, i, k, v, d, f, x, t in batch.rows()
     )
     try:
         with driver.cursor() as cursor, cursor.copy(_COPY_HISTORY) as copy:
@@ -193,20 +180,7 @@ def _copy_text(value: str) -> str:
 
 
 def _store_sqlite(conn: Connection, batch: AssignmentBatch) -> None:
-    history = [
-        dict(zip(HISTORY_COLUMNS, row, strict=True))
-        for row in zip(
-            batch.customer_ids,
-            batch.segment_ids,
-            batch.segment_keys,
-            batch.model_versions,
-            batch.distances,
-            batch.confidences,
-            batch.features,
-            batch.assigned_at,
-            strict=True,
-        )
-    ]
+    history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
     conn.execute(insert(assignments), history)
     statement = sqlite.insert(memberships)
     upsert = statement.on_conflict_do_update(

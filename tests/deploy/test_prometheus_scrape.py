@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,16 +28,15 @@ import pytest
 import yaml
 
 from tests.conftest import clear_tables, count_rows
-from tests.test_server import CHAMPION, free_port
+from tests.servers import Service, free_port, segments_server, stop, tail, wait_until_ready
+from tests.test_server import CHAMPION
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules.yml"
 JOB = "segment-scoring"  # the job name rules.yml expects (segment-scoring*)
 MODEL_VERSION = "test-rfm-k4"  # tests/conftest.py: rfm_model_dir
 
-STARTUP_SECONDS = 60.0
 ARRIVAL_SECONDS = 60.0  # how long Prometheus may take to show what was sent
-STOP_SECONDS = 30.0
 
 SINGLES_BEFORE = 30  # sent, then seen by Prometheus, before the rest: rate() needs an increase
 SINGLES_AFTER = 30
@@ -51,14 +49,6 @@ TOTAL = SINGLES + BATCH
 class Tools:
     prometheus: str
     promtool: str
-
-
-@dataclass(frozen=True)
-class Service:
-    base: str
-    port: int
-    metrics_dir: Path
-    log: Path
 
 
 @dataclass(frozen=True)
@@ -89,79 +79,18 @@ def prometheus_tools() -> Tools:
     return Tools(prometheus=prometheus, promtool=promtool)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate, wait, and kill if it does not go."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_SECONDS)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(no log: {exc})"
-
-
-def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            pytest.fail(
-                f"{what} exited with {process.returncode} before {url} answered 200:\n{_tail(log)}"
-            )
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not ready within {STARTUP_SECONDS:.0f} s ({url}):\n{_tail(log)}")
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def service(
     prometheus_tools: Tools, database_url: str, rfm_model_dir: Path, tmp_path: Path
 ) -> Iterator[Service]:
-    """`segments serve --workers 2` over an empty store, as tests/test_server.py starts it.
+    """`segments serve --workers 2` over an empty store (tests/servers.py).
 
     Depends on prometheus_tools so that nothing starts when the tools are missing."""
     clear_tables(database_url)
-    port = free_port()
-    metrics_dir = tmp_path / "prometheus-multiproc"
-    metrics_dir.mkdir()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        "SEGMENTS_DRIFT_CACHE_SECONDS": "0",
-        "SEGMENTS_DRIFT_MIN_SAMPLES": "10",
-    }
-    segments = Path(sys.executable).with_name("segments")
-    command = [
-        str(segments),
-        "serve",
-        "--model",
-        str(rfm_model_dir),
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-    ]
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_ready(f"{base}/readyz", process, log, "segments serve")
-        yield Service(base=base, port=port, metrics_dir=metrics_dir, log=log)
-    finally:
-        _stop(process)
+    with segments_server(
+        database_url, rfm_model_dir, tmp_path, SEGMENTS_DRIFT_MIN_SAMPLES="10"
+    ) as running:
+        yield running
 
 
 def prometheus_config(target_port: int) -> dict[str, Any]:
@@ -209,10 +138,10 @@ def prometheus(prometheus_tools: Tools, service: Service, tmp_path: Path) -> Ite
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_ready(f"{base}/-/ready", process, log, "prometheus")
+        wait_until_ready(f"{base}/-/ready", process, log, "prometheus")
         yield Prometheus(base=base, log=log)
     finally:
-        _stop(process)
+        stop(process)
 
 
 def query(prometheus: Prometheus, expr: str) -> list[dict[str, Any]]:
@@ -275,7 +204,7 @@ def describe_failures(
         + "\n".join(failed)
         + "\ntargets:\n"
         + "\n".join(scrapes)
-        + f"\nprometheus log:\n{_tail(prometheus.log)}\nservice log:\n{_tail(service.log)}"
+        + f"\nprometheus log:\n{tail(prometheus.log)}\nservice log:\n{tail(service.log)}"
     )
 
 
