@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import orjson
 import psycopg
-from sqlalchemy import Connection, Table, delete, func, insert, select, text
+from sqlalchemy import Connection, Table, delete, insert, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
@@ -260,15 +260,6 @@ def assignments_between(
         .order_by(assignments.c.assigned_at, assignments.c.id)
     )
     return [(_utc(r[0]), r[1], r[2]) for r in conn.execute(query)]
-
-
-def count_members(conn: Connection, segment_key: str) -> int:
-    query = (
-        select(func.count())
-        .select_from(memberships)
-        .where(memberships.c.segment_key == segment_key)
-    )
-    return int(conn.execute(query).scalar_one())
 
 
 def ping(conn: Connection) -> None:
