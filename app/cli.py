@@ -248,12 +248,13 @@ def drift(
         settings = Settings()
         loaded = SegmentModel.load(model or settings.model_dir)
         engine = make_engine(settings)
+        period = parse_span(every)
         try:
             periods = drift_history(
                 engine,
                 loaded,
                 since=parse_span(since),
-                every=parse_span(every),
+                every=period,
                 min_samples=min_samples,
             )
         finally:
@@ -267,21 +268,17 @@ def drift(
         *(f"{n} PSI" for n in loaded.feature_names),
     ):
         table.add_column(column, justify="right")
-    for period in periods:
-        if period.figures is None:
+    day_format = "%Y-%m-%d" if period.total_seconds() >= 86_400 else "%m-%d %H:%M"
+    for row in periods:
+        if row.figures is None:
             cells = ["insufficient"] * (2 + len(loaded.feature_names))
         else:
-            f = period.figures
+            f = row.figures
             cells = [f"{f.segment_psi:.3f}", f"{f.segment_js_distance:.3f}"]
             cells += [
                 f"{f.features[n].psi:.3f}" if n in f.features else "-" for n in loaded.feature_names
             ]
-        start = (
-            f"{period.start:%Y-%m-%d}"
-            if parse_span(every).total_seconds() >= 86_400
-            else f"{period.start:%m-%d %H:%M}"
-        )
-        table.add_row(start, str(period.samples), *cells)
+        table.add_row(row.start.strftime(day_format), str(row.samples), *cells)
     Console(width=max(120, 30 + 14 * len(loaded.feature_names))).print(table)
     draw_chart(periods, loaded, chart)
     err.print(f"chart written to {chart}")

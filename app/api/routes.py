@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 from json.encoder import encode_basestring as encode_json_string
 from typing import Annotated, cast
 
@@ -24,7 +24,6 @@ from app.api.schemas import (
     ModelOut,
     ModelsOut,
     SegmentOut,
-    SegmentRef,
     SegmentsOut,
     request_body_schema,
 )
@@ -33,7 +32,7 @@ from app.metrics.registry import exposition
 from app.runtime import Runtime
 from app.scoring.model import SegmentModel
 from app.scoring.validation import CUSTOMER_ID_PATTERN, Problem
-from app.store.repository import AssignmentBatch, AssignmentRow
+from app.store.repository import AssignmentBatch
 
 
 async def _runtime(request: Request) -> Runtime:
@@ -68,29 +67,14 @@ def _persist(request: Request) -> bool:
 router = APIRouter()
 
 
-def _out(row: AssignmentRow, model: SegmentModel) -> AssignmentOut:
-    segment = model.segments_by_key.get(row.segment_key)
-    return AssignmentOut(
-        customer_id=row.customer_id,
-        segment=SegmentRef(
-            id=row.segment_id,
-            key=row.segment_key,
-            name=segment.name if segment else row.segment_key,
-        ),
-        model_version=row.model_version,
-        distance=row.distance,
-        confidence=row.confidence,
-        assigned_at=row.assigned_at,
-    )
-
-
 def _json(body: object) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds and a Z, e.g. 2026-11-23T09:00:00.123456Z."""
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    # stored values come back in the database session's zone: always answer in UTC
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _assignments_json(batch: AssignmentBatch, names: dict[str, str]) -> list[str]:
@@ -169,9 +153,12 @@ async def assign_batch(request: Request) -> Response:
 
 
 @router.get("/v1/customers/{customer_id}/segment", response_model=AssignmentOut, tags=["customers"])
-def current_segment(customer_id: CustomerIdPath, runtime: RuntimeDep) -> AssignmentOut:
+def current_segment(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
     """The customer's current segment: their latest stored assignment."""
-    return _out(runtime.service.current(customer_id), runtime.model)
+    batch = AssignmentBatch.of_rows([runtime.service.current(customer_id)])
+    return Response(
+        _assignments_json(batch, runtime.segment_names)[0], media_type="application/json"
+    )
 
 
 @router.get(
@@ -181,10 +168,11 @@ def customer_history(
     customer_id: CustomerIdPath,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> HistoryOut:
+) -> Response:
     """The customer's stored assignments, newest first."""
-    rows = runtime.service.history(customer_id, limit)
-    return HistoryOut(assignments=[_out(r, runtime.model) for r in rows])
+    batch = AssignmentBatch.of_rows(runtime.service.history(customer_id, limit))
+    rows = ",".join(_assignments_json(batch, runtime.segment_names))
+    return Response('{"assignments":[' + rows + "]}", media_type="application/json")
 
 
 @router.delete(
