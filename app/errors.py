@@ -109,6 +109,24 @@ class StoreUnavailable(AppError):
         )
 
 
+class ModelNotFound(AppError):
+    def __init__(self, version: str) -> None:
+        super().__init__(
+            f"No model version {version!r} is registered; GET /v1/models lists them, and "
+            "`segments models register DIR` adds one.",
+            [Problem("version", f"{version!r} is not registered")],
+            404,
+            "model_not_found",
+        )
+
+
+class ModelRefused(AppError):
+    """The registry will not do what was asked with this model: said why, nothing changed."""
+
+    def __init__(self, message: str, problem: str, loc: str = "version") -> None:
+        super().__init__(message, [Problem(loc, problem)], 409, "model_refused")
+
+
 def error_body(code: str, message: str, details: Iterable[Problem] = ()) -> dict[str, Any]:
     return {
         "error": {

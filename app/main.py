@@ -9,16 +9,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.api.routes import router
-from app.errors import install_error_handlers
+from app.errors import AppError, install_error_handlers
+from app.lifecycle.registry import ModelRegistry
+from app.lifecycle.shadow import ShadowScorer
+from app.lifecycle.watcher import ModelWatcher
 from app.metrics.history import parse_span
 from app.metrics.live import LiveCollector
 from app.metrics.middleware import RequestTimer
 from app.metrics.registry import ASSIGNMENTS, STORE_FAILURES
 from app.runtime import Runtime
+from app.scoring.artifact import ArtifactError
 from app.scoring.model import SegmentModel
 from app.service import AssignmentService
 from app.settings import Settings
@@ -36,19 +41,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
         # an invalid artifact raises here: start-up fails and the pod never becomes ready
-        model = SegmentModel.load(settings.model_dir)
+        configured = SegmentModel.load(settings.model_dir)
         engine = make_engine(settings)
+        registry = ModelRegistry(engine)
+        model = _bootstrap(registry, configured, settings.model_activate_on_start)
         service = AssignmentService(model, engine, settings.max_batch)
+        service.segment_names = _known_segment_names(registry) | service.segment_names
+        shadow = ShadowScorer(settings.shadow_flush_ms / 1000)
+        service.shadow = shadow
+        watcher = ModelWatcher(registry, service, shadow, poll_seconds=settings.model_poll_seconds)
         service.schema_head = head_revision()
         committer = GroupCommitter(
             service.write, settings.group_commit_max_rows, settings.group_commit_wait_ms / 1000
         )
         service.committer = committer
         committer.start()
+        await watcher.check()  # a shadow set before this start is picked up at once
+        shadow.start()
+        watcher.start()
         live = CollectorRegistry()
         live.register(
             LiveCollector(
                 lambda: service.model,
+                lambda: shadow.model,
                 engine,
                 settings.drift_window,
                 settings.drift_cache_seconds,
@@ -78,8 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
         try:
-            yield {"runtime": Runtime(settings, engine, service, live)}
+            yield {"runtime": Runtime(settings, engine, service, live, registry, watcher)}
         finally:
+            await watcher.close()
+            await shadow.close()
             await committer.close()
             engine.dispose()
 
@@ -95,3 +112,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer)
     return app
+
+
+def _bootstrap(registry: ModelRegistry, configured: SegmentModel, activate: bool) -> SegmentModel:
+    """The model to serve: the registry's active one (registering the configured model first).
+
+    Without a reachable, migrated store the configured model serves, and the watcher converges
+    on the registry once the store answers.
+    """
+    try:
+        return registry.bootstrap(configured, activate=activate)
+    except SQLAlchemyError as exc:
+        log.warning("model registry unavailable, serving %s: %s", configured.version, exc)
+    except (ArtifactError, AppError) as exc:
+        log.error(
+            "the registry's active model cannot be loaded, serving %s: %s", configured.version, exc
+        )
+    return configured
+
+
+def _known_segment_names(registry: ModelRegistry) -> dict[str, str]:
+    """Segment names of every registered version, oldest first, so newer names win."""
+    try:
+        versions = registry.listed()
+    except SQLAlchemyError:
+        return {}
+    names: dict[str, str] = {}
+    for version in reversed(versions):
+        for segment in version.manifest.get("segments", []):
+            names[segment["key"]] = segment["name"]
+    return names

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
+from app.lifecycle.registry import ModelRegistry
+from app.lifecycle.watcher import ModelWatcher
 from app.scoring.model import SegmentModel
 from app.service import AssignmentService
 from app.settings import Settings
@@ -18,6 +20,8 @@ class Runtime:
     engine: Engine
     service: AssignmentService
     live_registry: CollectorRegistry
+    registry: ModelRegistry
+    watcher: ModelWatcher
 
     @property
     def model(self) -> SegmentModel:
@@ -25,4 +29,4 @@ class Runtime:
 
     @property
     def segment_names(self) -> dict[str, str]:
-        return self.service.model.segment_names
+        return self.service.segment_names

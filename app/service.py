@@ -29,6 +29,7 @@ from app.errors import (
     SegmentNotFound,
     StoreUnavailable,
 )
+from app.lifecycle.shadow import ShadowScorer
 from app.metrics.registry import ASSIGNMENTS, INFERENCE_DURATION, STORE_FAILURES, UNKNOWN_CATEGORIES
 from app.scoring.model import SegmentModel
 from app.scoring.validation import Problem, ValidBatch, customer_id_problem
@@ -48,18 +49,34 @@ class MembersPage:
 
 class AssignmentService:
     def __init__(self, model: SegmentModel, engine: Engine, max_batch: int) -> None:
+        # segment key -> name for every model this process served: history rows made by an
+        # earlier version still get their names (keys, and so names, survive retraining)
+        self.segment_names: dict[str, str] = {}
         self.model = model
         self.engine = engine
         self.max_batch = max_batch
         self.committer: GroupCommitter | None = None  # set by the lifespan once the loop runs
         self.schema_head: str | None = None  # the migration the code expects, for readiness
+        self.shadow: ShadowScorer | None = None  # set by the lifespan: live traffic for a shadow
+
+    @property
+    def model(self) -> SegmentModel:
+        """The active model. Swapped whole by the watcher, so each request reads it once and
+        finishes on the model it started with."""
+        return self._model
+
+    @model.setter
+    def model(self, model: SegmentModel) -> None:
+        self.segment_names = {**self.segment_names, **model.segment_names}
+        self._model = model
 
     # --- assigning -----------------------------------------------------------------------------
 
     def score_single(self, payload: Any) -> AssignmentBatch:
         """Validate and score one request body `{"customer_id", "features"}` (a batch of one)."""
-        valid = self._validate([payload], prefix="", what="The customer's features are")
-        return self._score(valid, mode="single")
+        model = self.model
+        valid = self._validate(model, [payload], prefix="", what="The customer's features are")
+        return self._score(model, valid, mode="single")
 
     async def store_one(self, batch: AssignmentBatch) -> None:
         """Store one assignment through group commit; returns once it is committed."""
@@ -72,8 +89,9 @@ class AssignmentService:
         customers = _customers_of(payload)
         if len(customers) > self.max_batch:
             raise BatchTooLarge(len(customers), self.max_batch)
-        valid = self._validate(customers, prefix="customers", what="")
-        batch = self._score(valid, mode="batch")
+        model = self.model
+        valid = self._validate(model, customers, prefix="customers", what="")
+        batch = self._score(model, valid, mode="batch")
         if persist:
             self.write(batch, "assign_batch")
         self.count(batch)
@@ -90,8 +108,11 @@ class AssignmentService:
         ).items():
             ASSIGNMENTS.labels(version, key).inc(number)
 
-    def _validate(self, customers: Sequence[Any], *, prefix: str, what: str) -> ValidBatch:
-        valid, problems = self.model.validator.customers(customers, prefix)
+    @staticmethod
+    def _validate(
+        model: SegmentModel, customers: Sequence[Any], *, prefix: str, what: str
+    ) -> ValidBatch:
+        valid, problems = model.validator.customers(customers, prefix)
         if problems or valid is None:
             if not what:
                 bad_rows = len({p.loc.split("]")[0] for p in problems})
@@ -102,19 +123,21 @@ class AssignmentService:
             )
         return valid
 
-    def _score(self, valid: ValidBatch, *, mode: str) -> AssignmentBatch:
+    def _score(self, model: SegmentModel, valid: ValidBatch, *, mode: str) -> AssignmentBatch:
         started = time.perf_counter()
-        model = self.model
         scores = model.score_arrays(valid.numeric, valid.categorical)
         INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
         for feature, unknown in model.unknown_categories(valid.categorical).items():
             UNKNOWN_CATEGORIES.labels(model.version, feature).inc(unknown)
         rows = len(valid.customer_ids)
         clusters = scores.clusters.tolist()
+        keys = [model.segment_keys_by_cluster[c] for c in clusters]
+        if self.shadow is not None:
+            self.shadow.offer(valid, model, keys)
         return AssignmentBatch(
             customer_ids=valid.customer_ids,
             segment_ids=[model.segment_ids_by_cluster[c] for c in clusters],
-            segment_keys=[model.segment_keys_by_cluster[c] for c in clusters],
+            segment_keys=keys,
             model_versions=[model.version] * rows,
             distances=np.round(scores.distances, 6).tolist(),
             confidences=np.round(scores.confidences, 6).tolist(),

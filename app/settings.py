@@ -63,6 +63,20 @@ class Settings(BaseSettings):
     drift_min_samples: int = Field(
         default=100, ge=1, description="fewest assignments behind a drift figure"
     )
+    model_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="how often each worker checks the registry for a new active or shadow model",
+    )
+    model_activate_on_start: bool = Field(
+        default=False,
+        description="activate model_dir's model at start even if the registry has another active "
+        "(`segments serve --model DIR` sets it); otherwise the registry's active version wins",
+    )
+    shadow_flush_ms: float = Field(
+        default=50.0, gt=0, le=5_000, description="how long shadow rows gather before scoring"
+    )
     gc_freeze: bool = Field(
         default=True, description="freeze start-up objects out of the garbage collector"
     )

@@ -32,6 +32,7 @@ class LiveCollector(Collector):
     def __init__(
         self,
         model: Callable[[], SegmentModel],
+        shadow: Callable[[], SegmentModel | None],
         engine: Engine,
         window: int,
         cache_seconds: float,
@@ -40,6 +41,7 @@ class LiveCollector(Collector):
         max_rows: int = 50_000,
     ) -> None:
         self._model = model
+        self._shadow = shadow
         self._engine = engine
         self._window = window
         self._cache_seconds = cache_seconds
@@ -88,6 +90,15 @@ class LiveCollector(Collector):
             1.0,
         )
         yield info
+        shadow = self._shadow()
+        shadow_info = GaugeMetricFamily(
+            "segment_shadow_model_info",
+            "The shadow model this process scores live traffic with too (1), if any.",
+            labels=["version", "active_version"],
+        )
+        if shadow is not None:
+            shadow_info.add_metric([shadow.version, model.version], 1.0)
+        yield shadow_info
         try:
             yield from self._count_window(model)
             yield from self._time_window_families(model)

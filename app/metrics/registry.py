@@ -70,6 +70,28 @@ STORE_FAILURES = Counter(
 )
 
 
+MODEL_LOADS = Counter(
+    "segment_model_loads",
+    "Model versions this process loaded from the registry to serve or shadow, by outcome "
+    "(ok, or failed: the current model kept serving).",
+    ["version", "outcome"],
+)
+SHADOW_ASSIGNMENTS = Counter(
+    "segment_shadow_assignments",
+    "Live assignments also scored by the shadow model, by the active and shadow segment keys.",
+    ["active_version", "shadow_version", "active_segment", "shadow_segment"],
+)
+SHADOW_AGREEMENTS = Counter(
+    "segment_shadow_agreements",
+    "Shadow-scored assignments where the shadow model chose the same segment key as the active one.",
+    ["active_version", "shadow_version"],
+)
+SHADOW_DROPPED = Counter(
+    "segment_shadow_dropped",
+    "Assignments not shadow-scored because the shadow queue was full (the service was overloaded).",
+)
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 

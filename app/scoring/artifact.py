@@ -8,9 +8,9 @@ manifest recorded for its parity sample. Anything else refuses the whole artifac
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,10 +42,11 @@ class ArtifactError(Exception):
 
 @dataclass(frozen=True)
 class Artifact:
-    path: Path
+    source: str  # where it came from, for messages: its folder, or registry:<version>
     manifest: Manifest
     pipeline: Pipeline
     sha256: str
+    blob: bytes = b""  # the skops file as written: what the model registry stores
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -80,12 +81,10 @@ def load_artifact(path: Path) -> Artifact:
     """Load and verify a model folder (or a folder of versions with a DEFAULT file)."""
     folder = resolve_model_dir(path)
     try:
-        manifest = Manifest.model_validate_json((folder / MANIFEST_FILE).read_bytes())
-    except ValidationError as exc:
-        raise ArtifactError(f"{folder / MANIFEST_FILE} is not a valid manifest: {exc}") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest_text = (folder / MANIFEST_FILE).read_bytes()
+    except OSError as exc:
         raise ArtifactError(f"cannot read {folder / MANIFEST_FILE}: {exc}") from exc
-
+    manifest = _parse_manifest(str(folder / MANIFEST_FILE), manifest_text)
     blob_path = folder / manifest.artifact_file
     if blob_path.parent != folder:
         raise ArtifactError(
@@ -95,29 +94,53 @@ def load_artifact(path: Path) -> Artifact:
         blob = blob_path.read_bytes()
     except OSError as exc:
         raise ArtifactError(f"cannot read {blob_path}: {exc}") from exc
+    return verify_artifact(str(folder), manifest_text, blob)
+
+
+def verify_artifact(source: str, manifest_data: bytes | dict[str, Any], blob: bytes) -> Artifact:
+    """Check a manifest and its skops file wherever they were read from (a folder, the registry).
+
+    Refuses, with the reason, a malformed manifest, a changed file (sha256), a type outside
+    TRUSTED_TYPES, or a pipeline that does not match its manifest or reproduce its parity sample.
+    """
+    manifest = _parse_manifest(source, manifest_data)
     digest = hashlib.sha256(blob).hexdigest()
     if digest != manifest.artifact_sha256:
         raise ArtifactError(
-            f"{blob_path} has sha256 {digest}, but the manifest says {manifest.artifact_sha256}: "
-            "the artifact was changed after training; retrain or restore it"
+            f"{source}: {manifest.artifact_file} has sha256 {digest}, but the manifest says "
+            f"{manifest.artifact_sha256}: the artifact was changed after training; retrain or restore it"
         )
     try:
         untrusted = set(sio.get_untrusted_types(data=blob)) - set(TRUSTED_TYPES)
         if untrusted:
             raise ArtifactError(
-                f"{blob_path} contains types outside the trusted list: {sorted(untrusted)}"
+                f"{source}: {manifest.artifact_file} contains types outside the trusted list: "
+                f"{sorted(untrusted)}"
             )
         pipeline = sio.loads(blob, trusted=TRUSTED_TYPES)
     except ArtifactError:
         raise
     except Exception as exc:  # skops raises many types for a corrupt file; all mean "refuse"
-        raise ArtifactError(f"{blob_path} is not a loadable skops pipeline: {exc}") from exc
+        raise ArtifactError(
+            f"{source}: {manifest.artifact_file} is not a loadable skops pipeline: {exc}"
+        ) from exc
 
-    _verify_pipeline(folder, manifest, pipeline)
-    return Artifact(folder, manifest, pipeline, digest)
+    _verify_pipeline(source, manifest, pipeline)
+    return Artifact(source, manifest, pipeline, digest, blob)
 
 
-def _verify_pipeline(folder: Path, manifest: Manifest, pipeline: object) -> None:
+def _parse_manifest(source: str, data: bytes | dict[str, Any]) -> Manifest:
+    try:
+        if isinstance(data, bytes):
+            return Manifest.model_validate_json(data)
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactError(f"{source}: not a valid manifest: {exc}") from exc
+    except ValueError as exc:  # not JSON at all
+        raise ArtifactError(f"{source}: cannot read the manifest: {exc}") from exc
+
+
+def _verify_pipeline(folder: str, manifest: Manifest, pipeline: object) -> None:
     if not isinstance(pipeline, Pipeline) or not isinstance(pipeline.steps[-1][1], KMeans):
         raise ArtifactError(f"{folder}: the artifact is not a Pipeline ending in KMeans")
     kmeans = pipeline.steps[-1][1]

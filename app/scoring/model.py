@@ -117,7 +117,7 @@ class SegmentModel:
         ours = self.score(sample.rows).clusters
         if not np.array_equal(ours, np.asarray(sample.labels)):
             raise ArtifactError(
-                f"{self.artifact.path}: the {self.scorer_note} disagrees with the parity sample"
+                f"{self.artifact.source}: the {self.scorer_note} disagrees with the parity sample"
             )
 
 

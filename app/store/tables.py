@@ -1,11 +1,26 @@
-"""The database schema: every assignment ever made, and each customer's current membership."""
+"""The database schema: every assignment ever made, each customer's current membership, and the
+registry of model versions."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, MetaData, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable constraint names, so migrations can refer to them (Alembic's naming-convention advice).
@@ -68,4 +83,50 @@ class Membership(Base):
     # audience paging walks one segment in customer-id order
     __table_args__ = (
         Index("ix_memberships_segment_key_customer_id", "segment_key", "customer_id"),
+    )
+
+
+MODEL_STATUSES = ("candidate", "active", "retired")
+
+
+class ModelVersion(Base):
+    """A registered model version, with its artifact: every worker and replica loads from here.
+
+    The artifact travels in the database (a skops file of ~100 KB), so replicas converge on the
+    active version without a shared filesystem, and a version stays loadable for rollback after
+    its folder is gone. At most one version is active and at most one is the shadow: the
+    partial unique indexes make the database enforce it, whatever the callers do.
+    """
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    shadow: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    source: Mapped[str] = mapped_column(String(1024), doc="where it was registered from")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('candidate', 'active', 'retired')", name="status"),
+        CheckConstraint("NOT (shadow AND status = 'active')", name="shadow_not_active"),
+        Index(
+            "uq_model_versions_one_active",
+            "status",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+        Index(
+            "uq_model_versions_one_shadow",
+            "shadow",
+            unique=True,
+            postgresql_where=text("shadow"),
+            sqlite_where=text("shadow"),
+        ),
     )

@@ -21,7 +21,7 @@ from tests.conftest import DEFAULT_MODELS
 def test_default_model_loads_from_the_repository() -> None:
     artifact = load_artifact(DEFAULT_MODELS)
     manifest = artifact.manifest
-    assert artifact.path.parent == DEFAULT_MODELS
+    assert Path(artifact.source).parent == DEFAULT_MODELS
     assert [f.name for f in manifest.features] == ["recency_days", "frequency", "monetary"]
     assert 5 <= len(manifest.segments) <= 7
     assert {s.key for s in manifest.segments} <= set(RFM_ARCHETYPES)

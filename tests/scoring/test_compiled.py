@@ -71,7 +71,7 @@ def test_unknown_steps_fall_back_to_sklearn_and_say_so(rfm_model_dir: Path) -> N
     wrapped = Pipeline([("identity", identity), *artifact.pipeline.steps])
     with pytest.raises(UnsupportedPipeline):
         CompiledScorer.from_pipeline(wrapped, ["recency_days", "frequency", "monetary"], [])
-    model = SegmentModel(Artifact(artifact.path, artifact.manifest, wrapped, artifact.sha256))
+    model = SegmentModel(Artifact(artifact.source, artifact.manifest, wrapped, artifact.sha256))
     assert model.compiled is None
     assert "not compiled" in model.scorer_note
     rows = artifact.manifest.parity_sample.rows

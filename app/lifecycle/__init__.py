@@ -1,0 +1,1 @@
+"""Model lifecycle: the registry of versions, hot activation and rollback, shadow scoring."""

@@ -1,0 +1,181 @@
+"""The model registry: versions in the database, verified before they are activated.
+
+The database is the source of truth for which version is active (and which is the shadow);
+every worker of every replica polls it (`app.lifecycle.watcher`) and converges within seconds.
+Activation verifies the artifact the way every worker will load it (sha256, skops trusted
+types, the manifest against the pipeline, the parity sample) before anything changes, so a bad
+version is refused with the reason and the current one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import Engine
+
+from app.errors import ModelNotFound, ModelRefused
+from app.scoring.artifact import Artifact, ArtifactError, verify_artifact
+from app.scoring.manifest import Manifest
+from app.scoring.model import SegmentModel
+from app.store import registry as store
+from app.store.registry import RegisteredModel, ServedVersions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Activation:
+    model: SegmentModel  # the verified, loaded version now active
+    previous: str | None  # the version it replaced (None if it was active already, or none was)
+
+
+class ModelRegistry:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def register(self, artifact: Artifact) -> RegisteredModel:
+        """Add a verified artifact as a candidate; registering the same artifact again is a no-op."""
+        manifest = artifact.manifest
+        with self.engine.begin() as conn:
+            store.lock(conn)
+            existing = store.find(conn, manifest.version)
+            if existing is None:
+                store.insert(
+                    conn,
+                    version=manifest.version,
+                    kind=manifest.kind,
+                    sha256=artifact.sha256,
+                    manifest=orjson.loads(manifest.model_dump_json()),
+                    artifact=artifact.blob,
+                    source=artifact.source,
+                )
+                existing = store.find(conn, manifest.version)
+                assert existing is not None
+                log.info("registered model %s from %s", manifest.version, artifact.source)
+            elif existing.artifact_sha256 != artifact.sha256:
+                raise ModelRefused(
+                    f"Version {manifest.version} is registered already with another artifact; "
+                    "train it again under a new --version.",
+                    f"registered with sha256 {existing.artifact_sha256[:12]}…, "
+                    f"this one is {artifact.sha256[:12]}…",
+                )
+        return existing
+
+    def listed(self) -> list[RegisteredModel]:
+        with self.engine.connect() as conn:
+            return store.listed(conn)
+
+    def get(self, version: str) -> RegisteredModel:
+        with self.engine.connect() as conn:
+            found = store.find(conn, version)
+        if found is None:
+            raise ModelNotFound(version)
+        return found
+
+    def served(self) -> ServedVersions:
+        with self.engine.connect() as conn:
+            return store.served(conn)
+
+    def load(self, version: str) -> SegmentModel:
+        """Load and verify a registered version from the database (raises ArtifactError)."""
+        with self.engine.connect() as conn:
+            stored = store.artifact_of(conn, version)
+        if stored is None:
+            raise ModelNotFound(version)
+        manifest, blob = stored
+        return SegmentModel(verify_artifact(f"registry:{version}", manifest, blob))
+
+    def activate(self, version: str, *, allow_schema_change: bool = False) -> Activation:
+        """Verify `version` and make it the active one; every process switches within seconds."""
+        model = self._verified(version)
+        with self.engine.begin() as conn:
+            store.lock(conn)
+            served = store.served(conn)
+            if served.active is not None and served.active[0] != version:
+                active = store.find(conn, served.active[0])
+                assert active is not None
+                if not allow_schema_change:
+                    _check_same_schema(Manifest.model_validate(active.manifest), model.manifest)
+            previous = store.make_active(conn, version)
+        if previous is not None:
+            log.info("activated model %s (was %s)", version, previous)
+        return Activation(model, previous)
+
+    def rollback(self) -> Activation:
+        """Activate the version retired most recently."""
+        with self.engine.connect() as conn:
+            previous = store.last_retired(conn)
+        if previous is None:
+            raise ModelRefused(
+                "There is no retired version to roll back to.",
+                "no version has been active before the current one",
+            )
+        return self.activate(previous, allow_schema_change=True)
+
+    def set_shadow(self, version: str | None) -> SegmentModel | None:
+        """Score live traffic with `version` too (None: stop); it must take the same features."""
+        model = self._verified(version) if version is not None else None
+        with self.engine.begin() as conn:
+            store.lock(conn)
+            served = store.served(conn)
+            if model is not None:
+                if served.active is not None and served.active[0] == version:
+                    raise ModelRefused(
+                        f"Version {version} is the active model; shadow a candidate instead.",
+                        "is active",
+                    )
+                if served.active is not None:
+                    active = store.find(conn, served.active[0])
+                    assert active is not None
+                    _check_same_schema(Manifest.model_validate(active.manifest), model.manifest)
+            store.make_shadow(conn, version)
+        return model
+
+    def bootstrap(self, configured: SegmentModel, *, activate: bool) -> SegmentModel:
+        """Register the model the process was started with and return the one to serve.
+
+        The registry's active version wins, so replicas started with different files still
+        serve one model; the configured model is activated only when none is active yet, or when
+        the operator asked for it explicitly (`segments serve --model DIR`).
+        """
+        self.register(configured.artifact)
+        served = self.served()
+        if served.active is None or (activate and served.active[0] != configured.version):
+            with self.engine.begin() as conn:
+                store.lock(conn)
+                store.make_active(conn, configured.version)
+            return configured
+        if served.active[0] == configured.version:
+            return configured
+        log.info(
+            "the registry's active model is %s: serving it rather than the configured %s",
+            served.active[0],
+            configured.version,
+        )
+        return self.load(served.active[0])
+
+    def _verified(self, version: str) -> SegmentModel:
+        self.get(version)  # 404 before trying to load
+        try:
+            return self.load(version)
+        except ArtifactError as exc:
+            raise ModelRefused(
+                f"Version {version} cannot be loaded, so nothing changed: {exc}",
+                "failed verification at load",
+            ) from exc
+
+
+def _check_same_schema(active: Manifest, candidate: Manifest) -> None:
+    """Clients send the active model's features: a version wanting others would reject them."""
+    have = {f.name: f.type for f in active.features}
+    want = {f.name: f.type for f in candidate.features}
+    if have != want:
+        raise ModelRefused(
+            f"Version {candidate.version} takes different features from the active "
+            f"{active.version}, so clients' requests would fail; pass allow_schema_change "
+            "once clients send the new features.",
+            f"features {sorted(want.items())} instead of {sorted(have.items())}",
+            loc="features",
+        )
