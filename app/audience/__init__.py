@@ -1,0 +1,1 @@
+"""Customer identifiers prepared for ad-platform audiences (Google Customer Match, Meta)."""

@@ -1,0 +1,1 @@
+"""API keys: how they are made, configured (by hash only) and checked on each request."""
