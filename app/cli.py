@@ -24,6 +24,11 @@ train_cli = typer.Typer(
     help="Train a segmentation model and write models/<version>/.", no_args_is_help=True
 )
 cli.add_typer(train_cli, name="train")
+models_cli = typer.Typer(
+    help="The model registry: register, list, compare, shadow, activate, roll back.",
+    no_args_is_help=True,
+)
+cli.add_typer(models_cli, name="models")
 err = Console(stderr=True)
 
 KOption = Annotated[
