@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.lifecycle.commands import models_cli
 from app.settings import DEFAULT_MODELS_DIR, Settings
 
 cli = typer.Typer(
@@ -24,10 +25,6 @@ train_cli = typer.Typer(
     help="Train a segmentation model and write models/<version>/.", no_args_is_help=True
 )
 cli.add_typer(train_cli, name="train")
-models_cli = typer.Typer(
-    help="The model registry: register, list, compare, shadow, activate, roll back.",
-    no_args_is_help=True,
-)
 cli.add_typer(models_cli, name="models")
 err = Console(stderr=True)
 
@@ -155,6 +152,8 @@ def serve(
 
     if model is not None:
         os.environ["SEGMENTS_MODEL_DIR"] = str(model.resolve())
+        # an explicit --model is the operator's choice: activate it in the registry too
+        os.environ["SEGMENTS_MODEL_ACTIVATE_ON_START"] = "true"
     settings = Settings()
     with _errors_as_messages():
         from app.scoring.artifact import load_artifact

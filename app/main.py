@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # every series exists from the start, at zero, so rate() and alerts see the first event
         for segment in model.manifest.segments:
             ASSIGNMENTS.labels(model.version, segment.key)
-        for operation in ("assign", "assign_batch", "lookup", "erase"):
+        for operation in ("assign", "assign_batch", "lookup", "erase", "models"):
             STORE_FAILURES.labels(operation)
         if settings.gc_freeze:
             # everything loaded so far lives as long as the process: move it out of the

@@ -10,11 +10,11 @@ import binascii
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Connection, Engine
@@ -38,6 +38,7 @@ from app.store.group_commit import GroupCommitter
 from app.store.repository import AssignmentBatch, AssignmentRow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,17 @@ class AssignmentService:
             if not exc.connection_invalidated:
                 raise
             raise self._unavailable(operation, writing, exc) from exc
+
+    def store_call(self, work: Callable[[], T], operation: str = "models") -> T:
+        """Run `work` (which uses the store itself); a store outage becomes a 503."""
+        try:
+            return work()
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:
+            raise self._unavailable(operation, False, exc) from exc
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            raise self._unavailable(operation, False, exc) from exc
 
     @staticmethod
     def _unavailable(operation: str, writing: bool, exc: Exception) -> StoreUnavailable:

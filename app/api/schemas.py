@@ -98,7 +98,12 @@ class ModelOut(BaseModel):
     version: str
     kind: str
     active: bool
+    status: str = Field(description="candidate, active or retired (the registry's word)")
+    shadow: bool = Field(description="live traffic is also scored by it, for comparison")
     trained_at: datetime
+    registered_at: datetime | None
+    activated_at: datetime | None
+    retired_at: datetime | None
     artifact_sha256: str
     segments: int
     silhouette: float
@@ -111,5 +116,48 @@ class ActiveModelOut(ModelOut):
     training_data: dict[str, Any]
 
 
+class ModelDetailOut(ActiveModelOut):
+    segment_keys: list[SegmentRef]
+    lineage: dict[str, Any] | None = Field(
+        description="for a retrained model: which segments kept their identity, which are new "
+        "and which vanished"
+    )
+
+
 class ModelsOut(BaseModel):
-    models: list[ModelOut]
+    models: list[ModelOut] = Field(description="newest registration first")
+    active: str | None = Field(description="the registry's active version")
+    shadow: str | None
+    served: str = Field(description="the version the answering process serves right now")
+
+
+class ActivationOut(BaseModel):
+    active: ModelOut
+    previous: str | None = Field(description="the version it replaced: activate it to roll back")
+
+
+class ShadowOut(BaseModel):
+    shadow: str | None
+
+
+class SegmentChangeOut(BaseModel):
+    key: str
+    old_name: str | None
+    new_name: str | None
+    old_customers: int
+    new_customers: int
+    stayed: int
+    old_medians: dict[str, float] | None
+    new_medians: dict[str, float] | None
+
+
+class ComparisonOut(BaseModel):
+    old_version: str
+    new_version: str
+    customers: int
+    skipped: int
+    transitions: dict[str, dict[str, int]]
+    moved_share: float
+    agreement: float
+    adjusted_rand_index: float
+    segments: list[SegmentChangeOut]

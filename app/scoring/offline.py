@@ -64,6 +64,20 @@ def score_file(
 
 
 def _score_chunk(model: SegmentModel, chunk: pd.DataFrame, first_row: int) -> pd.DataFrame:
+    scores = model.score_frame(feature_frame(model, chunk, first_row))
+    segments = [model.segments_by_cluster[int(c)] for c in scores.clusters]
+    out = chunk.copy()
+    out["segment_id"] = [s.id for s in segments]
+    out["segment_key"] = [s.key for s in segments]
+    out["segment_name"] = [s.name for s in segments]
+    out["distance"] = np.round(scores.distances, 6)
+    out["confidence"] = np.round(scores.confidences, 6)
+    return out
+
+
+def feature_frame(model: SegmentModel, chunk: pd.DataFrame, first_row: int = 0) -> pd.DataFrame:
+    """The model's features from a table's columns, checked against its schema (rows named
+    from `first_row` + 1 in errors)."""
     missing = [n for n in model.feature_names if n not in chunk.columns]
     if missing:
         raise OfflineInputError(
@@ -90,12 +104,4 @@ def _score_chunk(model: SegmentModel, chunk: pd.DataFrame, first_row: int) -> pd
         features[spec.name] = numbers
     if problems:
         raise OfflineInputError("cannot score: " + "; ".join(problems))
-    scores = model.score_frame(features)
-    segments = [model.segments_by_cluster[int(c)] for c in scores.clusters]
-    out = chunk.copy()
-    out["segment_id"] = [s.id for s in segments]
-    out["segment_key"] = [s.key for s in segments]
-    out["segment_name"] = [s.name for s in segments]
-    out["distance"] = np.round(scores.distances, 6)
-    out["confidence"] = np.round(scores.confidences, 6)
-    return out
+    return features

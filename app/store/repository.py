@@ -279,3 +279,22 @@ def schema_revision(conn: Connection) -> str | None:
 def _utc(moment: datetime) -> datetime:
     # SQLite hands timestamps back without a zone; we only ever store UTC
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def latest_features(conn: Connection, limit: int) -> list[tuple[str, dict[str, Any]]]:
+    """(customer id, features) of each customer's current assignment, up to `limit` customers in
+    id order: the population a model comparison scores."""
+    query = (
+        select(assignments.c.customer_id, assignments.c.features)
+        .join(
+            memberships,
+            (memberships.c.customer_id == assignments.c.customer_id)
+            & (memberships.c.assigned_at == assignments.c.assigned_at),
+        )
+        .order_by(assignments.c.customer_id, assignments.c.id.desc())
+        .limit(limit)
+    )
+    latest: dict[str, dict[str, Any]] = {}
+    for customer_id, features in conn.execute(query):
+        latest.setdefault(customer_id, features)  # one batch may repeat a customer: keep the last
+    return list(latest.items())
