@@ -80,13 +80,25 @@ def train_transactions(
     out: OutOption = DEFAULT_MODELS_DIR,
     version: VersionOption = None,
     seed: SeedOption = 0,
+    previous: Annotated[
+        str | None,
+        typer.Option(
+            "--previous",
+            help="model folder, registered version or 'active' this retrains: segments that are "
+            "still the same customers keep its ids, keys and names",
+        ),
+    ] = None,
 ) -> None:
     """Train on transactions: RFM features per customer, then KMeans."""
+    from app.scoring.artifact import load_artifact
+    from app.training.identity import describe_lineage
     from app.training.rfm import TransactionColumns
+    from app.training.train import previous_model
     from app.training.train import train_transactions as run
 
     with _errors_as_messages():
         columns = TransactionColumns(customer, time, amount, quantity, price, invoice)
+        base = previous_model(previous, Settings()) if previous else None
         path = run(
             file,
             columns,
@@ -96,8 +108,11 @@ def train_transactions(
             k_range=_k_range(k_range),
             version=version,
             seed=seed,
+            previous=base,
         )
     _report(path)
+    if base is not None:
+        err.print(describe_lineage(load_artifact(path).manifest))
 
 
 @train_cli.command("customers")
@@ -117,11 +132,23 @@ def train_customers(
     out: OutOption = DEFAULT_MODELS_DIR,
     version: VersionOption = None,
     seed: SeedOption = 0,
+    previous: Annotated[
+        str | None,
+        typer.Option(
+            "--previous",
+            help="model folder, registered version or 'active' this retrains: segments that are "
+            "still the same customers keep its ids, keys and names",
+        ),
+    ] = None,
 ) -> None:
     """Train on a customer table with declared numeric and categorical columns."""
+    from app.scoring.artifact import load_artifact
+    from app.training.identity import describe_lineage
+    from app.training.train import previous_model
     from app.training.train import train_customers as run
 
     with _errors_as_messages():
+        base = previous_model(previous, Settings()) if previous else None
         path = run(
             file,
             id_column=id_column,
@@ -132,8 +159,11 @@ def train_customers(
             k_range=_k_range(k_range),
             version=version,
             seed=seed,
+            previous=base,
         )
     _report(path)
+    if base is not None:
+        err.print(describe_lineage(load_artifact(path).manifest))
 
 
 @cli.command()

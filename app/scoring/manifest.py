@@ -104,6 +104,46 @@ class ParitySample(_Strict):
     labels: list[int]
 
 
+class SegmentIdentity(_Strict):
+    """A segment as downstream systems know it."""
+
+    id: int
+    key: str
+    name: str
+
+
+class RetiredSegment(SegmentIdentity):
+    last_version: str = Field(description="the last model version that had this segment")
+
+
+class KeptSegment(_Strict):
+    """A segment of the previous model that is still the same group of customers."""
+
+    id: int
+    key: str
+    old_cluster: int
+    new_cluster: int
+    centroid_distance: float = Field(
+        ge=0, description="new centroid to old centroid, in the previous model's scaled space"
+    )
+    overlap: float = Field(
+        ge=0,
+        le=1,
+        description="share of the segment's training customers the previous model put in it too",
+    )
+
+
+class Lineage(_Strict):
+    """How this model's segments relate to the model it was retrained from."""
+
+    previous_version: str
+    matches: list[KeptSegment]
+    new_segments: list[SegmentIdentity]
+    vanished_segments: list[SegmentIdentity]
+    # every id and key an ancestor used that this model does not: never handed out again
+    retired: list[RetiredSegment]
+
+
 class Manifest(_Strict):
     format_version: Literal[1] = 1
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -119,6 +159,7 @@ class Manifest(_Strict):
     quality: Quality
     drift_baseline: DriftBaseline
     parity_sample: ParitySample
+    lineage: Lineage | None = None  # set when retrained with --previous
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -20,12 +20,20 @@ from app.scoring.manifest import (
     FeatureBaseline,
     FeatureSpec,
     KScore,
+    Lineage,
     Manifest,
     NumericProfile,
     ParitySample,
     Quality,
     SegmentSpec,
     TrainingData,
+)
+from app.scoring.model import SegmentModel
+from app.training.identity import (
+    Identity,
+    carry_identities,
+    check_same_features,
+    match_segments,
 )
 from app.training.naming import name_descriptive_segments, name_rfm_segments
 
@@ -88,8 +96,14 @@ def fit_model(
     k: int | None = None,
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     seed: int = 0,
+    previous: SegmentModel | None = None,
 ) -> FittedModel:
-    """Fit on one row per customer; choose k by silhouette over `k_range` unless `k` is given."""
+    """Fit on one row per customer; choose k by silhouette over `k_range` unless `k` is given.
+
+    With `previous`, segments that are still the same customers keep its ids, keys and names.
+    """
+    if previous is not None:
+        check_same_features(previous.manifest, _planned_types(plan))
     columns = plan.numeric + plan.categorical
     frame = frame[columns].copy()
     for name in plan.categorical:
@@ -124,7 +138,15 @@ def fit_model(
     pipeline, labels = fitted[best.k]
 
     feature_specs = _feature_specs(frame, plan, pipeline)
-    segments = _segments(frame, plan, labels, best.k, kind)
+    numeric_profiles, category_profiles = _profiles(frame, plan, labels, best.k)
+    fresh, percentiles = _fresh_names(frame, plan, numeric_profiles, category_profiles, kind)
+    identities = [Identity(c, *names) for c, names in enumerate(fresh)]
+    lineage: Lineage | None = None
+    if previous is not None:
+        # before the drift baseline, whose segment shares are keyed by segment key
+        matching = match_segments(previous, frame, labels, best.k)
+        identities, lineage = carry_identities(previous.manifest, matching, fresh, percentiles)
+    segments = _segments(frame, plan, labels, numeric_profiles, category_profiles, identities)
     baseline = _drift_baseline(frame, plan, labels, segments)
     parity = _parity_sample(frame, labels, seed)
     chosen_version = version or f"{datetime.now(UTC):%Y-%m-%d}-{kind}-k{best.k}"
@@ -147,8 +169,14 @@ def fit_model(
         ),
         drift_baseline=baseline,
         parity_sample=parity,
+        lineage=lineage,
     )
     return FittedModel(pipeline, manifest)
+
+
+def _planned_types(plan: FeaturePlan) -> dict[str, str]:
+    types = {n: "integer" if n in plan.integer else "number" for n in plan.numeric}
+    return types | dict.fromkeys(plan.categorical, "category")
 
 
 def _wants_log(values: pd.Series) -> bool:
@@ -192,9 +220,9 @@ def _feature_specs(frame: pd.DataFrame, plan: FeaturePlan, pipeline: Pipeline) -
     return specs
 
 
-def _segments(
-    frame: pd.DataFrame, plan: FeaturePlan, labels: np.ndarray, k: int, kind: str
-) -> list[SegmentSpec]:
+def _profiles(
+    frame: pd.DataFrame, plan: FeaturePlan, labels: np.ndarray, k: int
+) -> tuple[list[dict[str, NumericProfile]], list[dict[str, dict[str, float]]]]:
     numeric_profiles: list[dict[str, NumericProfile]] = []
     category_profiles: list[dict[str, dict[str, float]]] = []
     for cluster in range(k):
@@ -218,7 +246,17 @@ def _segments(
                 for name in plan.categorical
             }
         )
+    return numeric_profiles, category_profiles
 
+
+def _fresh_names(
+    frame: pd.DataFrame,
+    plan: FeaturePlan,
+    numeric_profiles: list[dict[str, NumericProfile]],
+    category_profiles: list[dict[str, dict[str, float]]],
+    kind: str,
+) -> tuple[list[tuple[str, str, str]], np.ndarray | None]:
+    """(key, name, sentence) per cluster from its profile; for RFM also the percentiles used."""
     if kind == "rfm":
         # where each segment's medians fall among all training customers (1 = best)
         percentiles = np.array(
@@ -231,31 +269,36 @@ def _segments(
                 for p in numeric_profiles
             ]
         )
-        names = name_rfm_segments(percentiles)
-    else:
-        spread = {n: float(frame[n].std()) or 1.0 for n in plan.numeric}
-        overall = {n: float(frame[n].median()) for n in plan.numeric}
-        numeric_z = [
-            {n: (p[n].median - overall[n]) / spread[n] for n in plan.numeric}
-            for p in numeric_profiles
-        ]
-        overall_shares = {n: frame[n].value_counts(normalize=True) for n in plan.categorical}
-        lifts = []
-        for profile in category_profiles:
-            lift: dict[str, tuple[str, float]] = {}
-            for n, shares in profile.items():
-                gains = {
-                    c: share - float(overall_shares[n].get(c, 0.0)) for c, share in shares.items()
-                }
-                top = max(gains, key=gains.__getitem__)
-                lift[n] = (top, gains[top])
-            lifts.append(lift)
-        names = name_descriptive_segments(numeric_z, lifts)
+        return name_rfm_segments(percentiles), percentiles
+    spread = {n: float(frame[n].std()) or 1.0 for n in plan.numeric}
+    overall = {n: float(frame[n].median()) for n in plan.numeric}
+    numeric_z = [
+        {n: (p[n].median - overall[n]) / spread[n] for n in plan.numeric} for p in numeric_profiles
+    ]
+    overall_shares = {n: frame[n].value_counts(normalize=True) for n in plan.categorical}
+    lifts = []
+    for profile in category_profiles:
+        lift: dict[str, tuple[str, float]] = {}
+        for n, shares in profile.items():
+            gains = {c: share - float(overall_shares[n].get(c, 0.0)) for c, share in shares.items()}
+            top = max(gains, key=gains.__getitem__)
+            lift[n] = (top, gains[top])
+        lifts.append(lift)
+    return name_descriptive_segments(numeric_z, lifts), None
 
+
+def _segments(
+    frame: pd.DataFrame,
+    plan: FeaturePlan,
+    labels: np.ndarray,
+    numeric_profiles: list[dict[str, NumericProfile]],
+    category_profiles: list[dict[str, dict[str, float]]],
+    identities: list[Identity],
+) -> list[SegmentSpec]:
+    k = len(identities)
     sizes = np.bincount(labels, minlength=k)
     segments = []
-    for cluster in range(k):
-        key, name, description = names[cluster]
+    for cluster, identity in enumerate(identities):
         figures = ", ".join(
             f"median {n.replace('_', ' ')} {_fmt(numeric_profiles[cluster][n].median)}"
             for n in plan.numeric
@@ -263,11 +306,11 @@ def _segments(
         share = float(sizes[cluster]) / len(frame)
         segments.append(
             SegmentSpec(
-                id=cluster,
+                id=identity.id,
                 cluster=cluster,
-                key=key,
-                name=name,
-                description=f"{description} {figures}; {share:.0%} of training customers.",
+                key=identity.key,
+                name=identity.name,
+                description=f"{identity.sentence} {figures}; {share:.0%} of training customers.",
                 share=round(share, 6),
                 size=int(sizes[cluster]),
                 numeric_profile=numeric_profiles[cluster],

@@ -9,6 +9,8 @@ import pandas as pd
 
 from app.scoring.artifact import write_artifact
 from app.scoring.manifest import TrainingData
+from app.scoring.model import SegmentModel
+from app.settings import Settings
 from app.training.fit import DEFAULT_K_RANGE, FeaturePlan, fit_model
 from app.training.rfm import TransactionColumns, compute_rfm
 from app.training.tables import TableError, normalise_ids, read_table, sha256_of
@@ -41,8 +43,12 @@ def train_transactions(
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     version: str | None = None,
     seed: int = 0,
+    previous: SegmentModel | None = None,
 ) -> Path:
-    """Compute RFM per customer from transactions, fit, and write the artifact; returns its folder."""
+    """Compute RFM per customer from transactions, fit, and write the artifact; returns its folder.
+
+    With `previous`, segments that are still the same customers keep its ids, keys and names.
+    """
     raw = read_table(path, columns.needed())
     rfm = compute_rfm(raw, columns, as_of)
     data = TrainingData(
@@ -71,6 +77,7 @@ def train_transactions(
         k=k,
         k_range=k_range,
         seed=seed,
+        previous=previous,
     )
     return write_artifact(fitted.pipeline, fitted.manifest, out_dir)
 
@@ -86,6 +93,7 @@ def train_customers(
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     version: str | None = None,
     seed: int = 0,
+    previous: SegmentModel | None = None,
 ) -> Path:
     """Fit on a table with one row per customer and declared numeric/categorical columns."""
     if not numeric and not categorical:
@@ -123,5 +131,37 @@ def train_customers(
         k=k,
         k_range=k_range,
         seed=seed,
+        previous=previous,
     )
     return write_artifact(fitted.pipeline, fitted.manifest, out_dir)
+
+
+def previous_model(reference: str, settings: Settings) -> SegmentModel:
+    """The model to retrain from: a model folder, else `active` or a registered version."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.errors import AppError
+    from app.lifecycle.registry import ModelRegistry
+    from app.store.engine import make_engine
+
+    if Path(reference).is_dir():
+        return SegmentModel.load(Path(reference))
+    engine = make_engine(settings)
+    try:
+        registry = ModelRegistry(engine)
+        version = reference
+        if reference == "active":
+            served = registry.served().active
+            if served is None:
+                raise ValueError("--previous active: the model registry has no active version")
+            version = served[0]
+        return registry.load(version)
+    except AppError as exc:  # not registered
+        raise ValueError(f"--previous {reference}: no such model folder. {exc}") from exc
+    except SQLAlchemyError as exc:
+        raise ValueError(
+            f"--previous {reference}: no such model folder, and the model registry cannot be "
+            f"read ({type(exc).__name__}); run `segments migrate` or check DATABASE_URL"
+        ) from exc
+    finally:
+        engine.dispose()
