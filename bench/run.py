@@ -523,8 +523,25 @@ def write_report(
         "| --- | ---: | --- |",
     ]
     lines += [f"| {name} | {value:.2f} | {target} |" for name, value, target in checks]
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n" + kept_sections(args.out))
     print(f"wrote {args.out}")
+
+
+def kept_sections(path: Path) -> str:
+    """Sections other benchmarks (bench/shadow.py) wrote into the file, kept when rewriting it."""
+    if not path.exists():
+        return ""
+    found = re.finditer(r"\n<!-- (\w+):start -->.*?<!-- \1:end -->\n", path.read_text(), re.S)
+    return "".join(m.group(0) for m in found)
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Put `text` into the file as the section `name`, replacing an earlier one."""
+    block = f"\n<!-- {name}:start -->\n{text.rstrip()}\n<!-- {name}:end -->\n"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"\n<!-- {name}:start -->.*?<!-- {name}:end -->\n", re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old + block
+    path.write_text(new)
 
 
 if __name__ == "__main__":

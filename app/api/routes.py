@@ -423,12 +423,12 @@ def readyz(runtime: RuntimeDep) -> OrjsonResponse:
     process serves, which one the registry wants, and why they differ if a load failed."""
     reason = runtime.service.store_ready()
     if reason is not None:
-        body = error_body(
+        problem = error_body(
             "not_ready",
             "The service cannot store assignments right now; it retries by itself.",
             [Problem("store", reason)],
         )
-        return OrjsonResponse(body, status_code=503)
+        return OrjsonResponse(problem, status_code=503)
     watcher = runtime.watcher
     body: dict[str, object] = {
         "status": "ready",

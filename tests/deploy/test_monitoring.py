@@ -65,6 +65,8 @@ EXPECTED_ALERTS = {
     "SegmentStoreFailures": ("5m", "critical", "segment_store_failures_total"),
     "SegmentServiceDown": ("2m", "critical", "up{"),
     "SegmentNoAssignments": ("30m", "warning", "segment_assignments_total"),
+    "SegmentModelLoadFailed": (None, "critical", 'segment_model_loads_total{outcome="failed"}'),
+    "SegmentModelVersionsSplit": ("5m", "warning", "count by (job, version) (segment_model_info)"),
 }
 PSI_BANDS = (0.1, 0.25)
 
@@ -214,6 +216,7 @@ def test_recording_rules_cover_rate_errors_latency_and_segments() -> None:
         "error ratio": 'status=~"5.."',
         "p99 per route": "histogram_quantile(0.99, sum by (job, route, method, le)",
         "assignment rate per segment": "sum by (job, model_version, segment)",
+        "shadow agreement": "rate(segment_shadow_agreements_total[5m])",
     }
     for what, fragment in wanted.items():
         assert any(fragment in expr for expr in records.values()), f"no recording rule for {what}"

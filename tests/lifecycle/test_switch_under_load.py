@@ -27,6 +27,7 @@ async def _load(
         while not stop.is_set():
             sent += 1
             features = CHAMPION if sent % 2 else LAPSED
+            body: dict[str, object]
             if sent % 10 == 0:
                 body = {
                     "customers": [
