@@ -11,6 +11,7 @@ from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.lifecycle.compare import compare
 from app.lifecycle.registry import ModelRegistry
 from app.scoring.artifact import load_artifact, write_artifact
 from app.scoring.manifest import Manifest
@@ -115,6 +116,19 @@ def test_nine_then_twelve_months_of_online_retail_keep_their_segments(tmp_path: 
         )
     print(f"new {[s.key for s in lineage.new_segments]}")
     print(f"vanished {[s.key for s in lineage.vanished_segments]}")
+
+    # the comparison report on all twelve months' customers: most keep their segment key
+    customers = compute_rfm(raw, RETAIL_COLUMNS).features
+    report = compare(old, SegmentModel.load(second), customers)
+    assert report.customers == len(customers) > 4000
+    assert report.agreement > 0.6
+    assert report.adjusted_rand_index > 0.3
+    kept = {m.key for m in lineage.matches}
+    assert all(report.transitions[key].get(key, 0) > 0 for key in kept)
+    print(
+        f"compare: {report.moved_share:.1%} of {report.customers} customers move, "
+        f"agreement {report.agreement:.1%}, adjusted Rand index {report.adjusted_rand_index:.3f}"
+    )
 
 
 def test_retraining_on_the_same_data_keeps_every_segment(tmp_path: Path) -> None:
