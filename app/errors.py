@@ -127,6 +127,32 @@ class ModelRefused(AppError):
         super().__init__(message, [Problem(loc, problem)], 409, "model_refused")
 
 
+class Unauthorized(AppError):
+    def __init__(self, why: str) -> None:
+        problem = {
+            "missing": "no `Authorization: Bearer <key>` header",
+            "unknown": "the key is not one this service knows",
+        }[why]
+        super().__init__(
+            "Send a valid API key as `Authorization: Bearer <key>`; ask the operator for one "
+            "(`segments keys create`).",
+            [Problem("authorization", problem)],
+            401,
+            "unauthorized",
+        )
+
+
+class Forbidden(AppError):
+    def __init__(self, key_name: str, scope: str) -> None:
+        super().__init__(
+            f"The API key {key_name!r} lacks the {scope!r} scope this endpoint needs; use a key "
+            "that has it.",
+            [Problem("authorization", f"key {key_name!r} has no scope {scope!r}")],
+            403,
+            "forbidden",
+        )
+
+
 def error_body(code: str, message: str, details: Iterable[Problem] = ()) -> dict[str, Any]:
     return {
         "error": {
@@ -153,8 +179,10 @@ def install_error_handlers(app: FastAPI, body_limit: int) -> None:
 
     async def app_error(_: Request, exc: Exception) -> OrjsonResponse:
         assert isinstance(exc, AppError)
+        # RFC 6750: a 401 names the scheme the client should use
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return OrjsonResponse(
-            error_body(exc.code, exc.message, exc.details), status_code=exc.status
+            error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=headers
         )
 
     async def validation_error(_: Request, exc: Exception) -> OrjsonResponse:

@@ -14,6 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.api.routes import router
+from app.auth.guard import Guard
+from app.auth.keys import parse_key_config
 from app.errors import AppError, install_error_handlers
 from app.lifecycle.registry import ModelRegistry
 from app.lifecycle.shadow import ShadowScorer
@@ -37,6 +39,9 @@ log = logging.getLogger("app")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; the model is loaded and verified when the lifespan starts."""
     settings = settings or Settings()
+    guard = Guard(parse_key_config(settings.api_key_config()))  # a bad entry fails here
+    if guard.open:
+        _check_anonymous_allowed(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
@@ -76,6 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.drift_max_rows,
             )
         )
+        if guard.open:
+            log.warning(
+                "NO API KEYS: every endpoint is open to anyone who can reach this port. "
+                "Configure SEGMENTS_API_KEYS (segments keys create) before exposing it."
+            )
+        else:
+            log.info("API keys configured: %s", ", ".join(guard.keys.names))
         log.info(
             "serving model %s (%d segments) with the %s",
             model.version,
@@ -93,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
         try:
-            yield {"runtime": Runtime(settings, engine, service, live, registry, watcher)}
+            yield {"runtime": Runtime(settings, engine, service, live, registry, watcher, guard)}
         finally:
             await watcher.close()
             await shadow.close()
@@ -142,3 +154,14 @@ def _known_segment_names(registry: ModelRegistry) -> dict[str, str]:
         for segment in version.manifest.get("segments", []):
             names[segment["key"]] = segment["name"]
     return names
+
+
+def _check_anonymous_allowed(settings: Settings) -> None:
+    """Only the embedded-SQLite quickstart runs without keys unless the operator says so."""
+    if settings.database_url_text.startswith("sqlite") or settings.allow_anonymous:
+        return
+    raise RuntimeError(
+        "no API keys are configured for a service on a real database: set SEGMENTS_API_KEYS "
+        "(or SEGMENTS_API_KEYS_FILE) to entries made by `segments keys create`, or "
+        "SEGMENTS_ALLOW_ANONYMOUS=true to serve without them"
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
+from app.auth.guard import Guard
 from app.lifecycle.registry import ModelRegistry
 from app.lifecycle.watcher import ModelWatcher
 from app.scoring.model import SegmentModel
@@ -22,6 +23,7 @@ class Runtime:
     live_registry: CollectorRegistry
     registry: ModelRegistry
     watcher: ModelWatcher
+    guard: Guard
 
     @property
     def model(self) -> SegmentModel:

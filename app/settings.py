@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     shadow_flush_ms: float = Field(
         default=50.0, gt=0, le=5_000, description="how long shadow rows gather before scoring"
     )
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="API keys by hash, one `name:sha256:scope+scope` entry per line or comma "
+        "(`segments keys create` prints one); empty: no keys",
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="a file holding the same entries (e.g. a mounted Secret)"
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="serve without API keys on PostgreSQL (the embedded-SQLite quickstart "
+        "always may); said loudly at start-up and in /readyz",
+    )
     gc_freeze: bool = Field(
         default=True, description="freeze start-up objects out of the garbage collector"
     )
@@ -85,3 +98,10 @@ class Settings(BaseSettings):
     @property
     def database_url_text(self) -> str:
         return self.database_url.get_secret_value()
+
+    def api_key_config(self) -> str:
+        """The key entries from SEGMENTS_API_KEYS and SEGMENTS_API_KEYS_FILE together."""
+        text = self.api_keys.get_secret_value()
+        if self.api_keys_file is not None:
+            text += "\n" + self.api_keys_file.read_text()
+        return text

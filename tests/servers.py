@@ -86,6 +86,7 @@ def segments_server(
         "DATABASE_URL": database_url,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "SEGMENTS_DRIFT_CACHE_SECONDS": "0",
+        "SEGMENTS_ALLOW_ANONYMOUS": "true",
         **env,
     }
     segments = Path(sys.executable).with_name("segments")

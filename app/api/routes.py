@@ -31,6 +31,8 @@ from app.api.schemas import (
     ShadowOut,
     request_body_schema,
 )
+from app.auth.guard import requires
+from app.auth.keys import Scope
 from app.errors import InvalidFeatures, ModelNotFound, ModelRefused, error_body
 from app.lifecycle.compare import Comparison, compare, stored_features
 from app.lifecycle.registry import Activation
@@ -51,6 +53,8 @@ async def _runtime(request: Request) -> Runtime:
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 CustomerIdPath = Annotated[str, Path(pattern=CUSTOMER_ID_PATTERN, max_length=128)]
+# the hot routes check their key inline (no dependency injection): declared here for OpenAPI
+BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
 PERSIST_PARAMETER = {
     "name": "persist",
     "in": "query",
@@ -112,7 +116,7 @@ def _assignments_json(batch: AssignmentBatch, names: dict[str, str]) -> list[str
     "/v1/assignments",
     response_model=AssignmentOut,
     tags=["assignments"],
-    openapi_extra=request_body_schema(CustomerIn, PERSIST_PARAMETER),
+    openapi_extra=request_body_schema(CustomerIn, PERSIST_PARAMETER) | BEARER_SECURITY,
 )
 async def assign(request: Request) -> Response:
     """Assign one customer to a segment and store it (`?persist=false` only scores).
@@ -121,6 +125,7 @@ async def assign(request: Request) -> Response:
     """
     # the hot path: no dependency injection (FastAPI's resolution costs more than our scoring)
     runtime: Runtime = request.state.runtime
+    runtime.guard.authorize(request, Scope.ASSIGN)
     service = runtime.service
     persist = _persist(request)
     payload = parse_json(await request.body())
@@ -146,11 +151,12 @@ async def assign(request: Request) -> Response:
     "/v1/assignments/batch",
     response_model=BatchOut,
     tags=["assignments"],
-    openapi_extra=request_body_schema(BatchIn, PERSIST_PARAMETER),
+    openapi_extra=request_body_schema(BatchIn, PERSIST_PARAMETER) | BEARER_SECURITY,
 )
 async def assign_batch(request: Request) -> Response:
     """Assign many customers, stored in one transaction: all of them, or none if any row is invalid."""
     runtime: Runtime = request.state.runtime
+    runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
     raw = await request.body()
 
@@ -163,7 +169,12 @@ async def assign_batch(request: Request) -> Response:
     return Response(await run_in_threadpool(work), media_type="application/json")
 
 
-@router.get("/v1/customers/{customer_id}/segment", response_model=AssignmentOut, tags=["customers"])
+@router.get(
+    "/v1/customers/{customer_id}/segment",
+    response_model=AssignmentOut,
+    tags=["customers"],
+    dependencies=[Depends(requires(Scope.READ))],
+)
 def current_segment(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
     """The customer's current segment: their latest stored assignment."""
     batch = AssignmentBatch.of_rows([runtime.service.current(customer_id)])
@@ -173,7 +184,10 @@ def current_segment(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Respons
 
 
 @router.get(
-    "/v1/customers/{customer_id}/assignments", response_model=HistoryOut, tags=["customers"]
+    "/v1/customers/{customer_id}/assignments",
+    response_model=HistoryOut,
+    tags=["customers"],
+    dependencies=[Depends(requires(Scope.READ))],
 )
 def customer_history(
     customer_id: CustomerIdPath,
@@ -187,7 +201,10 @@ def customer_history(
 
 
 @router.delete(
-    "/v1/customers/{customer_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["customers"]
+    "/v1/customers/{customer_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["customers"],
+    dependencies=[Depends(requires(Scope.ADMIN))],
 )
 def erase_customer(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
     """Erase everything stored about the customer (history and membership)."""
@@ -195,7 +212,12 @@ def erase_customer(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/v1/segments", response_model=SegmentsOut, tags=["segments"])
+@router.get(
+    "/v1/segments",
+    response_model=SegmentsOut,
+    tags=["segments"],
+    dependencies=[Depends(requires(Scope.READ))],
+)
 def segments(runtime: RuntimeDep) -> SegmentsOut:
     """The active model's segments, with profiles a marketer can read."""
     manifest = runtime.model.manifest
@@ -217,7 +239,12 @@ def segments(runtime: RuntimeDep) -> SegmentsOut:
     )
 
 
-@router.get("/v1/segments/{key}/members", response_model=MembersOut, tags=["segments"])
+@router.get(
+    "/v1/segments/{key}/members",
+    response_model=MembersOut,
+    tags=["segments"],
+    dependencies=[Depends(requires(Scope.AUDIENCE))],
+)
 def segment_members(
     key: str,
     runtime: RuntimeDep,
@@ -262,7 +289,12 @@ def _find_registered(runtime: Runtime, version: str) -> RegisteredModel | None:
         return None
 
 
-@router.get("/v1/models", response_model=ModelsOut, tags=["models"])
+@router.get(
+    "/v1/models",
+    response_model=ModelsOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.READ))],
+)
 def models(runtime: RuntimeDep) -> ModelsOut:
     """Every registered model version with its status, and the one this process serves."""
     registered = runtime.service.store_call(runtime.registry.listed)
@@ -274,7 +306,12 @@ def models(runtime: RuntimeDep) -> ModelsOut:
     )
 
 
-@router.get("/v1/models/active", response_model=ActiveModelOut, tags=["models"])
+@router.get(
+    "/v1/models/active",
+    response_model=ActiveModelOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.READ))],
+)
 def active_model(runtime: RuntimeDep) -> ActiveModelOut:
     """The model this process serves: its feature schema (names, types, ranges), segments and quality."""
     model = runtime.model
@@ -290,7 +327,12 @@ def active_model(runtime: RuntimeDep) -> ActiveModelOut:
     )
 
 
-@router.get("/v1/models/{version}", response_model=ModelDetailOut, tags=["models"])
+@router.get(
+    "/v1/models/{version}",
+    response_model=ModelDetailOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.READ))],
+)
 def model_detail(
     version: Annotated[str, Path(max_length=64)], runtime: RuntimeDep
 ) -> ModelDetailOut:
@@ -312,7 +354,12 @@ def model_detail(
     )
 
 
-@router.get("/v1/models/{version}/comparison", response_model=ComparisonOut, tags=["models"])
+@router.get(
+    "/v1/models/{version}/comparison",
+    response_model=ComparisonOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.READ))],
+)
 def model_comparison(
     version: Annotated[str, Path(max_length=64)],
     runtime: RuntimeDep,
@@ -323,7 +370,12 @@ def model_comparison(
     return ComparisonOut.model_validate(report.as_json())
 
 
-@router.post("/v1/models/{version}/activate", response_model=ActivationOut, tags=["models"])
+@router.post(
+    "/v1/models/{version}/activate",
+    response_model=ActivationOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.ADMIN))],
+)
 def activate_model(
     version: Annotated[str, Path(max_length=64)],
     runtime: RuntimeDep,
@@ -353,13 +405,23 @@ def activate_model(
     return _adopted(runtime, activation)
 
 
-@router.post("/v1/models/rollback", response_model=ActivationOut, tags=["models"])
+@router.post(
+    "/v1/models/rollback",
+    response_model=ActivationOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.ADMIN))],
+)
 def rollback_model(runtime: RuntimeDep) -> ActivationOut:
     """Activate the version that was active before the current one."""
     return _adopted(runtime, runtime.service.store_call(runtime.registry.rollback))
 
 
-@router.post("/v1/models/{version}/shadow", response_model=ShadowOut, tags=["models"])
+@router.post(
+    "/v1/models/{version}/shadow",
+    response_model=ShadowOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.ADMIN))],
+)
 def shadow_model(version: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) -> ShadowOut:
     """Score every live assignment with `version` too, after the response; agreement with the
     active model is exported as segment_shadow_assignments_total / segment_shadow_agreements_total."""
@@ -368,7 +430,12 @@ def shadow_model(version: Annotated[str, Path(max_length=64)], runtime: RuntimeD
     return ShadowOut(shadow=version)
 
 
-@router.delete("/v1/models/shadow", response_model=ShadowOut, tags=["models"])
+@router.delete(
+    "/v1/models/shadow",
+    response_model=ShadowOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.ADMIN))],
+)
 def stop_shadow(runtime: RuntimeDep) -> ShadowOut:
     """Stop shadow scoring."""
     runtime.service.store_call(lambda: runtime.registry.set_shadow(None))
@@ -435,6 +502,10 @@ def readyz(runtime: RuntimeDep) -> OrjsonResponse:
         "model_version": runtime.model.version,
         "registry_active": watcher.registry_active,
     }
+    if runtime.guard.open:
+        body["authentication"] = (
+            "DISABLED: no API keys are configured, every endpoint is open; set SEGMENTS_API_KEYS"
+        )
     if watcher.load_error is not None:
         # still ready: the current model serves; the operator must see why it did not switch
         body["model_problem"] = watcher.load_error

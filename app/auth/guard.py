@@ -1,0 +1,67 @@
+"""Who may call what: the API key in `Authorization: Bearer <key>` and the scope a route needs.
+
+`/healthz`, `/readyz`, `/metrics` and the docs stay open (probes and Prometheus carry no keys).
+Without configured keys the service is open, which only the embedded-SQLite quickstart does by
+default; a PostgreSQL deployment must configure keys or say SEGMENTS_ALLOW_ANONYMOUS=true, and
+either way an open service says so at start-up and in /readyz.
+
+Neither the presented key nor its hash ever reaches a log line or an error body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.auth.keys import ApiKey, KeyRing, Scope, parse_bearer
+from app.errors import Forbidden, Unauthorized
+
+log = logging.getLogger(__name__)
+
+# documents the scheme in OpenAPI; the check itself is `Guard.authorize`
+BEARER = HTTPBearer(auto_error=False, description="an API key: `segments keys create`")
+ANONYMOUS = ApiKey("anonymous", frozenset(Scope))
+
+
+class Guard:
+    def __init__(self, keys: KeyRing) -> None:
+        self.keys = keys
+
+    @property
+    def open(self) -> bool:
+        return len(self.keys) == 0
+
+    def authorize(self, request: Request, scope: Scope) -> ApiKey:
+        """The caller's key if it has `scope`; 401 without a known key, 403 without the scope."""
+        if self.open:
+            return ANONYMOUS
+        presented = parse_bearer(request.headers.get("authorization"))
+        if presented is None:
+            raise Unauthorized("missing")
+        key = self.keys.authenticate(presented)
+        if key is None:
+            raise Unauthorized("unknown")
+        if not key.allows(scope):
+            raise Forbidden(key.name, scope.value)
+        request.state.api_key = key
+        return key
+
+
+def requires(
+    scope: Scope,
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], Coroutine[Any, Any, ApiKey]]:
+    """A route dependency: the request needs a key with `scope`."""
+
+    async def check(
+        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+    ) -> ApiKey:
+        # async: a plain def dependency would cost a hop to the thread pool
+        guard: Guard = request.state.runtime.guard
+        return guard.authorize(request, scope)
+
+    check.__name__ = f"requires_{scope.value}"
+    return check

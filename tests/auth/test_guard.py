@@ -1,0 +1,171 @@
+"""Every endpoint behind the right scope, over the real app: 401 and 403 in the contract's
+error body, open operations endpoints, no key in any body or log, and the open quickstart."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from app.auth.keys import Scope, generate_key, key_config_line
+from app.cli import cli
+from app.main import create_app
+from tests.conftest import clear_tables, make_settings
+
+CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
+KEYS = {scope: generate_key() for scope in Scope}
+ALL_SCOPES = generate_key()
+
+# (method, path, json body, scope it needs)
+ENDPOINTS: list[tuple[str, str, object, Scope]] = [
+    ("POST", "/v1/assignments", {"customer_id": "a1", "features": CHAMPION}, Scope.ASSIGN),
+    (
+        "POST",
+        "/v1/assignments/batch",
+        {"customers": [{"customer_id": "a2", "features": CHAMPION}]},
+        Scope.ASSIGN,
+    ),
+    ("GET", "/v1/customers/a1/segment", None, Scope.READ),
+    ("GET", "/v1/customers/a1/assignments", None, Scope.READ),
+    ("GET", "/v1/segments", None, Scope.READ),
+    ("GET", "/v1/models", None, Scope.READ),
+    ("GET", "/v1/models/active", None, Scope.READ),
+    ("GET", "/v1/models/test-rfm-k4", None, Scope.READ),
+    ("GET", "/v1/segments/champions/members", None, Scope.AUDIENCE),
+    ("POST", "/v1/models/test-rfm-k4/activate", None, Scope.ADMIN),
+    ("POST", "/v1/models/rollback", None, Scope.ADMIN),
+    ("DELETE", "/v1/models/shadow", None, Scope.ADMIN),
+    ("DELETE", "/v1/customers/a2", None, Scope.ADMIN),
+]
+
+
+@pytest.fixture
+def guarded(database_url: str, rfm_model_dir: Path) -> Iterator[TestClient]:
+    clear_tables(database_url)
+    entries = [key_config_line(f"only-{s.value}", k, [s]) for s, k in KEYS.items()]
+    entries.append(key_config_line("everything", ALL_SCOPES, list(Scope)))
+    settings = make_settings(
+        database_url, rfm_model_dir, api_keys="\n".join(entries), allow_anonymous=False
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def call(
+    client: TestClient, method: str, path: str, body: object, key: str | None
+) -> tuple[int, dict[str, object], str]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    response = client.request(method, path, json=body, headers=headers)
+    return response.status_code, response.json() if response.content else {}, response.text
+
+
+@pytest.mark.parametrize(("method", "path", "body", "scope"), ENDPOINTS)
+def test_each_endpoint_needs_its_scope(
+    guarded: TestClient, method: str, path: str, body: object, scope: Scope
+) -> None:
+    status, error, _ = call(guarded, method, path, body, None)
+    assert status == 401
+    assert error["error"]["code"] == "unauthorized"  # type: ignore[index]
+    assert error["error"]["details"][0]["loc"] == "authorization"  # type: ignore[index]
+    response = guarded.request(method, path, json=body)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+    assert call(guarded, method, path, body, generate_key())[0] == 401  # unknown key
+    assert call(guarded, method, path, body, "Bearer")[0] == 401
+
+    for other, key in KEYS.items():
+        status, error, text = call(guarded, method, path, body, key)
+        if other == scope:
+            assert status not in (401, 403), text
+        else:
+            assert status == 403, (other, text)
+            assert error["error"]["code"] == "forbidden"  # type: ignore[index]
+            assert f"only-{other.value}" in text
+            assert scope.value in text
+            assert key not in text
+
+
+def test_a_key_with_every_scope_gets_through_and_the_rest_stays_open(guarded: TestClient) -> None:
+    headers = {"authorization": f"Bearer {ALL_SCOPES}"}
+    body = {"customer_id": "z1", "features": CHAMPION}
+    assert guarded.post("/v1/assignments", json=body, headers=headers).status_code == 200
+    assert guarded.get("/v1/customers/z1/segment", headers=headers).status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+        assert guarded.get(path).status_code == 200, path
+    assert "authentication" not in guarded.get("/readyz").json()
+    schema = guarded.get("/openapi.json").json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    for path in ("/v1/assignments", "/v1/assignments/batch"):
+        assert schema["paths"][path]["post"]["security"] == [{"HTTPBearer": []}]
+    assert schema["paths"]["/v1/segments"]["get"]["security"] == [{"HTTPBearer": []}]
+
+
+def test_no_key_or_hash_appears_in_logs_or_bodies(
+    guarded: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = generate_key()
+    texts = []
+    for key in (wrong, KEYS[Scope.READ], KEYS[Scope.ASSIGN]):
+        response = guarded.post(
+            "/v1/assignments",
+            json={"customer_id": "x", "features": {"recency_days": "bad"}},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        texts.append(response.text)
+    everything = "\n".join(texts) + "\n" + caplog.text
+    for key in (wrong, KEYS[Scope.READ], KEYS[Scope.ASSIGN]):
+        assert key not in everything
+        assert key[3:20] not in everything
+
+
+def test_the_open_quickstart_says_so(
+    database_url: str, rfm_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clear_tables(database_url)
+    caplog.set_level(logging.WARNING)
+    with TestClient(create_app(make_settings(database_url, rfm_model_dir))) as client:
+        ready = client.get("/readyz").json()
+        assert ready["authentication"].startswith("DISABLED")
+        body = {"customer_id": "o1", "features": CHAMPION}
+        assert client.post("/v1/assignments", json=body).status_code == 200
+    assert "NO API KEYS" in caplog.text
+
+
+def test_a_real_database_without_keys_refuses_to_start(
+    database_url: str, rfm_model_dir: Path, on_postgres: bool
+) -> None:
+    settings = make_settings(database_url, rfm_model_dir, allow_anonymous=False)
+    if on_postgres:
+        with pytest.raises(RuntimeError, match="SEGMENTS_API_KEYS"):
+            create_app(settings)
+    else:  # the embedded SQLite quickstart may run open
+        create_app(settings)
+
+
+def test_a_malformed_key_entry_refuses_to_start(database_url: str, rfm_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="entry 1"):
+        create_app(make_settings(database_url, rfm_model_dir, api_keys="crm:nothex:read"))
+
+
+def test_keys_create_prints_a_key_that_works(database_url: str, rfm_model_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["keys", "create", "--scopes", "read", "--name", "crm"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    key, entry = lines[0], lines[1]
+    assert key.startswith("sk_")
+    assert key not in entry
+    assert entry.startswith("crm:")
+    assert entry.endswith(":read")
+    clear_tables(database_url)
+    settings = make_settings(database_url, rfm_model_dir, api_keys=entry, allow_anonymous=False)
+    with TestClient(create_app(settings)) as client:
+        headers = {"authorization": f"Bearer {key}"}
+        assert client.get("/v1/segments", headers=headers).status_code == 200
+        assert client.get("/v1/segments/champions/members", headers=headers).status_code == 403
+    bad = CliRunner().invoke(cli, ["keys", "create", "--scopes", "root"])
+    assert bad.exit_code == 2
