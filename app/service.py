@@ -35,10 +35,17 @@ from app.scoring.model import SegmentModel
 from app.scoring.validation import Problem, ValidBatch, customer_id_problem
 from app.store import repository
 from app.store.group_commit import GroupCommitter
-from app.store.repository import AssignmentBatch, AssignmentRow
+from app.store.repository import AssignmentBatch, AssignmentRow, MembershipChange
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ChangesPage:
+    changes: list[MembershipChange]
+    next_cursor: str  # always given: poll again with it, even when this page was empty
+    has_more: bool
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,18 @@ class AssignmentService:
         ids = ids[:limit]
         return MembersPage(segment_key, ids, _encode_cursor(ids[-1]) if more else None)
 
+    def changes(self, segment_key: str | None, cursor: str | None, limit: int) -> ChangesPage:
+        """Entered/exited events after the cursor, in commit order (one segment's, or all)."""
+        if segment_key is not None and segment_key not in self.segment_names:
+            raise SegmentNotFound(segment_key, self.model.segments_by_key)
+        after = _decode_change_cursor(cursor) if cursor else 0
+        with self.transaction("lookup") as conn:
+            rows = repository.membership_changes(conn, segment_key, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1].id if rows else after
+        return ChangesPage(rows, _encode_change_cursor(last), more)
+
     def store_ready(self) -> str | None:
         """None when the store answers and is migrated, else why not."""
         try:
@@ -265,3 +284,17 @@ def _decode_cursor(cursor: str) -> str:
     if not text.startswith("m1:") or customer_id_problem(text[3:]):
         raise InvalidCursor()
     return text[3:]
+
+
+def _encode_change_cursor(event_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e1:{event_id}".encode()).decode().rstrip("=")
+
+
+def _decode_change_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidCursor() from exc
+    if not text.startswith("e1:") or not text[3:].isdigit() or len(text) > 30:
+        raise InvalidCursor()
+    return int(text[3:])

@@ -125,7 +125,7 @@ def bank_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clear_tables(database_url: str) -> None:
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        for table in ("assignments", "memberships", "model_versions"):
+        for table in ("assignments", "memberships", "membership_events", "model_versions"):
             conn.execute(text(f"DELETE FROM {table}"))
     engine.dispose()
 

@@ -19,6 +19,7 @@ from app.api.schemas import (
     AssignmentOut,
     BatchIn,
     BatchOut,
+    ChangesOut,
     ComparisonOut,
     CustomerIn,
     HistoryOut,
@@ -257,6 +258,67 @@ def segment_members(
     return _json(
         {"segment": page.segment, "members": page.members, "next_cursor": page.next_cursor}
     )
+
+
+def _changes(runtime: Runtime, segment_key: str | None, since: str | None, limit: int) -> Response:
+    page = runtime.service.changes(segment_key, since, limit)
+    names = runtime.segment_names
+    return _json(
+        {
+            "changes": [
+                {
+                    "id": c.id,
+                    "customer_id": c.customer_id,
+                    "event": c.event,
+                    "segment": {
+                        "id": c.segment_id,
+                        "key": c.segment_key,
+                        "name": names.get(c.segment_key, c.segment_key),
+                    },
+                    "model_version": c.model_version,
+                    "confidence": c.confidence,
+                    "at": _timestamp(c.occurred_at),
+                }
+                for c in page.changes
+            ],
+            "next_cursor": page.next_cursor,
+            "has_more": page.has_more,
+        }
+    )
+
+
+SinceQuery = Annotated[
+    str | None,
+    Query(max_length=64, description="the next_cursor of the previous page; omit to start"),
+]
+ChangesLimit = Annotated[int, Query(ge=1, le=10_000)]
+
+
+@router.get(
+    "/v1/changes",
+    response_model=ChangesOut,
+    tags=["audiences"],
+    dependencies=[Depends(requires(Scope.AUDIENCE))],
+)
+def all_changes(
+    runtime: RuntimeDep, since: SinceQuery = None, limit: ChangesLimit = 1000
+) -> Response:
+    """Every segment's entered/exited events in commit order. Poll with the last `next_cursor`
+    to see each change exactly once, even while assignments are being written."""
+    return _changes(runtime, None, since, limit)
+
+
+@router.get(
+    "/v1/segments/{key}/changes",
+    response_model=ChangesOut,
+    tags=["audiences"],
+    dependencies=[Depends(requires(Scope.AUDIENCE))],
+)
+def segment_changes(
+    key: str, runtime: RuntimeDep, since: SinceQuery = None, limit: ChangesLimit = 1000
+) -> Response:
+    """One segment's entered/exited events in commit order (see GET /v1/changes)."""
+    return _changes(runtime, key, since, limit)
 
 
 def _model_out(manifest: dict[str, Any], registered: RegisteredModel | None) -> dict[str, object]:

@@ -94,6 +94,22 @@ class MembersOut(BaseModel):
     )
 
 
+class ChangeOut(BaseModel):
+    id: int = Field(description="increases in commit order")
+    customer_id: str
+    event: str = Field(description="entered or exited")
+    segment: SegmentRef
+    model_version: str = Field(description="the model whose assignment made the change")
+    confidence: float
+    at: datetime = Field(description="when the assignment that made the change was made")
+
+
+class ChangesOut(BaseModel):
+    changes: list[ChangeOut]
+    next_cursor: str = Field(description="pass as ?since= to continue; given even when empty")
+    has_more: bool = Field(description="another page is ready now")
+
+
 class ModelOut(BaseModel):
     version: str
     kind: str

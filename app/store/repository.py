@@ -12,14 +12,15 @@ from typing import Any, cast
 
 import orjson
 import psycopg
-from sqlalchemy import Connection, Table, delete, insert, select, text
+from sqlalchemy import Connection, Table, delete, func, insert, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from app.store.tables import Assignment, Membership
+from app.store.tables import Assignment, Membership, MembershipEvent
 
 assignments = cast(Table, Assignment.__table__)
 memberships = cast(Table, Membership.__table__)
+membership_events = cast(Table, MembershipEvent.__table__)
 
 HISTORY_COLUMNS = (
     "customer_id",
@@ -138,17 +139,52 @@ def store_batch(conn: Connection, batch: AssignmentBatch) -> None:
 # size, and both payloads are built in one pass (orjson for the JSON): psycopg's per-value
 # adaptation of 10,000-row arrays cost more than the database's own work.
 _COPY_HISTORY = f"COPY assignments ({', '.join(HISTORY_COLUMNS)}) FROM STDIN"
+_INCOMING_COLUMNS = """customer_id varchar, segment_id integer, segment_key varchar,
+    model_version varchar, distance float8, confidence float8, assigned_at timestamptz"""
+_EVENT_COLUMNS = (
+    "customer_id, segment_id, segment_key, event, model_version, confidence, occurred_at"
+)
+# One statement: read the memberships as they were, upsert, and append an "exited" event for a
+# customer who left a segment and an "entered" one for a customer who joined one (a
+# re-assignment to the same segment is no event). Data-modifying CTEs all see the statement's
+# starting snapshot, so `before` is the state the upsert changed.
 _MERGE_MEMBERSHIPS = text(
     f"""
-    INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)})
-    SELECT {", ".join(MEMBERSHIP_COLUMNS)} FROM json_to_recordset(CAST(:rows AS json)) AS rows(
-        customer_id varchar, segment_id integer, segment_key varchar, model_version varchar,
-        distance float8, confidence float8, assigned_at timestamptz)
-    ON CONFLICT (customer_id) DO UPDATE SET
-        {", ".join(f"{c} = excluded.{c}" for c in MEMBERSHIP_COLUMNS if c != "customer_id")}
-    WHERE memberships.assigned_at <= excluded.assigned_at
+    WITH incoming AS (
+        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS rows({_INCOMING_COLUMNS})
+    ),
+    before AS (
+        SELECT m.customer_id, m.segment_id, m.segment_key
+        FROM memberships AS m JOIN incoming USING (customer_id)
+    ),
+    merged AS (
+        INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)}, entered_at)
+        SELECT {", ".join(MEMBERSHIP_COLUMNS)}, assigned_at FROM incoming
+        ON CONFLICT (customer_id) DO UPDATE SET
+            {", ".join(f"{c} = excluded.{c}" for c in MEMBERSHIP_COLUMNS if c != "customer_id")},
+            entered_at = CASE WHEN memberships.segment_key = excluded.segment_key
+                THEN memberships.entered_at ELSE excluded.assigned_at END
+        WHERE memberships.assigned_at <= excluded.assigned_at
+        RETURNING customer_id, segment_id, segment_key, model_version, confidence, assigned_at
+    )
+    INSERT INTO membership_events ({_EVENT_COLUMNS})
+    SELECT customer_id, segment_id, segment_key, event, model_version, confidence, occurred_at
+    FROM (
+        SELECT b.customer_id, b.segment_id, b.segment_key, 'exited' AS event,
+               m.model_version, m.confidence, m.assigned_at AS occurred_at, 0 AS position
+        FROM merged AS m JOIN before AS b USING (customer_id)
+        WHERE b.segment_key <> m.segment_key
+        UNION ALL
+        SELECT m.customer_id, m.segment_id, m.segment_key, 'entered', m.model_version,
+               m.confidence, m.assigned_at, 1
+        FROM merged AS m LEFT JOIN before AS b USING (customer_id)
+        WHERE b.customer_id IS NULL OR b.segment_key <> m.segment_key
+    ) AS changes
+    ORDER BY customer_id, position
     """  # noqa: S608 - constant table and column names; the rows are one bound parameter
 )
+# Any constant: the key of the lock that makes membership changes commit in event-id order.
+MEMBERSHIP_LOCK = 7_291_104_416
 
 
 def _store_postgresql(conn: Connection, batch: AssignmentBatch) -> None:
@@ -171,6 +207,10 @@ def _store_postgresql(conn: Connection, batch: AssignmentBatch) -> None:
     members = [
         dict(zip(MEMBERSHIP_COLUMNS, row, strict=True)) for row in batch.latest_memberships()
     ]
+    # Held to the commit: event ids are handed out in commit order, which is what lets a feed
+    # reader page by id without missing an event a slower transaction commits later. The
+    # history COPY above stays concurrent; only this merge is serialised.
+    conn.execute(select(func.pg_advisory_xact_lock(MEMBERSHIP_LOCK)))
     conn.execute(_MERGE_MEMBERSHIPS, {"rows": orjson.dumps(members).decode()})
 
 
@@ -180,22 +220,75 @@ def _copy_text(value: str) -> str:
 
 
 def _store_sqlite(conn: Connection, batch: AssignmentBatch) -> None:
+    """The same rules in Python: SQLite serialises writers, so event ids follow commit order."""
     history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
     conn.execute(insert(assignments), history)
-    statement = sqlite.insert(memberships)
-    upsert = statement.on_conflict_do_update(
-        index_elements=[memberships.c.customer_id],
-        set_={c: statement.excluded[c] for c in MEMBERSHIP_COLUMNS if c != "customer_id"},
-        where=memberships.c.assigned_at <= statement.excluded.assigned_at,
-    )
-    conn.execute(
-        upsert,
-        [dict(zip(MEMBERSHIP_COLUMNS, row, strict=True)) for row in batch.latest_memberships()],
-    )
+    latest = batch.latest_memberships()
+    before = {
+        row.customer_id: row
+        for row in conn.execute(
+            select(
+                memberships.c.customer_id,
+                memberships.c.segment_id,
+                memberships.c.segment_key,
+                memberships.c.assigned_at,
+                memberships.c.entered_at,
+            ).where(memberships.c.customer_id.in_([r[0] for r in latest]))
+        )
+    }
+    merged, events = [], []
+    for row in latest:
+        values = dict(zip(MEMBERSHIP_COLUMNS, row, strict=True))
+        old = before.get(values["customer_id"])
+        if old is not None and _utc(old.assigned_at) > values["assigned_at"]:
+            continue  # a later assignment is stored already (the upsert's rule)
+        if old is not None and old.segment_key == values["segment_key"]:
+            merged.append(values | {"entered_at": _utc(old.entered_at)})
+            continue  # re-assigned to the same segment: no event
+        merged.append(values | {"entered_at": values["assigned_at"]})
+        change = {
+            "model_version": values["model_version"],
+            "confidence": values["confidence"],
+            "occurred_at": values["assigned_at"],
+        }
+        if old is not None:
+            events.append(
+                change
+                | {
+                    "customer_id": old.customer_id,
+                    "segment_id": old.segment_id,
+                    "segment_key": old.segment_key,
+                    "event": "exited",
+                }
+            )
+        events.append(
+            change
+            | {
+                "customer_id": values["customer_id"],
+                "segment_id": values["segment_id"],
+                "segment_key": values["segment_key"],
+                "event": "entered",
+            }
+        )
+    if merged:
+        statement = sqlite.insert(memberships)
+        upsert = statement.on_conflict_do_update(
+            index_elements=[memberships.c.customer_id],
+            set_={
+                c: statement.excluded[c]
+                for c in (*MEMBERSHIP_COLUMNS, "entered_at")
+                if c != "customer_id"
+            },
+        )
+        conn.execute(upsert, merged)
+    if events:
+        conn.execute(insert(membership_events), events)
 
 
 def current_membership(conn: Connection, customer_id: str) -> AssignmentRow | None:
-    query = select(memberships).where(memberships.c.customer_id == customer_id)
+    query = select(*(memberships.c[name] for name in MEMBERSHIP_COLUMNS)).where(
+        memberships.c.customer_id == customer_id
+    )
     row = conn.execute(query).mappings().first()
     if row is None:
         return None
@@ -220,7 +313,34 @@ def erase_customer(conn: Connection, customer_id: str) -> int:
     """Delete the customer's history and membership; returns how many rows went."""
     history = conn.execute(delete(assignments).where(assignments.c.customer_id == customer_id))
     current = conn.execute(delete(memberships).where(memberships.c.customer_id == customer_id))
+    conn.execute(delete(membership_events).where(membership_events.c.customer_id == customer_id))
     return int(history.rowcount) + int(current.rowcount)
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    id: int
+    customer_id: str
+    segment_id: int
+    segment_key: str
+    event: str
+    model_version: str
+    confidence: float
+    occurred_at: datetime
+
+
+def membership_changes(
+    conn: Connection, segment_key: str | None, after_id: int, limit: int
+) -> list[MembershipChange]:
+    """Entered/exited events after `after_id` in commit (id) order, of one segment or all."""
+    query = select(membership_events).where(membership_events.c.id > after_id)
+    if segment_key is not None:
+        query = query.where(membership_events.c.segment_key == segment_key)
+    query = query.order_by(membership_events.c.id).limit(limit)
+    return [
+        MembershipChange(**{**row, "occurred_at": _utc(row["occurred_at"])})
+        for row in conn.execute(query).mappings()
+    ]
 
 
 def segment_members(conn: Connection, segment_key: str, after: str | None, limit: int) -> list[str]:

@@ -79,10 +79,39 @@ class Membership(Base):
     distance: Mapped[float] = mapped_column(Float)
     confidence: Mapped[float] = mapped_column(Float)
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # when the customer entered the segment they are in: kept while re-assignments agree
+    entered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     # audience paging walks one segment in customer-id order
     __table_args__ = (
         Index("ix_memberships_segment_key_customer_id", "segment_key", "customer_id"),
+    )
+
+
+class MembershipEvent(Base):
+    """A customer entered or exited a segment: the change feed ad platforms follow.
+
+    Writers append events while holding one transaction-scoped lock, so ids are handed out in
+    commit order and a reader that pages by id after its last cursor sees every event once.
+    """
+
+    __tablename__ = "membership_events"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    segment_id: Mapped[int] = mapped_column(Integer)
+    segment_key: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(8))
+    model_version: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("event IN ('entered', 'exited')", name="event"),
+        # one segment's feed, in commit order
+        Index("ix_membership_events_segment_key_id", "segment_key", "id"),
+        # erasure finds a customer's events
+        Index("ix_membership_events_customer_id", "customer_id"),
     )
 
 
