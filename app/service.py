@@ -180,25 +180,27 @@ class AssignmentService:
     def members(self, segment_key: str, cursor: str | None, limit: int) -> MembersPage:
         if segment_key not in self.model.segments_by_key:
             raise SegmentNotFound(segment_key, self.model.segments_by_key)
-        after = _decode_cursor(cursor) if cursor else None
+        after = _decode_members_cursor(cursor) if cursor else None
         with self.transaction("lookup") as conn:
             # one extra row tells whether another page follows, without a count query
             ids = repository.segment_members(conn, segment_key, after, limit + 1)
         more = len(ids) > limit
         ids = ids[:limit]
-        return MembersPage(segment_key, ids, _encode_cursor(ids[-1]) if more else None)
+        return MembersPage(
+            segment_key, ids, _encode_cursor(MEMBERS_CURSOR, ids[-1]) if more else None
+        )
 
     def changes(self, segment_key: str | None, cursor: str | None, limit: int) -> ChangesPage:
         """Entered/exited events after the cursor, in commit order (one segment's, or all)."""
         if segment_key is not None and segment_key not in self.segment_names:
             raise SegmentNotFound(segment_key, self.model.segments_by_key)
-        after = _decode_change_cursor(cursor) if cursor else 0
+        after = _decode_changes_cursor(cursor) if cursor else 0
         with self.transaction("lookup") as conn:
             rows = repository.membership_changes(conn, segment_key, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         last = rows[-1].id if rows else after
-        return ChangesPage(rows, _encode_change_cursor(last), more)
+        return ChangesPage(rows, _encode_cursor(CHANGES_CURSOR, str(last)), more)
 
     def store_ready(self) -> str | None:
         """None when the store answers and is migrated, else why not."""
@@ -272,29 +274,35 @@ def _check_customer_id(customer_id: str) -> None:
         )
 
 
-def _encode_cursor(customer_id: str) -> str:
-    return base64.urlsafe_b64encode(f"m1:{customer_id}".encode()).decode().rstrip("=")
+# Cursors are opaque to clients: a kind prefix (m1 audience members, e1 change events) and the
+# last position, base64url. The prefix keeps one kind of cursor from being used for the other.
+MEMBERS_CURSOR = "m1:"
+CHANGES_CURSOR = "e1:"
 
 
-def _decode_cursor(cursor: str) -> str:
+def _encode_cursor(kind: str, position: str) -> str:
+    return base64.urlsafe_b64encode(f"{kind}{position}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(kind: str, cursor: str) -> str:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidCursor() from exc
-    if not text.startswith("m1:") or customer_id_problem(text[3:]):
+    if not text.startswith(kind):
         raise InvalidCursor()
-    return text[3:]
+    return text[len(kind) :]
 
 
-def _encode_change_cursor(event_id: int) -> str:
-    return base64.urlsafe_b64encode(f"e1:{event_id}".encode()).decode().rstrip("=")
-
-
-def _decode_change_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursor() from exc
-    if not text.startswith("e1:") or not text[3:].isdigit() or len(text) > 30:
+def _decode_members_cursor(cursor: str) -> str:
+    customer_id = _decode_cursor(MEMBERS_CURSOR, cursor)
+    if customer_id_problem(customer_id):
         raise InvalidCursor()
-    return int(text[3:])
+    return customer_id
+
+
+def _decode_changes_cursor(cursor: str) -> int:
+    event_id = _decode_cursor(CHANGES_CURSOR, cursor)
+    if not event_id.isdigit() or len(event_id) > 20:
+        raise InvalidCursor()
+    return int(event_id)
