@@ -43,6 +43,14 @@ OutOption = Annotated[Path, typer.Option("--out", help="folder the model version
 VersionOption = Annotated[
     str | None, typer.Option("--version", help="version name (default: <date>-<kind>-k<k>)")
 ]
+PreviousOption = Annotated[
+    str | None,
+    typer.Option(
+        "--previous",
+        help="model folder, registered version or 'active' this retrains: segments that are "
+        "still the same customers keep its ids, keys and names",
+    ),
+]
 SeedOption = Annotated[
     int, typer.Option("--seed", help="random seed: same data and seed give the same model")
 ]
@@ -82,18 +90,9 @@ def train_transactions(
     out: OutOption = DEFAULT_MODELS_DIR,
     version: VersionOption = None,
     seed: SeedOption = 0,
-    previous: Annotated[
-        str | None,
-        typer.Option(
-            "--previous",
-            help="model folder, registered version or 'active' this retrains: segments that are "
-            "still the same customers keep its ids, keys and names",
-        ),
-    ] = None,
+    previous: PreviousOption = None,
 ) -> None:
     """Train on transactions: RFM features per customer, then KMeans."""
-    from app.scoring.artifact import load_artifact
-    from app.training.identity import describe_lineage
     from app.training.rfm import TransactionColumns
     from app.training.train import previous_model
     from app.training.train import train_transactions as run
@@ -113,8 +112,6 @@ def train_transactions(
             previous=base,
         )
     _report(path)
-    if base is not None:
-        err.print(describe_lineage(load_artifact(path).manifest))
 
 
 @train_cli.command("customers")
@@ -134,18 +131,9 @@ def train_customers(
     out: OutOption = DEFAULT_MODELS_DIR,
     version: VersionOption = None,
     seed: SeedOption = 0,
-    previous: Annotated[
-        str | None,
-        typer.Option(
-            "--previous",
-            help="model folder, registered version or 'active' this retrains: segments that are "
-            "still the same customers keep its ids, keys and names",
-        ),
-    ] = None,
+    previous: PreviousOption = None,
 ) -> None:
     """Train on a customer table with declared numeric and categorical columns."""
-    from app.scoring.artifact import load_artifact
-    from app.training.identity import describe_lineage
     from app.training.train import previous_model
     from app.training.train import train_customers as run
 
@@ -164,8 +152,6 @@ def train_customers(
             previous=base,
         )
     _report(path)
-    if base is not None:
-        err.print(describe_lineage(load_artifact(path).manifest))
 
 
 @cli.command()
@@ -373,6 +359,10 @@ def _report(path: Path) -> None:
     )
     for segment in sorted(manifest.segments, key=lambda s: s.id):
         err.print(f"  {segment.id} {segment.key:<22} {segment.share:6.1%}  {segment.name}")
+    if manifest.lineage is not None:  # retrained with --previous: which segments it kept
+        from app.training.identity import describe_lineage
+
+        err.print(describe_lineage(manifest))
     print(manifest.version)
 
 

@@ -20,8 +20,8 @@ from app.errors import AppError
 from app.lifecycle.compare import (
     DEFAULT_SAMPLE,
     Comparison,
+    checked_features,
     compare,
-    file_features,
     stored_features,
 )
 from app.lifecycle.registry import ModelRegistry
@@ -159,7 +159,7 @@ def compare_command(
     with _registry() as registry:
         before, after = _resolve(registry, old), _resolve(registry, new)
         if input_file is not None:
-            features = file_features(read_table(input_file), [before, after])
+            features = checked_features(read_table(input_file), [before, after])
             report = compare(before, after, features)
         else:
             features, skipped = stored_features(registry.engine, [before, after], sample)

@@ -110,15 +110,13 @@ def stored_features(
     frame = pd.DataFrame([f for _, f in usable], index=[cid for cid, _ in usable], columns=names)
     if frame.empty:
         return frame, len(rows)
-    checked = [feature_frame(m, frame) for m in models]  # refuses values outside a schema
-    return pd.concat(checked, axis=1).loc[:, lambda f: ~f.columns.duplicated()], len(rows) - len(
-        usable
-    )
+    return checked_features(frame, models), len(rows) - len(usable)
 
 
-def file_features(path_frame: pd.DataFrame, models: list[SegmentModel]) -> pd.DataFrame:
-    """The features every model needs from a table's columns, checked against each schema."""
-    checked = [feature_frame(m, path_frame) for m in models]
+def checked_features(table: pd.DataFrame, models: list[SegmentModel]) -> pd.DataFrame:
+    """The features every model needs from a table's columns (a file's, or stored features),
+    checked against each model's schema."""
+    checked = [feature_frame(m, table) for m in models]
     return pd.concat(checked, axis=1).loc[:, lambda f: ~f.columns.duplicated()]
 
 

@@ -169,8 +169,7 @@ class ModelRegistry:
 
 def _check_same_schema(active: Manifest, candidate: Manifest) -> None:
     """Clients send the active model's features: a version wanting others would reject them."""
-    have = {f.name: f.type for f in active.features}
-    want = {f.name: f.type for f in candidate.features}
+    have, want = active.feature_types(), candidate.feature_types()
     if have != want:
         raise ModelRefused(
             f"Version {candidate.version} takes different features from the active "

@@ -178,5 +178,9 @@ class Manifest(_Strict):
             raise ValueError("parity sample rows and labels differ in length")
         return self
 
+    def feature_types(self) -> dict[str, str]:
+        """Feature name -> type: what a request must carry (models with equal ones interchange)."""
+        return {f.name: f.type for f in self.features}
+
     def segment_by_cluster(self) -> dict[int, SegmentSpec]:
         return {s.cluster: s for s in self.segments}

@@ -52,7 +52,7 @@ class Identity:
 
 def check_same_features(previous: Manifest, features: Mapping[str, str]) -> None:
     """Segments can only be compared in one space: both models must take the same features."""
-    had = {f.name: f.type for f in previous.features}
+    had = previous.feature_types()
     if had != dict(features):
         raise ValueError(
             f"the previous model {previous.version} takes features {sorted(had.items())}, "

@@ -262,15 +262,15 @@ def test_compare_reports_moves_agreement_and_gates_activation(
     assert "agreement 100.0%" in summary
     assert "adjusted Rand index 1.000" in summary
 
-    if report["agreement"] < 1:
-        gated = app_a.post("/v1/models/test-rfm-k5/activate", params={"min_agreement": 1})
-        assert gated.status_code == 409, gated.text
-        assert gated.json()["error"]["details"][0]["loc"] == "min_agreement"
-        code, output = segments_cli(
-            database_url, "models", "activate", "test-rfm-k5", "--min-agreement", "1"
-        )
-        assert code == 1, output
-        assert app_a.get("/v1/models").json()["active"] == "test-rfm-k4"
+    assert report["agreement"] < 1  # k=4 and k=5 models cannot agree on everyone
+    gated = app_a.post("/v1/models/test-rfm-k5/activate", params={"min_agreement": 1})
+    assert gated.status_code == 409, gated.text
+    assert gated.json()["error"]["details"][0]["loc"] == "min_agreement"
+    code, output = segments_cli(
+        database_url, "models", "activate", "test-rfm-k5", "--min-agreement", "1"
+    )
+    assert code == 1, output
+    assert app_a.get("/v1/models").json()["active"] == "test-rfm-k4"
     via_api = app_a.get("/v1/models/test-rfm-k5/comparison").json()
     assert via_api["agreement"] == report["agreement"]
     passed = app_a.post("/v1/models/test-rfm-k4-twin/activate", params={"min_agreement": 1})
