@@ -62,6 +62,43 @@ class CustomerNotFound(AppError):
         )
 
 
+class ConsentWithheld(AppError):
+    def __init__(self, customer_id: str, purpose: str) -> None:
+        super().__init__(
+            f"The customer objected to {purpose} (consent.{purpose} is false), so their segment "
+            f"is not served for it; it is again once an assignment sends consent.{purpose} true.",
+            [Problem("customer_id", f"{customer_id!r} withheld {purpose} consent")],
+            404,
+            "consent_withheld",
+        )
+
+
+class NothingErased(AppError):
+    def __init__(self, customer_id: str, already_erased: bool) -> None:
+        tombstone = (
+            "A tombstone already stood for them."
+            if already_erased
+            else "A tombstone now stands, so their assignments will not be stored "
+            "(POST /v1/customers/{id}/restore lifts it)."
+        )
+        super().__init__(
+            f"Nothing was stored for this customer. {tombstone}",
+            [Problem("customer_id", f"{customer_id!r} had nothing stored")],
+            404,
+            "customer_not_found",
+        )
+
+
+class NotErased(AppError):
+    def __init__(self, customer_id: str) -> None:
+        super().__init__(
+            "No erasure tombstone stands for this customer, so there is nothing to restore.",
+            [Problem("customer_id", f"{customer_id!r} is not erased")],
+            404,
+            "not_erased",
+        )
+
+
 class SegmentNotFound(AppError):
     def __init__(self, key: str, known: Iterable[str]) -> None:
         super().__init__(

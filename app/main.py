@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.api.routes import router
+from app.audience.erasure import QUICKSTART_KEY, IdHasher
 from app.auth.guard import Guard
 from app.auth.keys import parse_key_config
 from app.errors import AppError, install_error_handlers
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     guard = Guard(parse_key_config(settings.api_key_config()))  # a bad entry fails here
     if guard.open:
         _check_anonymous_allowed(settings)
+    _erasure_key(settings)  # refuses PostgreSQL without one before anything starts
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
@@ -50,7 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         registry = ModelRegistry(engine)
         model = _bootstrap(registry, configured, settings.model_activate_on_start)
-        service = AssignmentService(model, engine, settings.max_batch)
+        service = AssignmentService(
+            model,
+            engine,
+            settings.max_batch,
+            id_hash=IdHasher(_erasure_key(settings)),
+            phone_region=settings.phone_default_region,
+        )
         service.segment_names = _known_segment_names(registry) | service.segment_names
         shadow = ShadowScorer(settings.shadow_flush_ms / 1000)
         service.shadow = shadow
@@ -97,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # every series exists from the start, at zero, so rate() and alerts see the first event
         for segment in model.manifest.segments:
             ASSIGNMENTS.labels(model.version, segment.key)
-        for operation in ("assign", "assign_batch", "lookup", "erase", "models"):
+        for operation in ("assign", "assign_batch", "lookup", "export", "erase", "models"):
             STORE_FAILURES.labels(operation)
         if settings.gc_freeze:
             # everything loaded so far lives as long as the process: move it out of the
@@ -154,6 +162,21 @@ def _known_segment_names(registry: ModelRegistry) -> dict[str, str]:
         for segment in version.manifest.get("segments", []):
             names[segment["key"]] = segment["name"]
     return names
+
+
+def _erasure_key(settings: Settings) -> str:
+    """The key tombstones are hashed with: configured, or the quickstart's on embedded SQLite."""
+    key = settings.erasure_key.get_secret_value()
+    if key:
+        return key
+    if settings.database_url_text.startswith("sqlite"):
+        return QUICKSTART_KEY
+    raise RuntimeError(
+        "SEGMENTS_ERASURE_KEY is not set: erasure tombstones are keyed hashes of customer ids, "
+        "and a service on a real database needs its own secret key for them (any long random "
+        "string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`, kept in a "
+        "Secret and never changed: a new key forgets every tombstone)"
+    )
 
 
 def _check_anonymous_allowed(settings: Settings) -> None:

@@ -21,21 +21,38 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.audience.consent import Purpose, allows
+from app.audience.profile import CustomerProfile, split_profiles
 from app.errors import (
     BatchTooLarge,
+    ConsentWithheld,
     CustomerNotFound,
     InvalidCursor,
     InvalidFeatures,
+    NotErased,
     SegmentNotFound,
     StoreUnavailable,
 )
 from app.lifecycle.shadow import ShadowScorer
-from app.metrics.registry import ASSIGNMENTS, INFERENCE_DURATION, STORE_FAILURES, UNKNOWN_CATEGORIES
+from app.metrics.registry import (
+    ASSIGNMENTS,
+    INFERENCE_DURATION,
+    STORE_FAILURES,
+    SUPPRESSED_ASSIGNMENTS,
+    UNKNOWN_CATEGORIES,
+)
 from app.scoring.model import SegmentModel
 from app.scoring.validation import Problem, ValidBatch, customer_id_problem
 from app.store import repository
 from app.store.group_commit import GroupCommitter
-from app.store.repository import AssignmentBatch, AssignmentRow, MembershipChange
+from app.store.repository import (
+    AssignmentBatch,
+    AssignmentRow,
+    Erasure,
+    IdHash,
+    MemberRow,
+    MembershipChange,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,12 +68,31 @@ class ChangesPage:
 @dataclass(frozen=True)
 class MembersPage:
     segment: str
-    members: list[str]
+    members: list[MemberRow]
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class AudienceExport:
+    """A whole audience as one snapshot: `chunks` yields its members in id order (iterate it once,
+    then close it), and `feed_cursor` is the change-feed position of the same snapshot, so a
+    consumer can follow the feed from exactly where the export stands."""
+
+    segment: str
+    feed_cursor: str
+    chunks: Iterator[list[MemberRow]]
+
+
 class AssignmentService:
-    def __init__(self, model: SegmentModel, engine: Engine, max_batch: int) -> None:
+    def __init__(
+        self,
+        model: SegmentModel,
+        engine: Engine,
+        max_batch: int,
+        *,
+        id_hash: IdHash,
+        phone_region: str | None = None,
+    ) -> None:
         # segment key -> name for every model this process served: history rows made by an
         # earlier version still get their names (keys, and so names, survive retraining)
         self.segment_names: dict[str, str] = {}
@@ -66,6 +102,8 @@ class AssignmentService:
         self.committer: GroupCommitter | None = None  # set by the lifespan once the loop runs
         self.schema_head: str | None = None  # the migration the code expects, for readiness
         self.shadow: ShadowScorer | None = None  # set by the lifespan: live traffic for a shadow
+        self.id_hash = id_hash  # names erased customers in tombstones (app.audience.erasure)
+        self.phone_region = phone_region  # for phone numbers sent without a country code
 
     @property
     def model(self) -> SegmentModel:
@@ -83,8 +121,9 @@ class AssignmentService:
     def score_single(self, payload: Any) -> AssignmentBatch:
         """Validate and score one request body `{"customer_id", "features"}` (a batch of one)."""
         model = self.model
-        valid = self._validate(model, [payload], prefix="", what="The customer's features are")
-        return self._score(model, valid, mode="single")
+        customers, profiles = self._profiles([payload], prefix="", what="The customer's data is")
+        valid = self._validate(model, customers, prefix="", what="The customer's features are")
+        return self._score(model, valid, profiles, mode="single")
 
     async def store_one(self, batch: AssignmentBatch) -> None:
         """Store one assignment through group commit; returns once it is committed."""
@@ -98,16 +137,21 @@ class AssignmentService:
         if len(customers) > self.max_batch:
             raise BatchTooLarge(len(customers), self.max_batch)
         model = self.model
-        valid = self._validate(model, customers, prefix="customers", what="")
-        batch = self._score(model, valid, mode="batch")
+        stripped, profiles = self._profiles(customers, prefix="customers", what="")
+        valid = self._validate(model, stripped, prefix="customers", what="")
+        batch = self._score(model, valid, profiles, mode="batch")
         if persist:
             self.write(batch, "assign_batch")
         self.count(batch)
         return batch
 
     def write(self, batch: AssignmentBatch, operation: str = "assign") -> None:
+        """Store the batch; customers with an erasure tombstone are scored but not stored."""
         with self.transaction(operation, writing=True) as conn:
-            repository.store_batch(conn, batch)
+            suppressed = repository.store_batch(conn, batch, self.id_hash)
+        if suppressed:
+            erased = set(suppressed)
+            SUPPRESSED_ASSIGNMENTS.inc(sum(1 for c in batch.customer_ids if c in erased))
 
     def count(self, batch: AssignmentBatch) -> None:
         """Count assignments per segment once they are final (stored, or scored only)."""
@@ -115,6 +159,23 @@ class AssignmentService:
             zip(batch.model_versions, batch.segment_keys, strict=True)
         ).items():
             ASSIGNMENTS.labels(version, key).inc(number)
+
+    def _profiles(
+        self, customers: Sequence[Any], *, prefix: str, what: str
+    ) -> tuple[Sequence[Any], list[CustomerProfile | None] | None]:
+        """Split off and hash e-mail, phone and consent; their problems fail the request."""
+        stripped, profiles, problems = split_profiles(customers, prefix, self.phone_region)
+        if problems:
+            if not what:
+                bad_rows = len({p.loc.split("]")[0] for p in problems})
+                what = f"{bad_rows} of the batch's {len(customers)} customers have invalid data;"
+            else:
+                what += " invalid;"
+            raise InvalidFeatures(
+                f"{what} nothing was stored. Fix the fields listed in details and resend.",
+                problems,
+            )
+        return stripped, profiles
 
     @staticmethod
     def _validate(
@@ -131,7 +192,14 @@ class AssignmentService:
             )
         return valid
 
-    def _score(self, model: SegmentModel, valid: ValidBatch, *, mode: str) -> AssignmentBatch:
+    def _score(
+        self,
+        model: SegmentModel,
+        valid: ValidBatch,
+        profiles: list[CustomerProfile | None] | None,
+        *,
+        mode: str,
+    ) -> AssignmentBatch:
         started = time.perf_counter()
         scores = model.score_arrays(valid.numeric, valid.categorical)
         INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
@@ -151,16 +219,22 @@ class AssignmentService:
             confidences=np.round(scores.confidences, 6).tolist(),
             features=valid.features,
             assigned_at=[datetime.now(UTC)] * rows,
+            profiles=profiles,
         )
 
     # --- reading and erasing -----------------------------------------------------------------
 
     def current(self, customer_id: str) -> AssignmentRow:
+        """The customer's current segment, for personalization: not served to one who objected."""
         _check_customer_id(customer_id)
         with self.transaction("lookup") as conn:
             row = repository.current_membership(conn, customer_id)
         if row is None:
             raise CustomerNotFound(customer_id)
+        if row.profile is not None and not allows(
+            Purpose.PERSONALIZATION, row.profile.consent_personalization
+        ):
+            raise ConsentWithheld(customer_id, Purpose.PERSONALIZATION)
         return row
 
     def history(self, customer_id: str, limit: int) -> list[AssignmentRow]:
@@ -171,36 +245,83 @@ class AssignmentService:
             raise CustomerNotFound(customer_id)
         return rows
 
-    def erase(self, customer_id: str) -> None:
+    def erase(self, customer_ids: Sequence[str], api_key: str) -> list[Erasure]:
+        """Erase the customers and leave a tombstone for each (app.store.repository.erase_customers)."""
+        for customer_id in customer_ids:
+            _check_customer_id(customer_id)
+        with self.transaction("erase", writing=True) as conn:
+            return repository.erase_customers(
+                conn, customer_ids, self.id_hash, api_key, datetime.now(UTC)
+            )
+
+    def restore(self, customer_id: str, api_key: str) -> None:
+        """Lift the customer's tombstone: their assignments are stored again from now on."""
         _check_customer_id(customer_id)
         with self.transaction("erase", writing=True) as conn:
-            if repository.erase_customer(conn, customer_id) == 0:
-                raise CustomerNotFound(customer_id)
+            if not repository.restore_customer(
+                conn, customer_id, self.id_hash, api_key, datetime.now(UTC)
+            ):
+                raise NotErased(customer_id)
 
-    def members(self, segment_key: str, cursor: str | None, limit: int) -> MembersPage:
-        if segment_key not in self.model.segments_by_key:
-            raise SegmentNotFound(segment_key, self.model.segments_by_key)
+    def erasure_audit(self, customer_id: str) -> list[dict[str, Any]]:
+        _check_customer_id(customer_id)
+        with self.transaction("lookup") as conn:
+            return repository.erasure_audit_rows(conn, customer_id, self.id_hash)
+
+    def members(
+        self, segment_key: str, purpose: Purpose, cursor: str | None, limit: int
+    ) -> MembersPage:
+        self._check_segment(segment_key)
         after = _decode_members_cursor(cursor) if cursor else None
         with self.transaction("lookup") as conn:
             # one extra row tells whether another page follows, without a count query
-            ids = repository.segment_members(conn, segment_key, after, limit + 1)
-        more = len(ids) > limit
-        ids = ids[:limit]
+            rows = repository.segment_members(conn, segment_key, purpose, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
         return MembersPage(
-            segment_key, ids, _encode_cursor(MEMBERS_CURSOR, ids[-1]) if more else None
+            segment_key,
+            rows,
+            _encode_cursor(MEMBERS_CURSOR, rows[-1].customer_id) if more else None,
         )
 
-    def changes(self, segment_key: str | None, cursor: str | None, limit: int) -> ChangesPage:
-        """Entered/exited events after the cursor, in commit order (one segment's, or all)."""
+    @contextmanager
+    def export(
+        self, segment_key: str, purpose: Purpose, chunk: int = 2_000
+    ) -> Iterator[AudienceExport]:
+        """The whole audience from one snapshot, streamed `chunk` members at a time.
+
+        One connection and one read transaction stay open while the caller iterates (REPEATABLE
+        READ on PostgreSQL, so the members and the feed position agree with each other).
+        """
+        self._check_segment(segment_key)
+        with self.transaction("export") as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            position = repository.feed_position(conn)
+            yield AudienceExport(
+                segment_key,
+                _encode_cursor(CHANGES_CURSOR, str(position)),
+                repository.stream_members(conn, segment_key, purpose, chunk),
+            )
+
+    def changes(
+        self, segment_key: str | None, purpose: Purpose, cursor: str | None, limit: int
+    ) -> ChangesPage:
+        """A purpose's entered/exited events after the cursor, in commit order (one segment's,
+        or all)."""
         if segment_key is not None and segment_key not in self.segment_names:
             raise SegmentNotFound(segment_key, self.model.segments_by_key)
         after = _decode_changes_cursor(cursor) if cursor else 0
         with self.transaction("lookup") as conn:
-            rows = repository.membership_changes(conn, segment_key, after, limit + 1)
+            rows = repository.membership_changes(conn, segment_key, purpose, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         last = rows[-1].id if rows else after
         return ChangesPage(rows, _encode_cursor(CHANGES_CURSOR, str(last)), more)
+
+    def _check_segment(self, segment_key: str) -> None:
+        if segment_key not in self.model.segments_by_key:
+            raise SegmentNotFound(segment_key, self.model.segments_by_key)
 
     def store_ready(self) -> str | None:
         """None when the store answers and is migrated, else why not."""

@@ -90,6 +90,18 @@ class Settings(BaseSettings):
         description="serve without API keys on PostgreSQL (the embedded-SQLite quickstart "
         "always may); said loudly at start-up and in /readyz",
     )
+    erasure_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="secret key of the keyed hash erasure tombstones name customers by; "
+        "required on PostgreSQL, and never changed (a new key forgets every tombstone)",
+    )
+    phone_default_region: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="region (e.g. GB, US) for phone numbers sent without a +country code; "
+        "unset: such numbers are refused",
+    )
     gc_freeze: bool = Field(
         default=True, description="freeze start-up objects out of the garbage collector"
     )

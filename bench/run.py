@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.audience.erasure import IdHasher  # noqa: E402
 from app.store.migrate import upgrade  # noqa: E402
 from app.training.rfm import TransactionColumns, compute_rfm  # noqa: E402
 from app.training.tables import read_table  # noqa: E402
@@ -108,6 +109,7 @@ def server(
         "DATABASE_URL": database_url,
         "SEGMENTS_LOG_LEVEL": "warning",
         "SEGMENTS_ALLOW_ANONYMOUS": "true",  # the baseline has no keys either
+        "SEGMENTS_ERASURE_KEY": "bench-erasure-key",
         **(extra_env or {}),
     }
     process = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], cwd=ROOT, env=env)
@@ -374,7 +376,12 @@ def database_write_ms(database_url: str, body: Path, repeats: int = 5) -> float:
     from app.store.engine import make_engine
 
     engine = make_engine(Settings(database_url=database_url))
-    service = AssignmentService(SegmentModel.load(DEFAULT_MODELS_DIR), engine, 10_000)
+    service = AssignmentService(
+        SegmentModel.load(DEFAULT_MODELS_DIR),
+        engine,
+        10_000,
+        id_hash=IdHasher("bench-erasure-key"),
+    )
     batch = service.assign_batch(json.loads(body.read_text()), persist=False)
     timings = []
     for _ in range(repeats):

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
+from app.audience.erasure import IdHasher
 from app.main import create_app
 from app.settings import PROJECT_ROOT, Settings
 from app.store.migrate import upgrade
@@ -122,10 +123,22 @@ def bank_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+TEST_ERASURE_KEY = "tests-erasure-key"  # what servers and services in the tests hash ids with
+TEST_ID_HASH = IdHasher(TEST_ERASURE_KEY)
+CLEARED_TABLES = (
+    "assignments",
+    "memberships",
+    "membership_events",
+    "model_versions",
+    "erasure_tombstones",
+    "erasure_audit",
+)
+
+
 def clear_tables(database_url: str) -> None:
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        for table in ("assignments", "memberships", "membership_events", "model_versions"):
+        for table in CLEARED_TABLES:
             conn.execute(text(f"DELETE FROM {table}"))
     engine.dispose()
 
@@ -137,6 +150,7 @@ def make_settings(database_url: str, model_dir: Path, **overrides: object) -> Se
         "drift_cache_seconds": 0,
         # most tests are about something else: tests/auth exercise the keys
         "allow_anonymous": True,
+        "erasure_key": TEST_ERASURE_KEY,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

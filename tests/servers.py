@@ -87,6 +87,7 @@ def segments_server(
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "SEGMENTS_DRIFT_CACHE_SECONDS": "0",
         "SEGMENTS_ALLOW_ANONYMOUS": "true",
+        "SEGMENTS_ERASURE_KEY": "tests-erasure-key",
         **env,
     }
     segments = Path(sys.executable).with_name("segments")

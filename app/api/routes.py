@@ -12,16 +12,27 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.body import parse_json
+from app.api.exports import (
+    FEED_CURSOR_HEADER,
+    ExportFormat,
+    Identifiers,
+    member_fields,
+    negotiate,
+    stream_audience,
+)
 from app.api.responses import OrjsonResponse
 from app.api.schemas import (
     ActivationOut,
     ActiveModelOut,
     AssignmentOut,
+    AuditTrailOut,
     BatchIn,
     BatchOut,
     ChangesOut,
     ComparisonOut,
     CustomerIn,
+    ErasureIn,
+    ErasuresOut,
     HistoryOut,
     MembersOut,
     ModelDetailOut,
@@ -32,9 +43,10 @@ from app.api.schemas import (
     ShadowOut,
     request_body_schema,
 )
+from app.audience.consent import Purpose
 from app.auth.guard import requires
-from app.auth.keys import Scope
-from app.errors import InvalidFeatures, ModelNotFound, ModelRefused, error_body
+from app.auth.keys import ApiKey, Scope
+from app.errors import InvalidFeatures, ModelNotFound, ModelRefused, NothingErased, error_body
 from app.lifecycle.compare import Comparison, compare, stored_features
 from app.lifecycle.registry import Activation
 from app.metrics.registry import exposition
@@ -42,7 +54,7 @@ from app.runtime import Runtime
 from app.scoring.artifact import ArtifactError
 from app.scoring.model import SegmentModel
 from app.scoring.offline import OfflineInputError
-from app.scoring.validation import CUSTOMER_ID_PATTERN, Problem
+from app.scoring.validation import CUSTOMER_ID_PATTERN, Problem, customer_id_problem
 from app.store.registry import RegisteredModel
 from app.store.repository import AssignmentBatch
 
@@ -53,6 +65,7 @@ async def _runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+AdminKey = Annotated[ApiKey, Depends(requires(Scope.ADMIN))]  # the key's name goes to the audit
 CustomerIdPath = Annotated[str, Path(pattern=CUSTOMER_ID_PATTERN, max_length=128)]
 # the hot routes check their key inline (no dependency injection): declared here for OpenAPI
 BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
@@ -205,12 +218,116 @@ def customer_history(
     "/v1/customers/{customer_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     tags=["customers"],
+    responses={404: {"description": "nothing was stored (a tombstone is recorded all the same)"}},
+)
+def erase_customer(customer_id: CustomerIdPath, runtime: RuntimeDep, key: AdminKey) -> Response:
+    """Erase everything stored about the customer: history, membership, hashed identifiers,
+    consent and change events. A tombstone (a keyed hash of the id) then keeps their later
+    assignments from being stored, and an audit row records what went and which key asked."""
+    (erasure,) = runtime.service.erase([customer_id], key.name)
+    if not erasure.found:
+        raise NothingErased(customer_id, erasure.already_erased)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/v1/erasures",
+    response_model=ErasuresOut,
+    tags=["customers"],
+    openapi_extra=request_body_schema(ErasureIn),
+)
+async def erase_customers(request: Request, runtime: RuntimeDep, key: AdminKey) -> Response:
+    """Erase up to 10,000 customers in one transaction (a GDPR request queue), each as
+    DELETE /v1/customers/{id} does; ids never seen are tombstoned too."""
+    ids = _erasure_ids(parse_json(await request.body()))
+    erasures = await run_in_threadpool(runtime.service.erase, ids, key.name)
+    return _json(
+        {
+            "erased": sum(e.found for e in erasures),
+            "tombstoned": len(erasures),
+            "customers": [
+                {
+                    "customer_id": e.customer_id,
+                    "found": e.found,
+                    "already_erased": e.already_erased,
+                    "assignments": e.assignments,
+                    "memberships": e.memberships,
+                    "events": e.events,
+                }
+                for e in erasures
+            ],
+        }
+    )
+
+
+MAX_ERASURES = 10_000
+
+
+def _erasure_ids(payload: Any) -> list[str]:
+    ids = payload.get("customer_ids") if isinstance(payload, dict) else None
+    if not isinstance(ids, list) or not ids or len(payload) != 1:
+        raise InvalidFeatures(
+            'The body must be {"customer_ids": [...]} with 1 to 10,000 ids; nothing was erased.',
+            [Problem("customer_ids", "is required: a non-empty list of customer ids")],
+        )
+    if len(ids) > MAX_ERASURES:
+        raise InvalidFeatures(
+            f"The request names {len(ids)} customers; send at most {MAX_ERASURES} per call "
+            "(split it). Nothing was erased.",
+            [Problem("customer_ids", f"has {len(ids)} items, more than {MAX_ERASURES}")],
+        )
+    problems = [
+        Problem(f"customer_ids[{i}]", problem)
+        for i, value in enumerate(ids)
+        if (problem := customer_id_problem(value))
+    ]
+    if problems:
+        raise InvalidFeatures(
+            f"{len(problems)} of the {len(ids)} ids are invalid; nothing was erased. "
+            "Fix them and resend.",
+            problems,
+        )
+    return ids
+
+
+@router.post(
+    "/v1/customers/{customer_id}/restore",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["customers"],
+)
+def restore_customer(customer_id: CustomerIdPath, runtime: RuntimeDep, key: AdminKey) -> Response:
+    """Lift the customer's erasure tombstone (e.g. they signed up again): assignments sent from
+    now on are stored. Nothing erased comes back. Audited."""
+    runtime.service.restore(customer_id, key.name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/v1/customers/{customer_id}/erasures",
+    response_model=AuditTrailOut,
+    tags=["customers"],
     dependencies=[Depends(requires(Scope.ADMIN))],
 )
-def erase_customer(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
-    """Erase everything stored about the customer (history and membership)."""
-    runtime.service.erase(customer_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+def erasure_audit(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
+    """The customer's erasure audit trail: each erasure and restore, what went, which key."""
+    rows = runtime.service.erasure_audit(customer_id)
+    return _json(
+        {
+            "customer_id": customer_id,
+            "erased": bool(rows) and rows[-1]["action"] == "erased",
+            "audit": [
+                {
+                    "action": r["action"],
+                    "assignments": r["assignments"],
+                    "memberships": r["memberships"],
+                    "events": r["events"],
+                    "api_key": r["api_key"],
+                    "at": _timestamp(r["occurred_at"]),
+                }
+                for r in rows
+            ],
+        }
+    )
 
 
 @router.get(
@@ -240,28 +357,82 @@ def segments(runtime: RuntimeDep) -> SegmentsOut:
     )
 
 
+PurposeQuery = Annotated[
+    Purpose,
+    Query(
+        description="whose consent to honour: advertising (only customers who opted in) or "
+        "personalization (all but those who objected)"
+    ),
+]
+
+
 @router.get(
     "/v1/segments/{key}/members",
     response_model=MembersOut,
-    tags=["segments"],
+    tags=["segments", "audiences"],
     dependencies=[Depends(requires(Scope.AUDIENCE))],
+    responses={
+        200: {
+            "content": {
+                "application/x-ndjson": {"description": "the whole audience, one JSON per line"},
+                "text/csv": {"description": "the whole audience, with a header row"},
+            },
+            "headers": {
+                FEED_CURSOR_HEADER: {
+                    "description": "streamed exports: the change-feed cursor of the export's "
+                    "snapshot; follow GET /v1/changes?since= from it",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+    },
 )
-def segment_members(
+async def segment_members(
     key: str,
+    request: Request,
     runtime: RuntimeDep,
+    purpose: PurposeQuery = Purpose.ADVERTISING,
+    format: Annotated[
+        ExportFormat | None,
+        Query(
+            description="json (paged), ndjson or csv (the whole audience, streamed); "
+            "default: from the Accept header, else json"
+        ),
+    ] = None,
+    identifiers: Annotated[
+        Identifiers,
+        Query(description="add email_sha256 and phone_sha256 in Google's or Meta's format"),
+    ] = Identifiers.NONE,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> Response:
-    """Customers whose current segment is `key`, in customer-id order; follow `next_cursor` to page."""
-    page = runtime.service.members(key, cursor, limit)
+    """The purpose's audience of segment `key`: customers whose current segment it is and whose
+    consent allows the purpose, in customer-id order. Paged JSON (follow `next_cursor`), or the
+    whole audience streamed as NDJSON or CSV from one snapshot."""
+    export_format = negotiate(format, request.headers.get("accept"))
+    if export_format is not ExportFormat.JSON:
+        return await stream_audience(runtime.service, key, purpose, export_format, identifiers)
+    page = await run_in_threadpool(runtime.service.members, key, purpose, cursor, limit)
     # a page holds up to 10,000 ids: orjson straight from the list, not a model per response
-    return _json(
-        {"segment": page.segment, "members": page.members, "next_cursor": page.next_cursor}
-    )
+    body: dict[str, Any] = {
+        "segment": page.segment,
+        "purpose": purpose.value,
+        "members": [m.customer_id for m in page.members],
+        "next_cursor": page.next_cursor,
+    }
+    if identifiers is not Identifiers.NONE:
+        body["records"] = [
+            {"customer_id": m.customer_id, "entered_at": _timestamp(m.entered_at)}
+            | member_fields(m, identifiers)
+            for m in page.members
+        ]
+    return _json(body)
 
 
-def _changes(runtime: Runtime, segment_key: str | None, since: str | None, limit: int) -> Response:
-    page = runtime.service.changes(segment_key, since, limit)
+def _changes(
+    runtime: Runtime, segment_key: str | None, purpose: Purpose, since: str | None, limit: int
+) -> Response:
+    page = runtime.service.changes(segment_key, purpose, since, limit)
     names = runtime.segment_names
     return _json(
         {
@@ -278,6 +449,7 @@ def _changes(runtime: Runtime, segment_key: str | None, since: str | None, limit
                     "model_version": c.model_version,
                     "confidence": c.confidence,
                     "at": _timestamp(c.occurred_at),
+                    "cause": c.cause,
                 }
                 for c in page.changes
             ],
@@ -301,11 +473,16 @@ ChangesLimit = Annotated[int, Query(ge=1, le=10_000)]
     dependencies=[Depends(requires(Scope.AUDIENCE))],
 )
 def all_changes(
-    runtime: RuntimeDep, since: SinceQuery = None, limit: ChangesLimit = 1000
+    runtime: RuntimeDep,
+    purpose: PurposeQuery = Purpose.ADVERTISING,
+    since: SinceQuery = None,
+    limit: ChangesLimit = 1000,
 ) -> Response:
-    """Every segment's entered/exited events in commit order. Poll with the last `next_cursor`
-    to see each change exactly once, even while assignments are being written."""
-    return _changes(runtime, None, since, limit)
+    """Every segment's entered/exited events for a purpose's audiences, in commit order. Poll
+    with the last `next_cursor` to see each change exactly once, even while assignments are
+    being written. Consent changes show as events with cause `consent`; erased customers'
+    events are deleted with them."""
+    return _changes(runtime, None, purpose, since, limit)
 
 
 @router.get(
@@ -315,10 +492,14 @@ def all_changes(
     dependencies=[Depends(requires(Scope.AUDIENCE))],
 )
 def segment_changes(
-    key: str, runtime: RuntimeDep, since: SinceQuery = None, limit: ChangesLimit = 1000
+    key: str,
+    runtime: RuntimeDep,
+    purpose: PurposeQuery = Purpose.ADVERTISING,
+    since: SinceQuery = None,
+    limit: ChangesLimit = 1000,
 ) -> Response:
     """One segment's entered/exited events in commit order (see GET /v1/changes)."""
-    return _changes(runtime, key, since, limit)
+    return _changes(runtime, key, purpose, since, limit)
 
 
 def _model_out(manifest: dict[str, Any], registered: RegisteredModel | None) -> dict[str, object]:

@@ -30,6 +30,30 @@ class CustomerIn(BaseModel):
         description="the model's features by name; GET /v1/models/active lists names, types and ranges",
         examples=[{"recency_days": 12, "frequency": 7, "monetary": 1830.5}],
     )
+    email: str | None = Field(
+        default=None,
+        description="optional: stored only as the SHA-256 of the trimmed, lower-cased address",
+        examples=["Jane.Doe@example.com"],
+    )
+    phone: str | None = Field(
+        default=None,
+        description="optional: stored only as SHA-256 hashes of its E.164 form (+ and country "
+        "code, or SEGMENTS_PHONE_DEFAULT_REGION)",
+        examples=["+44 20 7946 0958"],
+    )
+    consent: ConsentIn | None = Field(
+        default=None, description="optional: flags not sent keep their earlier value"
+    )
+
+
+class ConsentIn(BaseModel):
+    """What the customer agreed to. Advertising audiences hold only customers with advertising
+    true; personalization serves everyone but customers with personalization false."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    personalization: bool | None = None
+    advertising: bool | None = None
 
 
 class BatchIn(BaseModel):
@@ -86,9 +110,25 @@ class SegmentsOut(BaseModel):
     segments: list[SegmentOut]
 
 
+class MemberOut(BaseModel):
+    customer_id: str
+    entered_at: datetime = Field(description="when the customer entered the segment")
+    email_sha256: str | None = Field(description="SHA-256 of the normalised e-mail, if sent")
+    phone_sha256: str | None = Field(
+        description="SHA-256 of the phone number: E.164 with + for identifiers=google, "
+        "digits only for identifiers=meta"
+    )
+
+
 class MembersOut(BaseModel):
     segment: str
+    purpose: str = Field(
+        description="whose consent the page honours: advertising or personalization"
+    )
     members: list[str]
+    records: list[MemberOut] | None = Field(
+        default=None, description="only with ?identifiers=google|meta: the members with hashes"
+    )
     next_cursor: str | None = Field(
         description="pass as ?cursor= for the next page; null on the last page"
     )
@@ -102,12 +142,54 @@ class ChangeOut(BaseModel):
     model_version: str = Field(description="the model whose assignment made the change")
     confidence: float
     at: datetime = Field(description="when the assignment that made the change was made")
+    cause: str = Field(
+        description="assignment (the customer moved) or consent (they joined or left this "
+        "purpose's audience while staying in the segment)"
+    )
 
 
 class ChangesOut(BaseModel):
     changes: list[ChangeOut]
     next_cursor: str = Field(description="pass as ?since= to continue; given even when empty")
     has_more: bool = Field(description="another page is ready now")
+
+
+class ErasureIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_ids: list[str] = Field(
+        min_length=1, max_length=10_000, description="1 to 10,000 customer ids to erase"
+    )
+
+
+class ErasureOut(BaseModel):
+    customer_id: str
+    found: bool = Field(description="something was stored and is now deleted")
+    already_erased: bool = Field(description="a tombstone stood before this request")
+    assignments: int = Field(description="history rows deleted")
+    memberships: int = Field(description="membership rows (with hashes and consent) deleted")
+    events: int = Field(description="change-feed events deleted")
+
+
+class ErasuresOut(BaseModel):
+    erased: int = Field(description="customers who had data, now deleted")
+    tombstoned: int = Field(description="customers whose assignments are no longer stored")
+    customers: list[ErasureOut]
+
+
+class AuditOut(BaseModel):
+    action: str = Field(description="erased or restored")
+    assignments: int
+    memberships: int
+    events: int
+    api_key: str = Field(description="the name of the key that asked")
+    at: datetime
+
+
+class AuditTrailOut(BaseModel):
+    customer_id: str
+    erased: bool = Field(description="a tombstone stands now")
+    audit: list[AuditOut]
 
 
 class ModelOut(BaseModel):

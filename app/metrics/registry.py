@@ -63,6 +63,10 @@ GROUP_COMMIT_ROWS = Histogram(
     "Single assignments written per group commit (one transaction); count = commits.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
+SUPPRESSED_ASSIGNMENTS = Counter(
+    "segment_assignments_suppressed",
+    "Assignments scored but not stored because the customer was erased (a tombstone stands).",
+)
 STORE_FAILURES = Counter(
     "segment_store_failures",
     "Requests that could not store their assignments because the database was unavailable.",

@@ -5,7 +5,8 @@ Functions take a Connection inside the caller's transaction and never commit the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -16,11 +17,22 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from app.store.tables import Assignment, Membership, MembershipEvent
+from app.audience.consent import Purpose, allows
+from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
+from app.store.tables import (
+    Assignment,
+    ErasureAudit,
+    ErasureTombstone,
+    Membership,
+    MembershipEvent,
+)
 
 assignments = cast(Table, Assignment.__table__)
 memberships = cast(Table, Membership.__table__)
 membership_events = cast(Table, MembershipEvent.__table__)
+tombstones = cast(Table, ErasureTombstone.__table__)
+erasure_audit = cast(Table, ErasureAudit.__table__)
+IdHash = Callable[[str], str]  # the keyed hash tombstones are recorded by (app.audience.erasure)
 
 HISTORY_COLUMNS = (
     "customer_id",
@@ -47,6 +59,7 @@ class AssignmentRow:
     confidence: float
     features: dict[str, Any]
     assigned_at: datetime
+    profile: CustomerProfile | None = None  # hashed identifiers and consent sent with it
 
 
 @dataclass(frozen=True)
@@ -61,9 +74,12 @@ class AssignmentBatch:
     confidences: Sequence[float]
     features: Sequence[dict[str, Any]]
     assigned_at: Sequence[datetime]
+    # each customer's hashed identifiers and consent; None when no customer sent any
+    profiles: Sequence[CustomerProfile | None] | None = None
 
     @classmethod
     def of_rows(cls, rows: Sequence[AssignmentRow]) -> AssignmentBatch:
+        profiles = [r.profile for r in rows]
         return cls(
             [r.customer_id for r in rows],
             [r.segment_id for r in rows],
@@ -73,6 +89,7 @@ class AssignmentBatch:
             [r.confidence for r in rows],
             [r.features for r in rows],
             [r.assigned_at for r in rows],
+            profiles if any(p is not None for p in profiles) else None,
         )
 
     def __len__(self) -> int:
@@ -88,6 +105,7 @@ class AssignmentBatch:
             self.confidences[index],
             self.features[index],
             self.assigned_at[index],
+            self.profiles[index] if self.profiles is not None else None,
         )
 
     def rows(self) -> Iterator[tuple[str, int, str, str, float, float, dict[str, Any], datetime]]:
@@ -104,34 +122,43 @@ class AssignmentBatch:
             strict=True,
         )
 
-    def latest_memberships(self) -> list[tuple[Any, ...]]:
-        """One row per customer (MEMBERSHIP_COLUMNS): their latest assignment here, later rows win ties."""
+    def latest_memberships(self) -> list[dict[str, Any]]:
+        """One row per customer (MEMBERSHIP_COLUMNS and PROFILE_COLUMNS): their latest assignment
+        here, later rows winning ties. Profiles merge oldest first: a field the latest row left
+        out comes from an earlier row that sent it."""
         latest: dict[str, tuple[Any, ...]] = {}
-        for customer_id, segment_id, key, version, distance, confidence, _, moment in self.rows():
-            kept = latest.get(customer_id)
-            if kept is None or kept[6] <= moment:
-                latest[customer_id] = (
-                    customer_id,
-                    segment_id,
-                    key,
-                    version,
-                    distance,
-                    confidence,
-                    moment,
-                )
-        return list(latest.values())
+        for row in self.rows():
+            kept = latest.get(row[0])
+            if kept is None or kept[7] <= row[7]:
+                latest[row[0]] = row
+        profiles: dict[str, CustomerProfile] = {}
+        if self.profiles is not None:
+            for index in sorted(range(len(self)), key=self.assigned_at.__getitem__):
+                profile = self.profiles[index]
+                if profile is not None:
+                    customer_id = self.customer_ids[index]
+                    profiles[customer_id] = profile.merged_over(profiles.get(customer_id))
+        empty = CustomerProfile()
+        return [
+            dict(zip(MEMBERSHIP_COLUMNS, (*row[:6], row[7]), strict=True))
+            | dict(zip(PROFILE_COLUMNS, profiles.get(customer_id, empty).values(), strict=True))
+            for customer_id, row in latest.items()
+        ]
 
 
-def store_batch(conn: Connection, batch: AssignmentBatch) -> None:
-    """Append every assignment to the history and update each customer's membership."""
+def store_batch(conn: Connection, batch: AssignmentBatch, id_hash: IdHash) -> list[str]:
+    """Append every assignment to the history and update each customer's membership, except for
+    customers with an erasure tombstone (their rows are dropped). Returns those customers' ids."""
     if not len(batch):
-        return
+        return []
+    members = batch.latest_memberships()
+    for member in members:
+        member["id_hash"] = id_hash(member["customer_id"])
     if conn.dialect.name == "postgresql":
-        _store_postgresql(conn, batch)
-    elif conn.dialect.name == "sqlite":
-        _store_sqlite(conn, batch)
-    else:
-        raise RuntimeError(f"unsupported database {conn.dialect.name}: use PostgreSQL or SQLite")
+        return _store_postgresql(conn, batch, members)
+    if conn.dialect.name == "sqlite":
+        return _store_sqlite(conn, batch, members)
+    raise RuntimeError(f"unsupported database {conn.dialect.name}: use PostgreSQL or SQLite")
 
 
 # PostgreSQL: COPY for the history; for the memberships one INSERT … SELECT FROM
@@ -140,54 +167,105 @@ def store_batch(conn: Connection, batch: AssignmentBatch) -> None:
 # adaptation of 10,000-row arrays cost more than the database's own work.
 _COPY_HISTORY = f"COPY assignments ({', '.join(HISTORY_COLUMNS)}) FROM STDIN"
 _INCOMING_COLUMNS = """customer_id varchar, segment_id integer, segment_key varchar,
-    model_version varchar, distance float8, confidence float8, assigned_at timestamptz"""
-_EVENT_COLUMNS = (
-    "customer_id, segment_id, segment_key, event, model_version, confidence, occurred_at"
+    model_version varchar, distance float8, confidence float8, assigned_at timestamptz,
+    email_sha256 varchar, phone_sha256 varchar, phone_digits_sha256 varchar,
+    consent_personalization boolean, consent_advertising boolean, id_hash varchar"""
+_EVENT_COLUMNS = """customer_id, segment_id, segment_key, event, model_version, confidence,
+    occurred_at, cause, advertising, personalization"""
+_MEMBERSHIP_UPDATE = ",\n".join(
+    [f"{c} = excluded.{c}" for c in MEMBERSHIP_COLUMNS if c != "customer_id"]
+    # a flag or hash not sent keeps the one sent before
+    + [f"{c} = COALESCE(excluded.{c}, memberships.{c})" for c in PROFILE_COLUMNS]
 )
-# One statement: read the memberships as they were, upsert, and append an "exited" event for a
-# customer who left a segment and an "entered" one for a customer who joined one (a
-# re-assignment to the same segment is no event). Data-modifying CTEs all see the statement's
-# starting snapshot, so `before` is the state the upsert changed.
+# One statement, run holding MEMBERSHIP_LOCK:
+# - customers with a tombstone are dropped, and the history this transaction copied for them
+#   is deleted again (checked under the lock that erasure takes too, so an erasure either
+#   committed before and is seen here, or comes after and deletes what this commits);
+# - the memberships are upserted, keeping entered_at while the segment stays the same;
+# - events are appended for each purpose's audience (see app/audience/consent.py): a customer
+#   who moved exits the old segment in the feeds they were in and enters the new one in the
+#   feeds they are now in; one who stayed but whose consent changed enters or exits that
+#   purpose's feed (cause 'consent'). A re-assignment to the same segment is no event.
+# Data-modifying CTEs all see the statement's starting snapshot, so `before` is the state the
+# upsert changed.
 _MERGE_MEMBERSHIPS = text(
     f"""
     WITH incoming AS (
         SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS rows({_INCOMING_COLUMNS})
     ),
+    suppressed AS (
+        SELECT incoming.customer_id FROM incoming JOIN erasure_tombstones USING (id_hash)
+    ),
+    purged AS (
+        DELETE FROM assignments WHERE customer_id IN (SELECT customer_id FROM suppressed)
+    ),
     before AS (
-        SELECT m.customer_id, m.segment_id, m.segment_key
+        SELECT m.customer_id, m.segment_id, m.segment_key,
+               COALESCE(m.consent_advertising, false) AS advertising,
+               COALESCE(m.consent_personalization, true) AS personalization
         FROM memberships AS m JOIN incoming USING (customer_id)
     ),
     merged AS (
-        INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)}, entered_at)
-        SELECT {", ".join(MEMBERSHIP_COLUMNS)}, assigned_at FROM incoming
+        INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)}, entered_at,
+                                 {", ".join(PROFILE_COLUMNS)})
+        SELECT {", ".join(MEMBERSHIP_COLUMNS)}, assigned_at, {", ".join(PROFILE_COLUMNS)}
+        FROM incoming WHERE customer_id NOT IN (SELECT customer_id FROM suppressed)
         ON CONFLICT (customer_id) DO UPDATE SET
-            {", ".join(f"{c} = excluded.{c}" for c in MEMBERSHIP_COLUMNS if c != "customer_id")},
+            {_MEMBERSHIP_UPDATE},
             entered_at = CASE WHEN memberships.segment_key = excluded.segment_key
                 THEN memberships.entered_at ELSE excluded.assigned_at END
         WHERE memberships.assigned_at <= excluded.assigned_at
-        RETURNING customer_id, segment_id, segment_key, model_version, confidence, assigned_at
-    )
-    INSERT INTO membership_events ({_EVENT_COLUMNS})
-    SELECT customer_id, segment_id, segment_key, event, model_version, confidence, occurred_at
-    FROM (
-        SELECT b.customer_id, b.segment_id, b.segment_key, 'exited' AS event,
-               m.model_version, m.confidence, m.assigned_at AS occurred_at, 0 AS position
-        FROM merged AS m JOIN before AS b USING (customer_id)
-        WHERE b.segment_key <> m.segment_key
-        UNION ALL
-        SELECT m.customer_id, m.segment_id, m.segment_key, 'entered', m.model_version,
-               m.confidence, m.assigned_at, 1
+        RETURNING customer_id, segment_id, segment_key, model_version, confidence, assigned_at,
+                  COALESCE(consent_advertising, false) AS advertising,
+                  COALESCE(consent_personalization, true) AS personalization
+    ),
+    moves AS (
+        SELECT m.*, b.customer_id IS NOT NULL AS known, b.segment_id AS old_segment_id,
+               b.segment_key AS old_segment_key,
+               COALESCE(b.segment_key = m.segment_key, false) AS stayed,
+               COALESCE(b.advertising, false) AS was_advertising,
+               COALESCE(b.personalization, false) AS was_personalization
         FROM merged AS m LEFT JOIN before AS b USING (customer_id)
-        WHERE b.customer_id IS NULL OR b.segment_key <> m.segment_key
+    ),
+    recorded AS (
+    INSERT INTO membership_events ({_EVENT_COLUMNS})
+    SELECT customer_id, segment_id, segment_key, event, model_version, confidence, occurred_at,
+           cause, advertising, personalization
+    FROM (
+        SELECT customer_id, old_segment_id AS segment_id, old_segment_key AS segment_key,
+               'exited' AS event, model_version, confidence, assigned_at AS occurred_at,
+               'assignment' AS cause, was_advertising AS advertising,
+               was_personalization AS personalization, 0 AS position
+        FROM moves WHERE known AND NOT stayed AND (was_advertising OR was_personalization)
+        UNION ALL
+        SELECT customer_id, segment_id, segment_key, 'exited', model_version, confidence,
+               assigned_at, 'consent', was_advertising AND NOT advertising,
+               was_personalization AND NOT personalization, 0
+        FROM moves WHERE stayed AND ((was_advertising AND NOT advertising)
+                                     OR (was_personalization AND NOT personalization))
+        UNION ALL
+        SELECT customer_id, segment_id, segment_key, 'entered', model_version, confidence,
+               assigned_at, 'consent', advertising AND NOT was_advertising,
+               personalization AND NOT was_personalization, 1
+        FROM moves WHERE stayed AND ((advertising AND NOT was_advertising)
+                                     OR (personalization AND NOT was_personalization))
+        UNION ALL
+        SELECT customer_id, segment_id, segment_key, 'entered', model_version, confidence,
+               assigned_at, 'assignment', advertising, personalization, 1
+        FROM moves WHERE NOT stayed AND (advertising OR personalization)
     ) AS changes
     ORDER BY customer_id, position
+    )
+    SELECT customer_id FROM suppressed
     """  # noqa: S608 - constant table and column names; the rows are one bound parameter
 )
 # Any constant: the key of the lock that makes membership changes commit in event-id order.
 MEMBERSHIP_LOCK = 7_291_104_416
 
 
-def _store_postgresql(conn: Connection, batch: AssignmentBatch) -> None:
+def _store_postgresql(
+    conn: Connection, batch: AssignmentBatch, members: list[dict[str, Any]]
+) -> list[str]:
     driver = conn.connection.driver_connection
     assert driver is not None
     stamps = {moment: moment.isoformat() for moment in set(batch.assigned_at)}
@@ -204,14 +282,12 @@ def _store_postgresql(conn: Connection, batch: AssignmentBatch) -> None:
         raise DBAPIError.instance(
             _COPY_HISTORY, None, exc, psycopg.Error, dialect=conn.dialect
         ) from exc
-    members = [
-        dict(zip(MEMBERSHIP_COLUMNS, row, strict=True)) for row in batch.latest_memberships()
-    ]
+    rows = orjson.dumps(members).decode()
     # Held to the commit: event ids are handed out in commit order, which is what lets a feed
     # reader page by id without missing an event a slower transaction commits later. The
     # history COPY above stays concurrent; only this merge is serialised.
-    conn.execute(select(func.pg_advisory_xact_lock(MEMBERSHIP_LOCK)))
-    conn.execute(_MERGE_MEMBERSHIPS, {"rows": orjson.dumps(members).decode()})
+    _lock_memberships(conn)
+    return list(conn.execute(_MERGE_MEMBERSHIPS, {"rows": rows}).scalars())
 
 
 def _copy_text(value: str) -> str:
@@ -219,80 +295,106 @@ def _copy_text(value: str) -> str:
     return value.replace("\\", "\\\\") if "\\" in value else value
 
 
-def _store_sqlite(conn: Connection, batch: AssignmentBatch) -> None:
+def _store_sqlite(
+    conn: Connection, batch: AssignmentBatch, members: list[dict[str, Any]]
+) -> list[str]:
     """The same rules in Python: SQLite serialises writers, so event ids follow commit order."""
-    history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
-    conn.execute(insert(assignments), history)
-    latest = batch.latest_memberships()
+    suppressed = set(
+        conn.execute(
+            select(tombstones.c.id_hash).where(
+                tombstones.c.id_hash.in_([m["id_hash"] for m in members])
+            )
+        ).scalars()
+    )
+    dropped = {m["customer_id"] for m in members if m["id_hash"] in suppressed}
+    history = [
+        dict(zip(HISTORY_COLUMNS, row, strict=True))
+        for row in batch.rows()
+        if row[0] not in dropped
+    ]
+    if history:
+        conn.execute(insert(assignments), history)
+    members = [m for m in members if m["customer_id"] not in dropped]
     before = {
         row.customer_id: row
         for row in conn.execute(
-            select(
-                memberships.c.customer_id,
-                memberships.c.segment_id,
-                memberships.c.segment_key,
-                memberships.c.assigned_at,
-                memberships.c.entered_at,
-            ).where(memberships.c.customer_id.in_([r[0] for r in latest]))
+            select(memberships).where(
+                memberships.c.customer_id.in_([m["customer_id"] for m in members])
+            )
         )
     }
     merged, events = [], []
-    for row in latest:
-        values = dict(zip(MEMBERSHIP_COLUMNS, row, strict=True))
+    for incoming in members:
+        values = {k: v for k, v in incoming.items() if k != "id_hash"}
         old = before.get(values["customer_id"])
         if old is not None and _utc(old.assigned_at) > values["assigned_at"]:
             continue  # a later assignment is stored already (the upsert's rule)
-        if old is not None and old.segment_key == values["segment_key"]:
-            merged.append(values | {"entered_at": _utc(old.entered_at)})
-            continue  # re-assigned to the same segment: no event
-        merged.append(values | {"entered_at": values["assigned_at"]})
-        change = {
-            "model_version": values["model_version"],
-            "confidence": values["confidence"],
-            "occurred_at": values["assigned_at"],
-        }
-        if old is not None:
-            events.append(
-                change
-                | {
-                    "customer_id": old.customer_id,
-                    "segment_id": old.segment_id,
-                    "segment_key": old.segment_key,
-                    "event": "exited",
-                }
-            )
-        events.append(
-            change
-            | {
-                "customer_id": values["customer_id"],
-                "segment_id": values["segment_id"],
-                "segment_key": values["segment_key"],
-                "event": "entered",
-            }
-        )
+        for column in PROFILE_COLUMNS:  # a flag or hash not sent keeps the one sent before
+            if values[column] is None and old is not None:
+                values[column] = getattr(old, column)
+        stayed = old is not None and old.segment_key == values["segment_key"]
+        values["entered_at"] = _utc(old.entered_at) if stayed and old else values["assigned_at"]
+        merged.append(values)
+        events.extend(_events(old, values, stayed))
     if merged:
         statement = sqlite.insert(memberships)
         upsert = statement.on_conflict_do_update(
             index_elements=[memberships.c.customer_id],
-            set_={
-                c: statement.excluded[c]
-                for c in (*MEMBERSHIP_COLUMNS, "entered_at")
-                if c != "customer_id"
-            },
+            set_={c: statement.excluded[c] for c in merged[0] if c != "customer_id"},
         )
         conn.execute(upsert, merged)
     if events:
         conn.execute(insert(membership_events), events)
+    return sorted(dropped)
+
+
+def _events(old: Any, new: dict[str, Any], stayed: bool) -> list[dict[str, Any]]:
+    """The change-feed events of one membership update (the rules of _MERGE_MEMBERSHIPS)."""
+    now = {p.value: allows(p, new[f"consent_{p.value}"]) for p in Purpose}
+    was = {
+        p.value: old is not None and allows(p, getattr(old, f"consent_{p.value}")) for p in Purpose
+    }
+    change = {
+        "model_version": new["model_version"],
+        "confidence": new["confidence"],
+        "occurred_at": new["assigned_at"],
+    }
+    here = {k: new[k] for k in ("customer_id", "segment_id", "segment_key")}
+    events = []
+    if stayed:
+        left = {p: was[p] and not now[p] for p in was}
+        joined = {p: now[p] and not was[p] for p in was}
+        if any(left.values()):
+            events.append(here | change | {"event": "exited", "cause": "consent"} | left)
+        if any(joined.values()):
+            events.append(here | change | {"event": "entered", "cause": "consent"} | joined)
+        return events
+    if old is not None and any(was.values()):
+        there = {
+            "customer_id": old.customer_id,
+            "segment_id": old.segment_id,
+            "segment_key": old.segment_key,
+        }
+        events.append(there | change | {"event": "exited", "cause": "assignment"} | was)
+    if any(now.values()):
+        events.append(here | change | {"event": "entered", "cause": "assignment"} | now)
+    return events
 
 
 def current_membership(conn: Connection, customer_id: str) -> AssignmentRow | None:
-    query = select(*(memberships.c[name] for name in MEMBERSHIP_COLUMNS)).where(
-        memberships.c.customer_id == customer_id
-    )
+    """The customer's membership, with their hashed identifiers and consent as the profile."""
+    query = select(
+        *(memberships.c[name] for name in (*MEMBERSHIP_COLUMNS, *PROFILE_COLUMNS))
+    ).where(memberships.c.customer_id == customer_id)
     row = conn.execute(query).mappings().first()
     if row is None:
         return None
-    return AssignmentRow(features={}, **{**row, "assigned_at": _utc(row["assigned_at"])})
+    values = {name: row[name] for name in MEMBERSHIP_COLUMNS}
+    return AssignmentRow(
+        features={},
+        profile=CustomerProfile(*(row[name] for name in PROFILE_COLUMNS)),
+        **{**values, "assigned_at": _utc(row["assigned_at"])},
+    )
 
 
 def customer_history(conn: Connection, customer_id: str, limit: int) -> list[AssignmentRow]:
@@ -309,12 +411,114 @@ def customer_history(conn: Connection, customer_id: str, limit: int) -> list[Ass
     ]
 
 
-def erase_customer(conn: Connection, customer_id: str) -> int:
-    """Delete the customer's history and membership; returns how many rows went."""
-    history = conn.execute(delete(assignments).where(assignments.c.customer_id == customer_id))
-    current = conn.execute(delete(memberships).where(memberships.c.customer_id == customer_id))
-    conn.execute(delete(membership_events).where(membership_events.c.customer_id == customer_id))
-    return int(history.rowcount) + int(current.rowcount)
+@dataclass(frozen=True)
+class Erasure:
+    """What erasing one customer deleted, and whether a tombstone stood already."""
+
+    customer_id: str
+    assignments: int
+    memberships: int
+    events: int
+    already_erased: bool
+
+    @property
+    def found(self) -> bool:
+        return bool(self.assignments or self.memberships or self.events)
+
+
+def erase_customers(
+    conn: Connection, customer_ids: Sequence[str], id_hash: IdHash, api_key: str, now: datetime
+) -> list[Erasure]:
+    """Erase each customer: history, membership (with hashes and consent) and change events go;
+    a tombstone (their keyed id hash) is recorded and one audit row per customer says what went
+    and which key asked. Holds the membership lock, so a concurrent write either committed
+    before (and is deleted here) or sees the tombstone (and stores nothing)."""
+    ids = list(dict.fromkeys(customer_ids))
+    hashes = {customer_id: id_hash(customer_id) for customer_id in ids}
+    _lock_memberships(conn)
+    standing = set(
+        conn.execute(
+            select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(list(hashes.values())))
+        ).scalars()
+    )
+    counts = {
+        table.name: Counter(
+            conn.execute(
+                delete(table).where(table.c.customer_id.in_(ids)).returning(table.c.customer_id)
+            ).scalars()
+        )
+        for table in (assignments, memberships, membership_events)
+    }
+    new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
+    if new:
+        conn.execute(insert(tombstones), new)
+    erasures = [
+        Erasure(
+            customer_id,
+            counts["assignments"][customer_id],
+            counts["memberships"][customer_id],
+            counts["membership_events"][customer_id],
+            hashes[customer_id] in standing,
+        )
+        for customer_id in ids
+    ]
+    conn.execute(
+        insert(erasure_audit),
+        [
+            {
+                "action": "erased",
+                "id_hash": hashes[e.customer_id],
+                "assignments": e.assignments,
+                "memberships": e.memberships,
+                "events": e.events,
+                "api_key": api_key,
+                "occurred_at": now,
+            }
+            for e in erasures
+        ],
+    )
+    return erasures
+
+
+def restore_customer(
+    conn: Connection, customer_id: str, id_hash: IdHash, api_key: str, now: datetime
+) -> bool:
+    """Lift the customer's tombstone (audited); False when there was none."""
+    hashed = id_hash(customer_id)
+    _lock_memberships(conn)
+    lifted = conn.execute(delete(tombstones).where(tombstones.c.id_hash == hashed)).rowcount
+    if not lifted:
+        return False
+    conn.execute(
+        insert(erasure_audit).values(
+            action="restored",
+            id_hash=hashed,
+            assignments=0,
+            memberships=0,
+            events=0,
+            api_key=api_key,
+            occurred_at=now,
+        )
+    )
+    return True
+
+
+def erasure_audit_rows(conn: Connection, customer_id: str, id_hash: IdHash) -> list[dict[str, Any]]:
+    """The audit trail of one customer, oldest first."""
+    query = (
+        select(erasure_audit)
+        .where(erasure_audit.c.id_hash == id_hash(customer_id))
+        .order_by(erasure_audit.c.id)
+    )
+    return [
+        {**row, "occurred_at": _utc(row["occurred_at"])} for row in conn.execute(query).mappings()
+    ]
+
+
+def _lock_memberships(conn: Connection) -> None:
+    """The lock membership merges hold (PostgreSQL; SQLite serialises writers anyway)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(MEMBERSHIP_LOCK)))
 
 
 @dataclass(frozen=True)
@@ -327,13 +531,30 @@ class MembershipChange:
     model_version: str
     confidence: float
     occurred_at: datetime
+    cause: str
+
+
+_CHANGE_COLUMNS = (
+    "id",
+    "customer_id",
+    "segment_id",
+    "segment_key",
+    "event",
+    "model_version",
+    "confidence",
+    "occurred_at",
+    "cause",
+)
 
 
 def membership_changes(
-    conn: Connection, segment_key: str | None, after_id: int, limit: int
+    conn: Connection, segment_key: str | None, purpose: Purpose, after_id: int, limit: int
 ) -> list[MembershipChange]:
-    """Entered/exited events after `after_id` in commit (id) order, of one segment or all."""
-    query = select(membership_events).where(membership_events.c.id > after_id)
+    """Entered/exited events of a purpose's audiences after `after_id` in commit (id) order, of
+    one segment or all."""
+    query = select(*(membership_events.c[name] for name in _CHANGE_COLUMNS)).where(
+        membership_events.c.id > after_id, membership_events.c[purpose.value].is_(True)
+    )
     if segment_key is not None:
         query = query.where(membership_events.c.segment_key == segment_key)
     query = query.order_by(membership_events.c.id).limit(limit)
@@ -343,13 +564,69 @@ def membership_changes(
     ]
 
 
-def segment_members(conn: Connection, segment_key: str, after: str | None, limit: int) -> list[str]:
-    """Customer ids currently in the segment, in id order, after `after` (keyset paging)."""
-    query = select(memberships.c.customer_id).where(memberships.c.segment_key == segment_key)
+def feed_position(conn: Connection) -> int:
+    """The id of the newest event this transaction sees (0 when none). Ids follow commit order,
+    so every event up to it is visible: a consumer can follow the feed from here."""
+    return int(
+        conn.execute(select(func.coalesce(func.max(membership_events.c.id), 0))).scalar_one()
+    )
+
+
+def _audience(segment_key: str, purpose: Purpose) -> Any:
+    """The memberships in a purpose's audience of the segment (the rules of app.audience.consent)."""
+    consent = memberships.c[f"consent_{purpose.value}"]
+    allowed = consent.is_(True) if purpose is Purpose.ADVERTISING else consent.is_not(False)
+    return (memberships.c.segment_key == segment_key) & allowed
+
+
+def segment_members(
+    conn: Connection, segment_key: str, purpose: Purpose, after: str | None, limit: int
+) -> list[MemberRow]:
+    """Members of a purpose's audience of the segment, in id order, after `after` (keyset paging)."""
+    query = select(*(memberships.c[name] for name in MEMBER_COLUMNS)).where(
+        _audience(segment_key, purpose)
+    )
     if after is not None:
         query = query.where(memberships.c.customer_id > after)
     query = query.order_by(memberships.c.customer_id).limit(limit)
-    return list(conn.execute(query).scalars())
+    return [_member(row) for row in conn.execute(query)]
+
+
+def stream_members(
+    conn: Connection, segment_key: str, purpose: Purpose, chunk: int
+) -> Iterator[list[MemberRow]]:
+    """The whole audience in id order, `chunk` rows at a time, in constant memory: PostgreSQL
+    hands rows over through a server-side cursor (psycopg's named cursor)."""
+    query = (
+        select(*(memberships.c[name] for name in MEMBER_COLUMNS))
+        .where(_audience(segment_key, purpose))
+        .order_by(memberships.c.customer_id)
+    )
+    result = conn.execution_options(stream_results=True, max_row_buffer=chunk).execute(query)
+    for rows in result.partitions(chunk):
+        yield [_member(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    customer_id: str
+    entered_at: datetime
+    email_sha256: str | None
+    phone_sha256: str | None
+    phone_digits_sha256: str | None
+
+
+MEMBER_COLUMNS = (
+    "customer_id",
+    "entered_at",
+    "email_sha256",
+    "phone_sha256",
+    "phone_digits_sha256",
+)
+
+
+def _member(row: Any) -> MemberRow:
+    return MemberRow(row[0], _utc(row[1]), row[2], row[3], row[4])
 
 
 def recent_assignments(

@@ -1,5 +1,6 @@
-"""The database schema: every assignment ever made, each customer's current membership, and the
-registry of model versions."""
+"""The database schema: every assignment ever made, each customer's current membership (with
+consent and hashed identifiers), the change feed, erasure tombstones and their audit trail, and
+the registry of model versions."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     false,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -81,6 +83,15 @@ class Membership(Base):
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # when the customer entered the segment they are in: kept while re-assignments agree
     entered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Normalised SHA-256 hashes for ad-platform matching; the raw values are never stored.
+    # Phones twice: Google hashes E.164 with its "+", Meta the digits alone.
+    email_sha256: Mapped[str | None] = mapped_column(String(64))
+    phone_sha256: Mapped[str | None] = mapped_column(String(64))
+    phone_digits_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Consent as last sent (NULL: never sent). Advertising needs an explicit true; personalization
+    # is allowed unless explicitly false. See app/audience/consent.py.
+    consent_personalization: Mapped[bool | None] = mapped_column(Boolean)
+    consent_advertising: Mapped[bool | None] = mapped_column(Boolean)
 
     # audience paging walks one segment in customer-id order
     __table_args__ = (
@@ -105,14 +116,49 @@ class MembershipEvent(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     confidence: Mapped[float] = mapped_column(Float)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # 'assignment' (the customer moved) or 'consent' (they joined or left a purpose's audience
+    # while staying in the segment)
+    cause: Mapped[str] = mapped_column(String(16), server_default="assignment")
+    # which purposes' feeds carry the event: the customer's consent at that moment decides
+    advertising: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    personalization: Mapped[bool] = mapped_column(Boolean, server_default=true())
 
     __table_args__ = (
         CheckConstraint("event IN ('entered', 'exited')", name="event"),
+        CheckConstraint("cause IN ('assignment', 'consent')", name="cause"),
         # one segment's feed, in commit order
         Index("ix_membership_events_segment_key_id", "segment_key", "id"),
         # erasure finds a customer's events
         Index("ix_membership_events_customer_id", "customer_id"),
     )
+
+
+class ErasureTombstone(Base):
+    """An erased customer, by a keyed hash of their id (no personal data): while it stands their
+    assignments are scored but not stored, so a replayed old batch cannot bring them back."""
+
+    __tablename__ = "erasure_tombstones"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ErasureAudit(Base):
+    """Who erased (or restored) which customer when, and what went: the record a DPO asks for.
+    The customer is named by the same keyed hash as the tombstone."""
+
+    __tablename__ = "erasure_audit"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(16))
+    id_hash: Mapped[str] = mapped_column(String(64), index=True)
+    assignments: Mapped[int] = mapped_column(Integer, doc="history rows deleted")
+    memberships: Mapped[int] = mapped_column(Integer, doc="membership rows (with hashes) deleted")
+    events: Mapped[int] = mapped_column(Integer, doc="change-feed events deleted")
+    api_key: Mapped[str] = mapped_column(String(64), doc="the name of the key that asked")
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (CheckConstraint("action IN ('erased', 'restored')", name="action"),)
 
 
 MODEL_STATUSES = ("candidate", "active", "retired")

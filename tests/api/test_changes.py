@@ -16,6 +16,8 @@ from tests.servers import segments_server
 
 CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
 LAPSED = {"recency_days": 300, "frequency": 1, "monetary": 30.0}
+# the personalization feed: every customer who did not object (these send no consent)
+EVERYONE = {"purpose": "personalization"}
 
 
 def assign(client: TestClient, customer: str, features: dict[str, float]) -> str:
@@ -26,12 +28,13 @@ def assign(client: TestClient, customer: str, features: dict[str, float]) -> str
 
 
 def test_entered_and_exited_events_and_no_event_for_the_same_segment(client: TestClient) -> None:
-    first = client.get("/v1/changes").json()
+    first = client.get("/v1/changes", params=EVERYONE).json()
     assert first["changes"] == []
     assert first["has_more"] is False
     start = first["next_cursor"]
     # an empty page hands back a cursor that still works
-    assert client.get("/v1/changes", params={"since": start}).json()["next_cursor"] == start
+    again = client.get("/v1/changes", params={"since": start} | EVERYONE).json()
+    assert again["next_cursor"] == start
 
     top = assign(client, "c1", CHAMPION)
     assign(client, "c1", CHAMPION)  # the same segment again: no event
@@ -39,7 +42,7 @@ def test_entered_and_exited_events_and_no_event_for_the_same_segment(client: Tes
     assert top != low
     assign(client, "c2", LAPSED)
 
-    page = client.get("/v1/changes", params={"since": start}).json()
+    page = client.get("/v1/changes", params={"since": start} | EVERYONE).json()
     events = [(c["customer_id"], c["event"], c["segment"]["key"]) for c in page["changes"]]
     assert events == [
         ("c1", "entered", top),
@@ -56,7 +59,7 @@ def test_entered_and_exited_events_and_no_event_for_the_same_segment(client: Tes
     # one segment's feed, paged one at a time
     cursor, seen = None, []
     while True:
-        params = {"limit": 1} | ({"since": cursor} if cursor else {})
+        params = {"limit": 1} | ({"since": cursor} if cursor else {}) | EVERYONE
         page = client.get(f"/v1/segments/{low}/changes", params=params).json()
         seen += [(c["customer_id"], c["event"]) for c in page["changes"]]
         cursor = page["next_cursor"]
@@ -64,7 +67,7 @@ def test_entered_and_exited_events_and_no_event_for_the_same_segment(client: Tes
             break
     assert seen == [("c1", "entered"), ("c2", "entered")]
     # nothing new: the same cursor comes back with no changes
-    again = client.get(f"/v1/segments/{low}/changes", params={"since": cursor}).json()
+    again = client.get(f"/v1/segments/{low}/changes", params={"since": cursor} | EVERYONE).json()
     assert again == {"changes": [], "next_cursor": cursor, "has_more": False}
 
 
@@ -73,7 +76,8 @@ def test_erasure_removes_the_customers_events(client: TestClient) -> None:
     assign(client, "gone", LAPSED)
     assign(client, "stays", LAPSED)
     assert client.delete("/v1/customers/gone").status_code == 204
-    customers = {c["customer_id"] for c in client.get("/v1/changes").json()["changes"]}
+    feed = client.get("/v1/changes", params=EVERYONE).json()["changes"]
+    customers = {c["customer_id"] for c in feed}
     assert customers == {"stays"}
 
 
@@ -106,16 +110,21 @@ def test_a_poller_sees_every_change_exactly_once_during_concurrent_writes(
                 while not stop.is_set():
                     turn += 1
                     features = CHAMPION if (turn + worker) % 2 else LAPSED
+                    # consent comes and goes too: the advertising feed follows it
+                    consent = {"advertising": (turn // 2 + worker) % 3 != 0}
                     body: dict[str, object]
                     if turn % 3 == 0:
                         chosen = customers[worker::6]
                         body = {
-                            "customers": [{"customer_id": c, "features": features} for c in chosen]
+                            "customers": [
+                                {"customer_id": c, "features": features, "consent": consent}
+                                for c in chosen
+                            ]
                         }
                         response = await client.post("/v1/assignments/batch", json=body)
                     else:
                         customer = customers[(turn * 7 + worker) % len(customers)]
-                        body = {"customer_id": customer, "features": features}
+                        body = {"customer_id": customer, "features": features, "consent": consent}
                         response = await client.post("/v1/assignments", json=body)
                     assert response.status_code == 200, response.text
 
@@ -150,18 +159,28 @@ def test_a_poller_sees_every_change_exactly_once_during_concurrent_writes(
     engine = create_engine(database_url)
     with engine.connect() as conn:
         stored = [
-            row[0] for row in conn.execute(text("SELECT id FROM membership_events ORDER BY id"))
+            row[0]
+            for row in conn.execute(
+                text("SELECT id FROM membership_events WHERE advertising ORDER BY id")
+            )
         ]
+        # the advertising audience: customers whose last word on advertising was yes
         members: dict[str, str] = {
             row[0]: row[1]
-            for row in conn.execute(text("SELECT customer_id, segment_key FROM memberships"))
+            for row in conn.execute(
+                text("SELECT customer_id, segment_key FROM memberships WHERE consent_advertising")
+            )
         }
+        consent_events = conn.execute(
+            text("SELECT count(*) FROM membership_events WHERE cause = 'consent'")
+        ).scalar_one()
     engine.dispose()
     ids = [c["id"] for c in seen]
     assert len(ids) == len(set(ids)), "an event was delivered twice"
     assert ids == stored, f"missed {len(set(stored) - set(ids))} of {len(stored)} events"
     assert len(ids) > 200, f"too few changes to mean anything: {len(ids)}"
-    # replaying the feed gives every customer's current segment
+    assert consent_events > 20, f"too few consent changes to mean anything: {consent_events}"
+    # replaying the advertising feed gives every consenting customer's current segment
     replayed: dict[str, str] = {}
     for change in seen:
         key = change["segment"]["key"]  # type: ignore[index]

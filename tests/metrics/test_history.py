@@ -16,7 +16,7 @@ from app.scoring.model import SegmentModel
 from app.service import AssignmentService
 from app.store import repository
 from app.store.repository import AssignmentBatch
-from tests.conftest import DEFAULT_MODELS, clear_tables
+from tests.conftest import DEFAULT_MODELS, TEST_ID_HASH, clear_tables
 
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
 
@@ -24,7 +24,7 @@ NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
 def _store_day(engine_url: str, frame: pd.DataFrame, day: datetime, prefix: str) -> None:
     """Score real customers as the service does and store them as if assigned on `day`."""
     model = SegmentModel.load(DEFAULT_MODELS)
-    service = AssignmentService(model, create_engine(engine_url), 100_000)
+    service = AssignmentService(model, create_engine(engine_url), 100_000, id_hash=TEST_ID_HASH)
     customers = [
         {
             "customer_id": f"{prefix}{i}",
@@ -37,7 +37,9 @@ def _store_day(engine_url: str, frame: pd.DataFrame, day: datetime, prefix: str)
     batch = service.assign_batch({"customers": customers}, persist=False)
     moments = [day + timedelta(seconds=i) for i in range(len(batch))]
     with service.engine.begin() as conn:
-        repository.store_batch(conn, AssignmentBatch(**{**batch.__dict__, "assigned_at": moments}))
+        repository.store_batch(
+            conn, AssignmentBatch(**{**batch.__dict__, "assigned_at": moments}), TEST_ID_HASH
+        )
     service.engine.dispose()
 
 

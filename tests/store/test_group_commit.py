@@ -14,7 +14,7 @@ from app.service import AssignmentService
 from app.store.engine import make_engine
 from app.store.group_commit import GroupCommitter
 from app.store.repository import AssignmentRow
-from tests.conftest import clear_tables, count_rows, make_settings
+from tests.conftest import TEST_ID_HASH, clear_tables, count_rows, make_settings
 
 
 def _row(customer: str) -> AssignmentRow:
@@ -25,7 +25,10 @@ def _row(customer: str) -> AssignmentRow:
 
 def _service(database_url: str, model_dir: Path) -> AssignmentService:
     return AssignmentService(
-        SegmentModel.load(model_dir), make_engine(make_settings(database_url, model_dir)), 10
+        SegmentModel.load(model_dir),
+        make_engine(make_settings(database_url, model_dir)),
+        10,
+        id_hash=TEST_ID_HASH,
     )
 
 

@@ -21,7 +21,7 @@ from app.settings import Settings
 from app.store.engine import make_engine
 from app.store.repository import AssignmentBatch, AssignmentRow, store_batch
 from tests.api.test_assignments import CHAMPION, assert_error
-from tests.conftest import clear_tables, count_rows, make_settings, metric_value
+from tests.conftest import TEST_ID_HASH, clear_tables, count_rows, make_settings, metric_value
 
 
 @contextmanager
@@ -106,17 +106,17 @@ def test_failure_mid_write_rolls_back(
     clear_tables(database_url)
     model = SegmentModel.load(rfm_model_dir)
     engine = make_engine(make_settings(database_url, rfm_model_dir))
-    service = AssignmentService(model, engine, max_batch=10)
+    service = AssignmentService(model, engine, max_batch=10, id_hash=TEST_ID_HASH)
     now = datetime.now(UTC)
     good = AssignmentRow("ok", 0, "champions", model.version, 0.1, 0.9, {"recency_days": 1.0}, now)
     with pytest.raises(RuntimeError), service.transaction("assign") as conn:
-        store_batch(conn, AssignmentBatch.of_rows([good]))
+        store_batch(conn, AssignmentBatch.of_rows([good]), TEST_ID_HASH)
         raise RuntimeError("the process fails between two writes")
     if on_postgres:  # the database itself refusing the second write (id longer than the column)
         too_long = AssignmentRow("x" * 200, 0, "champions", model.version, 0.1, 0.9, {}, now)
         with pytest.raises(DataError), service.transaction("assign") as conn:
-            store_batch(conn, AssignmentBatch.of_rows([good]))
-            store_batch(conn, AssignmentBatch.of_rows([too_long]))
+            store_batch(conn, AssignmentBatch.of_rows([good]), TEST_ID_HASH)
+            store_batch(conn, AssignmentBatch.of_rows([too_long]), TEST_ID_HASH)
     engine.dispose()
     assert count_rows(database_url, "assignments") == 0
     assert count_rows(database_url, "memberships") == 0

@@ -12,7 +12,7 @@ from app.service import AssignmentService
 from app.store import repository
 from app.store.engine import make_engine
 from app.store.repository import AssignmentBatch, AssignmentRow
-from tests.conftest import clear_tables, make_settings
+from tests.conftest import TEST_ID_HASH, clear_tables, make_settings
 
 
 def _row(customer: str, key: str, at: datetime) -> AssignmentRow:
@@ -27,6 +27,7 @@ def test_membership_follows_the_latest_assignment_not_the_last_commit(
         SegmentModel.load(rfm_model_dir),
         make_engine(make_settings(database_url, rfm_model_dir)),
         10,
+        id_hash=TEST_ID_HASH,
     )
     earlier = datetime(2026, 1, 1, tzinfo=UTC)
     later = earlier + timedelta(milliseconds=3)
@@ -53,7 +54,7 @@ def test_a_customer_twice_in_one_batch_keeps_the_later_row(database_url: str) ->
         [_row("d", "first", now), _row("e", "other", now), _row("d", "second", now)]
     )
     with engine.begin() as conn:
-        repository.store_batch(conn, batch)
+        repository.store_batch(conn, batch, TEST_ID_HASH)
     with engine.connect() as conn:
         current = repository.current_membership(conn, "d")
         assert current is not None
@@ -70,7 +71,7 @@ def test_awkward_text_survives_the_bulk_write(database_url: str) -> None:
     features = {"job": 'tab\there, back\\slash, "quoted", new\nline', "age": 41.0}
     row = AssignmentRow(awkward_id, 2, "loyal", "v1", 0.123456, 0.5, features, datetime.now(UTC))
     with engine.begin() as conn:
-        repository.store_batch(conn, AssignmentBatch.of_rows([row]))
+        repository.store_batch(conn, AssignmentBatch.of_rows([row]), TEST_ID_HASH)
     with engine.connect() as conn:
         stored = repository.customer_history(conn, awkward_id, 1)[0]
         current = repository.current_membership(conn, awkward_id)

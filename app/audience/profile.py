@@ -1,0 +1,146 @@
+"""What an assignment may carry besides features: e-mail, phone and consent.
+
+The raw e-mail address and phone number never leave this module: they are normalised and hashed
+here (app/audience/identifiers.py) and only the hashes travel on. A bad value is reported by
+field and row, never repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.audience.consent import Purpose
+from app.audience.identifiers import IdentifierError, normalise_email, normalise_phone, sha256_hex
+from app.scoring.validation import Problem
+
+PROFILE_FIELDS = frozenset({"email", "phone", "consent"})
+CUSTOMER_FIELDS = frozenset({"customer_id", "features"})
+PURPOSES = frozenset(p.value for p in Purpose)
+
+
+@dataclass(frozen=True)
+class CustomerProfile:
+    """Hashed identifiers and consent sent with one assignment; None where nothing was sent."""
+
+    email_sha256: str | None = None
+    phone_sha256: str | None = None  # E.164 with its "+": Google Customer Match
+    phone_digits_sha256: str | None = None  # E.164 digits only: Meta
+    consent_personalization: bool | None = None
+    consent_advertising: bool | None = None
+
+    def merged_over(self, earlier: CustomerProfile | None) -> CustomerProfile:
+        """This profile, with what `earlier` sent where this one sent nothing."""
+        if earlier is None:
+            return self
+        merged: dict[str, Any] = {
+            name: mine if mine is not None else theirs
+            for name, mine, theirs in zip(
+                PROFILE_COLUMNS, self.values(), earlier.values(), strict=True
+            )
+        }
+        return CustomerProfile(**merged)
+
+    def values(self) -> tuple[str | bool | None, ...]:
+        return (
+            self.email_sha256,
+            self.phone_sha256,
+            self.phone_digits_sha256,
+            self.consent_personalization,
+            self.consent_advertising,
+        )
+
+
+PROFILE_COLUMNS = (
+    "email_sha256",
+    "phone_sha256",
+    "phone_digits_sha256",
+    "consent_personalization",
+    "consent_advertising",
+)
+
+
+def split_profiles(
+    customers: Sequence[Any], prefix: str, default_region: str | None
+) -> tuple[list[Any], list[CustomerProfile | None] | None, list[Problem]]:
+    """The customers without their profile fields (for feature validation), each one's profile
+    (None when no customer sent any), and every problem with those fields."""
+    if all(type(c) is dict and c.keys() <= CUSTOMER_FIELDS for c in customers):
+        return list(customers), None, []  # the common case: features only
+    stripped: list[Any] = []
+    profiles: list[CustomerProfile | None] = []
+    problems: list[Problem] = []
+    for i, customer in enumerate(customers):
+        if not isinstance(customer, Mapping) or not customer.keys() & PROFILE_FIELDS:
+            stripped.append(customer)
+            profiles.append(None)
+            continue
+        where = f"{prefix}[{i}]." if prefix else ""
+        stripped.append({k: v for k, v in customer.items() if k not in PROFILE_FIELDS})
+        profile, found = _profile(customer, where, default_region)
+        profiles.append(profile)
+        problems.extend(found)
+    return stripped, profiles, problems
+
+
+def _profile(
+    customer: Mapping[str, Any], where: str, default_region: str | None
+) -> tuple[CustomerProfile, list[Problem]]:
+    problems: list[Problem] = []
+    email = phone = phone_digits = None
+    if customer.get("email") is not None:
+        raw = customer["email"]
+        if not isinstance(raw, str):
+            problems.append(Problem(f"{where}email", "must be a string (an e-mail address)"))
+        else:
+            try:
+                email = sha256_hex(normalise_email(raw))
+            except IdentifierError as exc:
+                problems.append(Problem(f"{where}email", exc.problem))
+    if customer.get("phone") is not None:
+        raw = customer["phone"]
+        if not isinstance(raw, str):
+            problems.append(Problem(f"{where}phone", "must be a string (a phone number)"))
+        else:
+            try:
+                e164 = normalise_phone(raw, default_region)
+            except IdentifierError as exc:
+                problems.append(Problem(f"{where}phone", exc.problem))
+            else:
+                phone, phone_digits = sha256_hex(e164), sha256_hex(e164.removeprefix("+"))
+    consent: dict[str, bool | None] = {}
+    raw_consent = customer.get("consent")
+    if raw_consent is not None:
+        if not isinstance(raw_consent, Mapping):
+            problems.append(
+                Problem(
+                    f"{where}consent",
+                    'must be an object like {"personalization": true, "advertising": false}',
+                )
+            )
+        else:
+            for name, flag in raw_consent.items():
+                if name not in PURPOSES:
+                    problems.append(
+                        Problem(
+                            f"{where}consent.{name}",
+                            "is not a consent flag; send personalization and/or advertising",
+                        )
+                    )
+                elif flag is not None and not isinstance(flag, bool):
+                    problems.append(
+                        Problem(f"{where}consent.{name}", "must be true, false or null")
+                    )
+                else:
+                    consent[name] = flag
+    return (
+        CustomerProfile(
+            email,
+            phone,
+            phone_digits,
+            consent.get(Purpose.PERSONALIZATION),
+            consent.get(Purpose.ADVERTISING),
+        ),
+        problems,
+    )
