@@ -8,8 +8,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -304,6 +305,93 @@ def drift(
     Console(width=max(120, 30 + 14 * len(loaded.feature_names))).print(table)
     draw_chart(periods, loaded, chart)
     err.print(f"chart written to {chart}")
+
+
+@cli.command("export")
+def export_audience(
+    segment: Annotated[str, typer.Option("--segment", help="the segment key, e.g. champions")],
+    out: Annotated[Path, typer.Option("--out", help="file to write")],
+    export_format: Annotated[str, typer.Option("--format", help="csv or ndjson")] = "csv",
+    purpose: Annotated[
+        str,
+        typer.Option(
+            "--purpose",
+            help="advertising: only customers who opted in; personalization: all but those "
+            "who objected",
+        ),
+    ] = "advertising",
+    identifiers: Annotated[
+        str,
+        typer.Option(
+            "--identifiers", help="none, google or meta: add email_sha256 and phone_sha256"
+        ),
+    ] = "none",
+) -> None:
+    """Export a segment's audience from the database (DATABASE_URL), as GET
+    /v1/segments/{key}/members streams it: one snapshot, constant memory, a progress bar."""
+    from app.audience.consent import Purpose
+    from app.audience.formats import ExportFormat, Identifiers, renderer
+    from app.lifecycle.registry import ModelRegistry
+    from app.service import feed_cursor
+    from app.store import repository
+    from app.store.engine import make_engine
+
+    chosen_format = _choice(ExportFormat, export_format, "--format", exclude=ExportFormat.JSON)
+    chosen_purpose = _choice(Purpose, purpose, "--purpose")
+    chosen_identifiers = _choice(Identifiers, identifiers, "--identifiers")
+    settings = Settings()
+    engine = make_engine(settings)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        known = {
+            s["key"]
+            for version in ModelRegistry(engine).listed()
+            for s in version.manifest.get("segments", [])
+        }
+        if segment not in known:
+            raise typer.BadParameter(
+                f"no registered model has a segment {segment!r}; known: {', '.join(sorted(known))}",
+                param_hint="--segment",
+            )
+        first, render = renderer(chosen_format, segment, chosen_identifiers)
+        with engine.begin() as conn, partial.open("wb") as sink:
+            repository.begin_snapshot(conn)
+            position = repository.feed_position(conn)
+            total = repository.audience_size(conn, segment, chosen_purpose)
+            sink.write(first)
+            with Progress(
+                TextColumn(f"{segment} ({chosen_purpose})"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+            ) as progress:
+                task = progress.add_task("export", total=total)
+                for chunk in repository.stream_members(conn, segment, chosen_purpose, 5_000):
+                    sink.write(render(chunk))
+                    progress.advance(task, len(chunk))
+        partial.replace(out)  # readers never see half a file
+    finally:
+        partial.unlink(missing_ok=True)
+        engine.dispose()
+    err.print(
+        f"wrote {total} members of {segment} ({chosen_purpose}) to {out}; follow their changes "
+        "from this snapshot with GET /v1/changes?since=<the cursor below>"
+    )
+    print(feed_cursor(position))
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def _choice(kind: type[Choice], value: str, option: str, exclude: Choice | None = None) -> Choice:
+    allowed = [member for member in kind if member is not exclude]
+    for member in allowed:
+        if member.value == value.lower():
+            return member
+    raise typer.BadParameter(
+        f"{value!r} is not one of {', '.join(m.value for m in allowed)}", param_hint=option
+    )
 
 
 @keys_cli.command("create")

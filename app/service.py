@@ -295,12 +295,11 @@ class AssignmentService:
         """
         self._check_segment(segment_key)
         with self.transaction("export") as conn:
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            repository.begin_snapshot(conn)
             position = repository.feed_position(conn)
             yield AudienceExport(
                 segment_key,
-                _encode_cursor(CHANGES_CURSOR, str(position)),
+                feed_cursor(position),
                 repository.stream_members(conn, segment_key, purpose, chunk),
             )
 
@@ -317,7 +316,7 @@ class AssignmentService:
         more = len(rows) > limit
         rows = rows[:limit]
         last = rows[-1].id if rows else after
-        return ChangesPage(rows, _encode_cursor(CHANGES_CURSOR, str(last)), more)
+        return ChangesPage(rows, feed_cursor(last), more)
 
     def _check_segment(self, segment_key: str) -> None:
         if segment_key not in self.model.segments_by_key:
@@ -413,6 +412,11 @@ def _decode_cursor(kind: str, cursor: str) -> str:
     if not text.startswith(kind):
         raise InvalidCursor()
     return text[len(kind) :]
+
+
+def feed_cursor(event_id: int) -> str:
+    """The change-feed cursor that continues after event `event_id`."""
+    return _encode_cursor(CHANGES_CURSOR, str(event_id))
 
 
 def _decode_members_cursor(cursor: str) -> str:

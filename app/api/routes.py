@@ -12,14 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.body import parse_json
-from app.api.exports import (
-    FEED_CURSOR_HEADER,
-    ExportFormat,
-    Identifiers,
-    member_fields,
-    negotiate,
-    stream_audience,
-)
+from app.api.exports import FEED_CURSOR_HEADER, negotiate, stream_audience
 from app.api.responses import OrjsonResponse
 from app.api.schemas import (
     ActivationOut,
@@ -44,6 +37,7 @@ from app.api.schemas import (
     request_body_schema,
 )
 from app.audience.consent import Purpose
+from app.audience.formats import ExportFormat, Identifiers, member_fields
 from app.auth.guard import requires
 from app.auth.keys import ApiKey, Scope
 from app.errors import InvalidFeatures, ModelNotFound, ModelRefused, NothingErased, error_body

@@ -564,6 +564,18 @@ def membership_changes(
     ]
 
 
+def begin_snapshot(conn: Connection) -> None:
+    """Make the transaction (not yet used) read one snapshot throughout: PostgreSQL's REPEATABLE
+    READ. SQLite's read transaction is one snapshot already."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+
+def audience_size(conn: Connection, segment_key: str, purpose: Purpose) -> int:
+    query = select(func.count()).select_from(memberships).where(_audience(segment_key, purpose))
+    return int(conn.execute(query).scalar_one())
+
+
 def feed_position(conn: Connection) -> int:
     """The id of the newest event this transaction sees (0 when none). Ids follow commit order,
     so every event up to it is visible: a consumer can follow the feed from here."""

@@ -37,9 +37,9 @@ def test_audience_pages_cover_thousands_without_gaps_or_duplicates(client: TestC
     cursor = None
     pages = 0
     while True:
-        params = {"limit": 257, "purpose": "personalization"} | (
-            {"cursor": cursor} if cursor else {}
-        )
+        params: dict[str, str | int] = {"limit": 257, "purpose": "personalization"}
+        if cursor:
+            params["cursor"] = cursor
         page = client.get("/v1/segments/champions/members", params=params).json()
         assert page["segment"] == "champions"
         seen.extend(page["members"])

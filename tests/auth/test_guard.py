@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.routing import APIRoute
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -35,12 +36,42 @@ ENDPOINTS: list[tuple[str, str, object, Scope]] = [
     ("GET", "/v1/models", None, Scope.READ),
     ("GET", "/v1/models/active", None, Scope.READ),
     ("GET", "/v1/models/test-rfm-k4", None, Scope.READ),
+    ("GET", "/v1/models/test-rfm-k4/comparison", None, Scope.READ),
     ("GET", "/v1/segments/champions/members", None, Scope.AUDIENCE),
+    ("GET", "/v1/segments/champions/members?format=csv", None, Scope.AUDIENCE),
+    ("GET", "/v1/changes", None, Scope.AUDIENCE),
+    ("GET", "/v1/segments/champions/changes", None, Scope.AUDIENCE),
     ("POST", "/v1/models/test-rfm-k4/activate", None, Scope.ADMIN),
     ("POST", "/v1/models/rollback", None, Scope.ADMIN),
+    ("POST", "/v1/models/test-rfm-k4/shadow", None, Scope.ADMIN),
     ("DELETE", "/v1/models/shadow", None, Scope.ADMIN),
     ("DELETE", "/v1/customers/a2", None, Scope.ADMIN),
+    ("POST", "/v1/erasures", {"customer_ids": ["a3"]}, Scope.ADMIN),
+    ("POST", "/v1/customers/a3/restore", None, Scope.ADMIN),
+    ("GET", "/v1/customers/a3/erasures", None, Scope.ADMIN),
 ]
+
+
+def test_the_table_names_every_api_route() -> None:
+    """A new route must join ENDPOINTS (and so the scope checks) to pass."""
+    app = create_app(make_settings("sqlite://", Path("models")))
+    routes = {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.path.startswith("/v1/")
+        for method in route.methods
+    }
+    covered = {(method, path.split("?")[0]) for method, path, _, _ in ENDPOINTS}
+    templates = {(m, p) for m, p in routes if any(_matches(p, c) for mc, c in covered if mc == m)}
+    assert routes == templates, f"routes without a scope check: {sorted(routes - templates)}"
+
+
+def _matches(template: str, path: str) -> bool:
+    parts, concrete = template.split("/"), path.split("/")
+    return len(parts) == len(concrete) and all(
+        t == c or (t.startswith("{") and t.endswith("}"))
+        for t, c in zip(parts, concrete, strict=True)
+    )
 
 
 @pytest.fixture
@@ -60,7 +91,8 @@ def call(
 ) -> tuple[int, dict[str, object], str]:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     response = client.request(method, path, json=body, headers=headers)
-    return response.status_code, response.json() if response.content else {}, response.text
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    return response.status_code, response.json() if is_json else {}, response.text
 
 
 @pytest.mark.parametrize(("method", "path", "body", "scope"), ENDPOINTS)
