@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import logging
+from collections.abc import Mapping
 
 import orjson
 import pytest
@@ -23,7 +24,7 @@ GOOGLE_PHONE_SHA = hashlib.sha256(b"+442079460958").hexdigest()
 META_PHONE_SHA = hashlib.sha256(b"442079460958").hexdigest()
 
 
-def batch(client: TestClient, *customers: dict[str, object]) -> None:
+def batch(client: TestClient, *customers: Mapping[str, object]) -> None:
     response = client.post("/v1/assignments/batch", json={"customers": list(customers)})
     assert response.status_code == 200, response.text
 
@@ -218,13 +219,15 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
         )
     batch(client, {"customer_id": "lapsed", "features": LAPSED, "consent": {"advertising": True}})
     batch(client, {"customer_id": "m9999", "features": CHAMPION})  # no consent: not exported
-    every_event = {"limit": 10_000, "purpose": "personalization"}  # nobody here objected
+    every_event: dict[str, str | int] = {"limit": 10_000, "purpose": "personalization"}
     feed_cursor = client.get("/v1/changes", params=every_event).json()
 
     paged: list[str] = []
     cursor = None
     while True:
-        params: dict[str, str | int] = {"limit": 1000} | ({"cursor": cursor} if cursor else {})
+        params: dict[str, str | int] = {"limit": 1000}
+        if cursor:
+            params["cursor"] = cursor
         page = client.get("/v1/segments/champions/members", params=params).json()
         paged += page["members"]
         cursor = page["next_cursor"]

@@ -59,7 +59,7 @@ def test_the_table_names_every_api_route() -> None:
         (method, route.path)
         for route in app.routes
         if isinstance(route, APIRoute) and route.path.startswith("/v1/")
-        for method in route.methods
+        for method in route.methods or ()
     }
     covered = {(method, path.split("?")[0]) for method, path, _, _ in ENDPOINTS}
     templates = {(m, p) for m, p in routes if any(_matches(p, c) for mc, c in covered if mc == m)}
