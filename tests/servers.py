@@ -25,6 +25,7 @@ class Service:
     port: int
     metrics_dir: Path
     log: Path
+    pid: int  # the server process (with one worker, the one that serves)
 
 
 def free_port() -> int:
@@ -107,6 +108,6 @@ def segments_server(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(f"{base}/readyz", process, log, "segments serve")
-        yield Service(base=base, port=port, metrics_dir=metrics_dir, log=log)
+        yield Service(base=base, port=port, metrics_dir=metrics_dir, log=log, pid=process.pid)
     finally:
         stop(process)

@@ -614,9 +614,13 @@ def stream_members(
         .where(_audience(segment_key, purpose))
         .order_by(memberships.c.customer_id)
     )
-    result = conn.execution_options(stream_results=True, max_row_buffer=chunk).execute(query)
-    for rows in result.partitions(chunk):
-        yield [_member(row) for row in rows]
+    # yield_per: stream_results (a named cursor on psycopg) fetching `chunk` rows at a time
+    result = conn.execution_options(yield_per=chunk).execute(query)
+    try:
+        for rows in result.partitions():
+            yield [_member(row) for row in rows]
+    finally:
+        result.close()  # an abandoned export (client gone) closes its cursor at once
 
 
 @dataclass(frozen=True)
