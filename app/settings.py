@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+import phonenumbers
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +107,15 @@ class Settings(BaseSettings):
         default=True, description="freeze start-up objects out of the garbage collector"
     )
     log_level: str = "info"
+
+    @field_validator("phone_default_region")
+    @classmethod
+    def _known_region(cls, region: str | None) -> str | None:
+        if region is None:
+            return None
+        if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{region!r} is not a region phonenumbers knows (e.g. GB, US, DE)")
+        return region.upper()
 
     @property
     def database_url_text(self) -> str:

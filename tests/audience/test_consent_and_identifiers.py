@@ -8,11 +8,15 @@ import hashlib
 import io
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 import orjson
 import pytest
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import clear_tables, make_settings
 
 CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
 LAPSED = {"recency_days": 300, "frequency": 1, "monetary": 30.0}
@@ -267,3 +271,24 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
     batch(client, {"customer_id": "late", "features": CHAMPION, "consent": {"advertising": True}})
     after = client.get("/v1/changes", params={"since": position}).json()["changes"]
     assert [(c["customer_id"], c["event"]) for c in after] == [("late", "entered")]
+
+
+def test_a_default_region_completes_national_phone_numbers(
+    database_url: str, rfm_model_dir: Path
+) -> None:
+    clear_tables(database_url)
+    settings = make_settings(database_url, rfm_model_dir, phone_default_region="gb")
+    with TestClient(create_app(settings)) as client:
+        batch(
+            client,
+            {
+                "customer_id": "uk",
+                "features": CHAMPION,
+                "phone": "020 7946 0958",
+                "consent": {"advertising": True},
+            },
+        )
+        page = client.get("/v1/segments/champions/members", params={"identifiers": "google"})
+        assert page.json()["records"][0]["phone_sha256"] == GOOGLE_PHONE_SHA
+    with pytest.raises(ValueError, match="region"):
+        make_settings(database_url, rfm_model_dir, phone_default_region="XX")
