@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -47,6 +48,11 @@ class ModelWatcher:
         self.registry_active: str | None = None  # what the registry said at the last poll
         self.load_error: str | None = None  # why the last load failed, while it stands
         self._failed: dict[tuple[str, str], float] = {}  # (version, sha256) -> retry after
+        # Bumped by every swap. An activation request swaps in a thread while a poll may be
+        # between reading the registry and acting on it; the poll then acts on a stale answer
+        # and would put the old model back, so it acts only if no swap happened since it read.
+        self._generation = 0
+        self._swap = threading.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -58,47 +64,61 @@ class ModelWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def adopt(self, model: SegmentModel) -> None:
-        """Serve `model` from now on (already verified): requests started before keep theirs."""
-        previous = self.service.model
-        if previous is model:
-            return
-        for segment in model.manifest.segments:
-            ASSIGNMENTS.labels(model.version, segment.key)  # every series from zero
-        self.service.model = model
-        self.registry_active = model.version
-        self.load_error = None
+    def adopt(self, model: SegmentModel, *, read_at: int | None = None) -> bool:
+        """Serve `model` from now on (already verified): requests started before keep theirs.
+        A poll passes the generation it read the registry at; False if that was stale."""
+        with self._swap:
+            if read_at is not None and read_at != self._generation:
+                return False
+            previous = self.service.model
+            if previous is model:
+                return True
+            for segment in model.manifest.segments:
+                ASSIGNMENTS.labels(model.version, segment.key)  # every series from zero
+            self.service.model = model
+            self.registry_active = model.version
+            self.load_error = None
+            self._generation += 1
         log.info("now serving model %s (was %s)", model.version, previous.version)
+        return True
 
-    def adopt_shadow(self, model: SegmentModel | None) -> None:
-        self.shadow.model = model
+    def adopt_shadow(self, model: SegmentModel | None, *, read_at: int | None = None) -> None:
+        with self._swap:
+            if read_at is not None and read_at != self._generation:
+                return
+            self.shadow.model = model
+            self._generation += 1
         log.info("shadow model: %s", model.version if model is not None else "none")
 
     async def check(self) -> None:
         """One poll: converge on what the registry says (the loop calls it; tests may too)."""
+        read_at = self._generation
         try:
             served = await asyncio.to_thread(self.registry.served)
         except SQLAlchemyError as exc:
             log.debug("registry not readable, keeping the current models: %s", exc)
             return
-        await self._follow(served)
+        if read_at == self._generation:  # else a swap since the read: the next poll converges
+            await self._follow(served, read_at)
 
-    async def _follow(self, served: ServedVersions) -> None:
+    async def _follow(self, served: ServedVersions, read_at: int) -> None:
         if served.active is not None:
             self.registry_active = served.active[0]
             current = self.service.model
             if served.active != (current.version, current.artifact.sha256):
                 model = await self._load(*served.active)
                 if model is not None:
-                    self.adopt(model)
+                    if not self.adopt(model, read_at=read_at):
+                        return
+                    read_at = self._generation
         shadow = self.shadow.model
         if served.shadow is None:
             if shadow is not None:
-                self.adopt_shadow(None)
+                self.adopt_shadow(None, read_at=read_at)
         elif shadow is None or served.shadow != (shadow.version, shadow.artifact.sha256):
             model = await self._load(*served.shadow)
             if model is not None:
-                self.adopt_shadow(model)
+                self.adopt_shadow(model, read_at=read_at)
 
     async def _load(self, version: str, sha256: str) -> SegmentModel | None:
         retry_after = self._failed.get((version, sha256))

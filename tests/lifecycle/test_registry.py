@@ -326,3 +326,29 @@ def test_shadow_scores_live_traffic_and_counts_agreement(
     assert 2 <= len(pairs) <= 4, pairs  # champions and lapsed land in one segment each
     assert app_a.delete("/v1/models/shadow").json() == {"shadow": None}
     assert app_a.get("/v1/models").json()["shadow"] is None
+
+
+def test_a_poll_that_read_the_registry_before_an_activation_cannot_undo_it(
+    database_url: str, rfm_model_dir: Path, rfm_model_b: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher reads the registry in a thread; an activation request can commit and swap
+    between that read and the poll acting on it. The stale answer must not put the old model back."""
+    clear_tables(database_url)
+    settings = make_settings(database_url, rfm_model_dir, model_poll_seconds=60)
+    with TestClient(create_app(settings)) as client:
+        assert segments_cli(database_url, "models", "register", str(rfm_model_b))[0] == 0
+        watcher = client.app_state["runtime"].watcher
+        read_registry = watcher.registry.served
+
+        def read_then_an_activation_lands() -> object:
+            stale = read_registry()  # says test-rfm-k4
+            response = client.post("/v1/models/test-rfm-k5/activate")
+            assert response.status_code == 200, response.text
+            return stale
+
+        monkeypatch.setattr(watcher.registry, "served", read_then_an_activation_lands)
+        client.portal.call(watcher.check)
+        monkeypatch.undo()
+        assert assign(client, "c1", CHAMPION)["model_version"] == "test-rfm-k5"
+        client.portal.call(watcher.check)  # the next poll agrees
+        assert assign(client, "c2", CHAMPION)["model_version"] == "test-rfm-k5"
