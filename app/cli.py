@@ -316,10 +316,10 @@ def export_audience(
         str,
         typer.Option(
             "--purpose",
-            help="advertising: only customers who opted in; personalization: all but those "
-            "who objected",
+            help="personalization: all but those who objected; advertising: only customers who "
+            "opted in (use it for ad platforms)",
         ),
-    ] = "advertising",
+    ] = "personalization",
     identifiers: Annotated[
         str,
         typer.Option(

@@ -73,6 +73,17 @@ class ConsentWithheld(AppError):
         )
 
 
+class TooManyExports(AppError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"{limit} audience exports are streaming already; retry in a minute, or page the "
+            "audience as JSON meanwhile.",
+            [Problem("format", f"at most {limit} streamed exports at once (SEGMENTS_MAX_EXPORTS)")],
+            429,
+            "too_many_exports",
+        )
+
+
 class NothingErased(AppError):
     def __init__(self, customer_id: str, already_erased: bool) -> None:
         tombstone = (

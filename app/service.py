@@ -104,6 +104,7 @@ class AssignmentService:
         self.shadow: ShadowScorer | None = None  # set by the lifespan: live traffic for a shadow
         self.id_hash = id_hash  # names erased customers in tombstones (app.audience.erasure)
         self.phone_region = phone_region  # for phone numbers sent without a country code
+        self.open_exports = 0  # streamed exports holding a connection (counted on the loop)
 
     @property
     def model(self) -> SegmentModel:
@@ -297,11 +298,13 @@ class AssignmentService:
         with self.transaction("export") as conn:
             repository.begin_snapshot(conn)
             position = repository.feed_position(conn)
-            yield AudienceExport(
-                segment_key,
-                feed_cursor(position),
-                repository.stream_members(conn, segment_key, purpose, chunk),
-            )
+            chunks = repository.stream_members(conn, segment_key, purpose, chunk)
+            try:
+                yield AudienceExport(segment_key, feed_cursor(position), chunks)
+            finally:
+                # closed here, on this connection, before it goes back to the pool: left to the
+                # garbage collector, its CLOSE could hit another request's transaction
+                chunks.close()
 
     def changes(
         self, segment_key: str | None, purpose: Purpose, cursor: str | None, limit: int

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         description="serve without API keys on PostgreSQL (the embedded-SQLite quickstart "
         "always may); said loudly at start-up and in /readyz",
     )
+    max_exports: int = Field(
+        default=4,
+        ge=1,
+        description="streamed audience exports one worker runs at once (each holds a database "
+        "connection until its client has read everything); more are a 429",
+    )
     erasure_key: SecretStr = Field(
         default=SecretStr(""),
         description="secret key of the keyed hash erasure tombstones name customers by; "

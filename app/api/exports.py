@@ -18,6 +18,7 @@ from starlette.responses import StreamingResponse
 
 from app.audience.consent import Purpose
 from app.audience.formats import MEDIA_TYPES, ExportFormat, Identifiers, renderer
+from app.errors import TooManyExports
 from app.service import AssignmentService
 
 FEED_CURSOR_HEADER = "Segments-Feed-Cursor"
@@ -41,11 +42,33 @@ async def stream_audience(
     purpose: Purpose,
     export_format: ExportFormat,
     identifiers: Identifiers,
+    max_exports: int,
 ) -> StreamingResponse:
     """The audience as a streamed response; the snapshot opens before the headers go out, so an
-    unknown segment is still a plain 404."""
+    unknown segment is still a plain 404.
+
+    Each export holds a pooled connection until its client has read everything, so at most
+    `max_exports` run at once (counted on the event loop): slow readers cannot take every
+    connection from the assignments."""
+    if service.open_exports >= max_exports:
+        raise TooManyExports(max_exports)
+    service.open_exports += 1
+    released = False
+
+    def release() -> None:  # on the event loop, once
+        nonlocal released
+        if not released:
+            released = True
+            service.open_exports -= 1
+
     resources = ExitStack()
-    export = await run_in_threadpool(resources.enter_context, service.export(segment_key, purpose))
+    try:
+        export = await run_in_threadpool(
+            resources.enter_context, service.export(segment_key, purpose)
+        )
+    except BaseException:
+        release()
+        raise
     first, render = renderer(export_format, segment_key, identifiers)
 
     async def close() -> None:
@@ -53,6 +76,7 @@ async def stream_audience(
         # snapshot must still go back to the pool (closing twice is harmless)
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(resources.close)
+        release()
 
     async def body() -> AsyncIterator[bytes]:
         try:

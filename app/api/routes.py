@@ -354,8 +354,9 @@ def segments(runtime: RuntimeDep) -> SegmentsOut:
 PurposeQuery = Annotated[
     Purpose,
     Query(
-        description="whose consent to honour: advertising (only customers who opted in) or "
-        "personalization (all but those who objected)"
+        description="whose consent to honour: personalization (the default: everyone but "
+        "customers who objected) or advertising (only customers who opted in; ad platforms "
+        "must ask for it)"
     ),
 ]
 
@@ -385,7 +386,7 @@ async def segment_members(
     key: str,
     request: Request,
     runtime: RuntimeDep,
-    purpose: PurposeQuery = Purpose.ADVERTISING,
+    purpose: PurposeQuery = Purpose.PERSONALIZATION,
     format: Annotated[
         ExportFormat | None,
         Query(
@@ -405,7 +406,14 @@ async def segment_members(
     whole audience streamed as NDJSON or CSV from one snapshot."""
     export_format = negotiate(format, request.headers.get("accept"))
     if export_format is not ExportFormat.JSON:
-        return await stream_audience(runtime.service, key, purpose, export_format, identifiers)
+        return await stream_audience(
+            runtime.service,
+            key,
+            purpose,
+            export_format,
+            identifiers,
+            runtime.settings.max_exports,
+        )
     page = await run_in_threadpool(runtime.service.members, key, purpose, cursor, limit)
     # a page holds up to 10,000 ids: orjson straight from the list, not a model per response
     body: dict[str, Any] = {
@@ -468,7 +476,7 @@ ChangesLimit = Annotated[int, Query(ge=1, le=10_000)]
 )
 def all_changes(
     runtime: RuntimeDep,
-    purpose: PurposeQuery = Purpose.ADVERTISING,
+    purpose: PurposeQuery = Purpose.PERSONALIZATION,
     since: SinceQuery = None,
     limit: ChangesLimit = 1000,
 ) -> Response:
@@ -488,7 +496,7 @@ def all_changes(
 def segment_changes(
     key: str,
     runtime: RuntimeDep,
-    purpose: PurposeQuery = Purpose.ADVERTISING,
+    purpose: PurposeQuery = Purpose.PERSONALIZATION,
     since: SinceQuery = None,
     limit: ChangesLimit = 1000,
 ) -> Response:

@@ -122,10 +122,11 @@ def _profile(
         else:
             for name, flag in raw_consent.items():
                 if name not in PURPOSES:
+                    # the unknown name is not repeated: a client could have put anything there
                     problems.append(
                         Problem(
-                            f"{where}consent.{name}",
-                            "is not a consent flag; send personalization and/or advertising",
+                            f"{where}consent",
+                            "has a flag other than personalization and advertising; send only those",
                         )
                     )
                 elif flag is not None and not isinstance(flag, bool):

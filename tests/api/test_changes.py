@@ -133,7 +133,7 @@ def test_a_poller_sees_every_change_exactly_once_during_concurrent_writes(
 
         async def poll(client: httpx.AsyncClient) -> bool:
             nonlocal cursor
-            params: dict[str, str | int] = {"limit": 50}
+            params: dict[str, str | int] = {"limit": 50, "purpose": "advertising"}
             if cursor is not None:
                 params["since"] = cursor
             page = (await client.get("/v1/changes", params=params)).json()

@@ -114,7 +114,7 @@ def test_bad_identifiers_are_named_by_row_without_echoing_them(
         "customers[1].email",
         "customers[2].phone",
         "customers[3].consent.advertising",
-        "customers[4].consent.marketing",
+        "customers[4].consent",  # an unknown flag's name is not repeated
     ]
     for leaked in (secret_email, secret_phone, "7946"):
         assert leaked not in response.text
@@ -145,8 +145,10 @@ def test_advertising_needs_an_opt_in_and_personalization_honours_an_objection(
     )
     assert members(client, "advertising") == ["objects", "yes"]
     assert members(client, "personalization") == ["no", "unsaid", "yes"]
-    # the default is advertising: the audience endpoints exist for ad platforms
-    assert client.get("/v1/segments/champions/members").json()["members"] == ["objects", "yes"]
+    # the default is the contract's audience: everyone in the segment who did not object
+    default = client.get("/v1/segments/champions/members").json()
+    assert default["members"] == ["no", "unsaid", "yes"]
+    assert default["purpose"] == "personalization"
 
     lookup = client.get("/v1/customers/objects/segment")
     assert lookup.status_code == 404
@@ -229,7 +231,7 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
     paged: list[str] = []
     cursor = None
     while True:
-        params: dict[str, str | int] = {"limit": 1000}
+        params: dict[str, str | int] = {"limit": 1000, "purpose": "advertising"}
         if cursor:
             params["cursor"] = cursor
         page = client.get("/v1/segments/champions/members", params=params).json()
@@ -241,7 +243,7 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
 
     ndjson = client.get(
         "/v1/segments/champions/members",
-        params={"identifiers": "google"},
+        params={"identifiers": "google", "purpose": "advertising"},
         headers={"accept": "application/x-ndjson"},
     )
     assert ndjson.status_code == 200
@@ -255,7 +257,9 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
     position = ndjson.headers["segments-feed-cursor"]
     assert position == feed_cursor["next_cursor"]
 
-    exported = client.get("/v1/segments/champions/members", params={"format": "csv"})
+    exported = client.get(
+        "/v1/segments/champions/members", params={"format": "csv", "purpose": "advertising"}
+    )
     assert exported.headers["content-type"].startswith("text/csv")
     assert "attachment" in exported.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(exported.text)))
@@ -269,7 +273,9 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
 
     # following the feed from the export's position misses nothing and repeats nothing
     batch(client, {"customer_id": "late", "features": CHAMPION, "consent": {"advertising": True}})
-    after = client.get("/v1/changes", params={"since": position}).json()["changes"]
+    after = client.get("/v1/changes", params={"since": position, "purpose": "advertising"}).json()[
+        "changes"
+    ]
     assert [(c["customer_id"], c["event"]) for c in after] == [("late", "entered")]
 
 

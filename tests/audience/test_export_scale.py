@@ -105,7 +105,9 @@ def test_a_200k_audience_streams_in_flat_memory(
     if not on_postgres:
         pytest.skip("the scale test is about PostgreSQL's server-side cursor")
     clear_tables(database_url)
-    with segments_server(database_url, rfm_model_dir, tmp_path, workers=1) as service:
+    with segments_server(
+        database_url, rfm_model_dir, tmp_path, workers=1, SEGMENTS_MAX_EXPORTS="1"
+    ) as service:
         seed(service.base)
         # warm up: the first export imports and caches what every export uses
         export(service.base, {"format": "csv", "limit": "1"})
@@ -117,6 +119,7 @@ def test_a_200k_audience_streams_in_flat_memory(
             with sampled_rss(service.pid) as samples:
                 lines, size, first = export(service.base, params)
             results[name] = (lines, size, first, samples)
+        exports_are_limited_while_a_slow_reader_holds_one(service.base)
 
     report = []
     for name, (lines, size, _, samples) in results.items():
@@ -171,3 +174,25 @@ def test_a_200k_audience_streams_in_flat_memory(
         assert sum(1 for _ in exported) == MEMBERS + 1
     print(f"segments export: {out.stat().st_size / 1e6:.1f} MB file, peak RSS {peak:.0f} MB")
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def exports_are_limited_while_a_slow_reader_holds_one(base: str) -> None:
+    """SEGMENTS_MAX_EXPORTS=1: an export whose client pauses keeps its slot (and connection), so
+    the next is a 429 in the contract's body, while pages still work; once read, a slot is free."""
+    with (
+        httpx.Client(base_url=base, timeout=120) as client,
+        client.stream("GET", "/v1/segments/champions/members", params={"format": "csv"}) as slow,
+    ):
+        assert slow.status_code == 200
+        lines = slow.iter_lines()
+        assert next(lines).startswith("customer_id,")  # then the reader pauses
+        refused = client.get("/v1/segments/champions/members", params={"format": "ndjson"})
+        assert refused.status_code == 429, refused.text[:300]
+        error = refused.json()["error"]
+        assert error["code"] == "too_many_exports"
+        assert error["details"][0]["loc"] == "format"
+        page = client.get("/v1/segments/champions/members", params={"limit": 10})
+        assert page.status_code == 200
+        assert sum(1 for _ in lines) == MEMBERS  # the slow reader gets everything
+    after = export(base, {"format": "csv"})
+    assert after[0] == MEMBERS + 1

@@ -346,9 +346,11 @@ def test_a_poll_that_read_the_registry_before_an_activation_cannot_undo_it(
             assert response.status_code == 200, response.text
             return stale
 
+        portal = client.portal  # the app's event loop, where the watcher polls
+        assert portal is not None
         monkeypatch.setattr(watcher.registry, "served", read_then_an_activation_lands)
-        client.portal.call(watcher.check)
+        portal.call(watcher.check)
         monkeypatch.undo()
         assert assign(client, "c1", CHAMPION)["model_version"] == "test-rfm-k5"
-        client.portal.call(watcher.check)  # the next poll agrees
+        portal.call(watcher.check)  # the next poll agrees
         assert assign(client, "c2", CHAMPION)["model_version"] == "test-rfm-k5"

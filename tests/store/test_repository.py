@@ -7,6 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
+from app.audience.consent import Purpose
+from app.audience.profile import CustomerProfile
 from app.scoring.model import SegmentModel
 from app.service import AssignmentService
 from app.store import repository
@@ -15,8 +17,10 @@ from app.store.repository import AssignmentBatch, AssignmentRow
 from tests.conftest import TEST_ID_HASH, clear_tables, make_settings
 
 
-def _row(customer: str, key: str, at: datetime) -> AssignmentRow:
-    return AssignmentRow(customer, 1, key, "v1", 0.5, 0.5, {"recency_days": 1.0}, at)
+def _row(
+    customer: str, key: str, at: datetime, profile: CustomerProfile | None = None
+) -> AssignmentRow:
+    return AssignmentRow(customer, 1, key, "v1", 0.5, 0.5, {"recency_days": 1.0}, at, profile)
 
 
 def test_membership_follows_the_latest_assignment_not_the_last_commit(
@@ -44,6 +48,47 @@ def test_membership_follows_the_latest_assignment_not_the_last_commit(
         "hibernating",
     ]  # newest first, same order
     service.engine.dispose()
+
+
+def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
+    database_url: str,
+) -> None:
+    """The segment follows the latest assignment; consent follows the last word received, so a
+    withdrawal that arrives on a request scored a moment earlier is never lost."""
+    clear_tables(database_url)
+    engine = create_engine(database_url)
+    earlier = datetime(2026, 1, 1, tzinfo=UTC)
+    later = earlier + timedelta(milliseconds=3)
+    opted_in = CustomerProfile(consent_advertising=True)
+    withdrawn = CustomerProfile(consent_advertising=False)
+    with engine.begin() as conn:
+        repository.store_batch(
+            conn,
+            AssignmentBatch.of_rows([_row("c1", "champions", later, opted_in)]),
+            TEST_ID_HASH,
+        )
+    with engine.begin() as conn:
+        repository.store_batch(
+            conn,
+            AssignmentBatch.of_rows([_row("c1", "hibernating", earlier, withdrawn)]),
+            TEST_ID_HASH,
+        )
+    with engine.connect() as conn:
+        current = repository.current_membership(conn, "c1")
+        audience = repository.segment_members(conn, "champions", Purpose.ADVERTISING, None, 10)
+        feed = repository.membership_changes(conn, None, Purpose.ADVERTISING, 0, 10)
+    assert current is not None
+    assert current.segment_key == "champions"
+    assert current.assigned_at == later
+    assert current.profile is not None
+    assert current.profile.consent_advertising is False
+    assert audience == []
+    # the advertising feed: entered with the opt-in, exited with the withdrawal
+    assert [(c.event, c.segment_key, c.cause) for c in feed] == [
+        ("entered", "champions", "assignment"),
+        ("exited", "champions", "consent"),
+    ]
+    engine.dispose()
 
 
 def test_a_customer_twice_in_one_batch_keeps_the_later_row(database_url: str) -> None:
