@@ -63,10 +63,15 @@ class CustomerNotFound(AppError):
 
 
 class ConsentWithheld(AppError):
-    def __init__(self, customer_id: str, purpose: str) -> None:
+    def __init__(self, customer_id: str, purpose: str, consent: bool | None) -> None:
+        said = (
+            f"objected to {purpose} (consent.{purpose} is false)"
+            if consent is False
+            else f"has not opted in to {purpose} (consent.{purpose} was never sent true)"
+        )
         super().__init__(
-            f"The customer objected to {purpose} (consent.{purpose} is false), so their segment "
-            f"is not served for it; it is again once an assignment sends consent.{purpose} true.",
+            f"The customer {said}, so their segment is not served for it; it is once an "
+            f"assignment sends consent.{purpose} true.",
             [Problem("customer_id", f"{customer_id!r} withheld {purpose} consent")],
             404,
             "consent_withheld",
@@ -196,6 +201,17 @@ class Forbidden(AppError):
             f"The API key {key_name!r} lacks the {scope!r} scope this endpoint needs; use a key "
             "that has it.",
             [Problem("authorization", f"key {key_name!r} has no scope {scope!r}")],
+            403,
+            "forbidden",
+        )
+
+
+class PurposeForbidden(AppError):
+    def __init__(self, key_name: str, scope: str) -> None:
+        super().__init__(
+            f"The API key {key_name!r} reads advertising audiences only; ask for "
+            f"purpose=advertising, or use a key with the {scope!r} scope.",
+            [Problem("purpose", f"key {key_name!r} has the advertising scope, not {scope!r}")],
             403,
             "forbidden",
         )

@@ -225,17 +225,18 @@ class AssignmentService:
 
     # --- reading and erasing -----------------------------------------------------------------
 
-    def current(self, customer_id: str) -> AssignmentRow:
-        """The customer's current segment, for personalization: not served to one who objected."""
+    def current(
+        self, customer_id: str, purpose: Purpose = Purpose.PERSONALIZATION
+    ) -> AssignmentRow:
+        """The customer's current segment, if their consent allows `purpose` (app.audience.consent)."""
         _check_customer_id(customer_id)
         with self.transaction("lookup") as conn:
             row = repository.current_membership(conn, customer_id)
         if row is None:
             raise CustomerNotFound(customer_id)
-        if row.profile is not None and not allows(
-            Purpose.PERSONALIZATION, row.profile.consent_personalization
-        ):
-            raise ConsentWithheld(customer_id, Purpose.PERSONALIZATION)
+        consent = row.profile.consent_for(purpose) if row.profile is not None else None
+        if not allows(purpose, consent):
+            raise ConsentWithheld(customer_id, purpose, consent)
         return row
 
     def history(self, customer_id: str, limit: int) -> list[AssignmentRow]:

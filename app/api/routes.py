@@ -38,7 +38,7 @@ from app.api.schemas import (
 )
 from app.audience.consent import Purpose
 from app.audience.formats import ExportFormat, Identifiers, member_fields
-from app.auth.guard import requires
+from app.auth.guard import purpose_for, requires
 from app.auth.keys import ApiKey, Scope
 from app.errors import InvalidFeatures, ModelNotFound, ModelRefused, NothingErased, error_body
 from app.lifecycle.compare import Comparison, compare, stored_features
@@ -60,6 +60,9 @@ async def _runtime(request: Request) -> Runtime:
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 AdminKey = Annotated[ApiKey, Depends(requires(Scope.ADMIN))]  # the key's name goes to the audit
+# the consent purpose a route serves, checked against the caller's key (app.auth.guard)
+AudiencePurpose = Annotated[Purpose, Depends(purpose_for(Scope.AUDIENCE))]
+LookupPurpose = Annotated[Purpose, Depends(purpose_for(Scope.READ))]
 CustomerIdPath = Annotated[str, Path(pattern=CUSTOMER_ID_PATTERN, max_length=128)]
 # the hot routes check their key inline (no dependency injection): declared here for OpenAPI
 BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
@@ -181,11 +184,13 @@ async def assign_batch(request: Request) -> Response:
     "/v1/customers/{customer_id}/segment",
     response_model=AssignmentOut,
     tags=["customers"],
-    dependencies=[Depends(requires(Scope.READ))],
 )
-def current_segment(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
-    """The customer's current segment: their latest stored assignment."""
-    batch = AssignmentBatch.of_rows([runtime.service.current(customer_id)])
+def current_segment(
+    customer_id: CustomerIdPath, runtime: RuntimeDep, purpose: LookupPurpose
+) -> Response:
+    """The customer's current segment (their latest stored assignment), if their consent allows
+    the purpose: 404 consent_withheld otherwise."""
+    batch = AssignmentBatch.of_rows([runtime.service.current(customer_id, purpose)])
     return Response(
         _assignments_json(batch, runtime.segment_names)[0], media_type="application/json"
     )
@@ -328,7 +333,8 @@ def erasure_audit(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
     "/v1/segments",
     response_model=SegmentsOut,
     tags=["segments"],
-    dependencies=[Depends(requires(Scope.READ))],
+    # the catalogue of audiences an ad platform may follow: no customer data in it
+    dependencies=[Depends(requires(Scope.READ, also=Scope.ADVERTISING))],
 )
 def segments(runtime: RuntimeDep) -> SegmentsOut:
     """The active model's segments, with profiles a marketer can read."""
@@ -351,21 +357,10 @@ def segments(runtime: RuntimeDep) -> SegmentsOut:
     )
 
 
-PurposeQuery = Annotated[
-    Purpose,
-    Query(
-        description="whose consent to honour: personalization (the default: everyone but "
-        "customers who objected) or advertising (only customers who opted in; ad platforms "
-        "must ask for it)"
-    ),
-]
-
-
 @router.get(
     "/v1/segments/{key}/members",
     response_model=MembersOut,
     tags=["segments", "audiences"],
-    dependencies=[Depends(requires(Scope.AUDIENCE))],
     responses={
         200: {
             "content": {
@@ -386,7 +381,7 @@ async def segment_members(
     key: str,
     request: Request,
     runtime: RuntimeDep,
-    purpose: PurposeQuery = Purpose.PERSONALIZATION,
+    purpose: AudiencePurpose,
     format: Annotated[
         ExportFormat | None,
         Query(
@@ -472,11 +467,10 @@ ChangesLimit = Annotated[int, Query(ge=1, le=10_000)]
     "/v1/changes",
     response_model=ChangesOut,
     tags=["audiences"],
-    dependencies=[Depends(requires(Scope.AUDIENCE))],
 )
 def all_changes(
     runtime: RuntimeDep,
-    purpose: PurposeQuery = Purpose.PERSONALIZATION,
+    purpose: AudiencePurpose,
     since: SinceQuery = None,
     limit: ChangesLimit = 1000,
 ) -> Response:
@@ -491,12 +485,11 @@ def all_changes(
     "/v1/segments/{key}/changes",
     response_model=ChangesOut,
     tags=["audiences"],
-    dependencies=[Depends(requires(Scope.AUDIENCE))],
 )
 def segment_changes(
     key: str,
     runtime: RuntimeDep,
-    purpose: PurposeQuery = Purpose.PERSONALIZATION,
+    purpose: AudiencePurpose,
     since: SinceQuery = None,
     limit: ChangesLimit = 1000,
 ) -> Response:

@@ -42,6 +42,11 @@ class CustomerProfile:
         }
         return CustomerProfile(**merged)
 
+    def consent_for(self, purpose: Purpose) -> bool | None:
+        if purpose is Purpose.ADVERTISING:
+            return self.consent_advertising
+        return self.consent_personalization
+
     def values(self) -> tuple[str | bool | None, ...]:
         return (
             self.email_sha256,

@@ -14,11 +14,12 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Request, Security
+from fastapi import Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.audience.consent import Purpose
 from app.auth.keys import ApiKey, KeyRing, Scope, parse_bearer
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, PurposeForbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ class Guard:
     def open(self) -> bool:
         return len(self.keys) == 0
 
-    def authorize(self, request: Request, scope: Scope) -> ApiKey:
-        """The caller's key if it has `scope`; 401 without a known key, 403 without the scope."""
+    def authorize(self, request: Request, scope: Scope, also: Scope | None = None) -> ApiKey:
+        """The caller's key if it has `scope` (or `also`); 401 without a known key, 403 naming
+        `scope` without either."""
         if self.open:
             return ANONYMOUS
         presented = parse_bearer(request.headers.get("authorization"))
@@ -45,23 +47,60 @@ class Guard:
         key = self.keys.authenticate(presented)
         if key is None:
             raise Unauthorized("unknown")
-        if not key.allows(scope):
+        if not key.allows(scope) and (also is None or not key.allows(also)):
             raise Forbidden(key.name, scope.value)
         request.state.api_key = key
         return key
 
 
 def requires(
-    scope: Scope,
+    scope: Scope, also: Scope | None = None
 ) -> Callable[[Request, HTTPAuthorizationCredentials | None], Coroutine[Any, Any, ApiKey]]:
-    """A route dependency: the request needs a key with `scope`."""
+    """A route dependency: the request needs a key with `scope` (or `also`)."""
 
     async def check(
         request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
     ) -> ApiKey:
         # async: a plain def dependency would cost a hop to the thread pool
         guard: Guard = request.state.runtime.guard
-        return guard.authorize(request, scope)
+        return guard.authorize(request, scope, also)
 
     check.__name__ = f"requires_{scope.value}"
+    return check
+
+
+PurposeQuery = Annotated[
+    Purpose | None,
+    Query(
+        description="whose consent to honour: personalization (everyone but customers who "
+        "objected; the default) or advertising (only customers who opted in; the only one, "
+        "and the default, for a key with just the advertising scope)"
+    ),
+]
+
+
+def purpose_for(
+    scope: Scope,
+) -> Callable[
+    [Request, HTTPAuthorizationCredentials | None, Purpose | None], Coroutine[Any, Any, Purpose]
+]:
+    """A route dependency for a route that serves customers under a consent purpose: a key with
+    `scope` may ask for either (personalization by default); a key with only the advertising
+    scope is held to advertising, so an ad platform's key can never read customers who did
+    not opt in, whatever it asks for."""
+
+    async def check(
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+        purpose: PurposeQuery = None,
+    ) -> Purpose:
+        guard: Guard = request.state.runtime.guard
+        key = guard.authorize(request, scope, Scope.ADVERTISING)
+        if key.allows(scope):
+            return purpose or Purpose.PERSONALIZATION
+        if purpose is Purpose.PERSONALIZATION:
+            raise PurposeForbidden(key.name, scope.value)
+        return Purpose.ADVERTISING
+
+    check.__name__ = f"purpose_for_{scope.value}"
     return check

@@ -7,6 +7,7 @@ commas (blank lines and lines starting with # are ignored), e.g.::
     # name:sha256 of the key (64 hex):scopes
     ci:<64 hex>:assign+read
     crm:<64 hex>:audience
+    google-ads:<64 hex>:advertising
 
 `key_config_line` makes an entry to paste; `parse_key_config` reads them all into a `KeyRing`.
 
@@ -39,7 +40,10 @@ _NAME_RULE = (
 class Scope(StrEnum):
     ASSIGN = "assign"  # score customers and store their assignments
     READ = "read"  # read stored assignments, segments and the model
-    AUDIENCE = "audience"  # export hashed customer identifiers for ad platforms
+    AUDIENCE = "audience"  # audiences and change feeds, for either consent purpose
+    # an ad platform's key: audiences, change feeds and membership lookups, always for the
+    # advertising purpose (customers who opted in), plus the segment catalogue
+    ADVERTISING = "advertising"
     ADMIN = "admin"  # operate the service (models, keys); grants nothing else
 
 

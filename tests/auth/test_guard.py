@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from fastapi.routing import APIRoute
 from starlette.testclient import TestClient
@@ -50,6 +51,17 @@ ENDPOINTS: list[tuple[str, str, object, Scope]] = [
     ("POST", "/v1/customers/a3/restore", None, Scope.ADMIN),
     ("GET", "/v1/customers/a3/erasures", None, Scope.ADMIN),
 ]
+
+
+# where a key with just the advertising scope gets through too, held to that purpose
+ADVERTISING_ROUTES = {
+    ("GET", "/v1/customers/a1/segment"),
+    ("GET", "/v1/segments"),
+    ("GET", "/v1/segments/champions/members"),
+    ("GET", "/v1/segments/champions/members?format=csv"),
+    ("GET", "/v1/changes"),
+    ("GET", "/v1/segments/champions/changes"),
+}
 
 
 def test_the_table_names_every_api_route() -> None:
@@ -111,7 +123,7 @@ def test_each_endpoint_needs_its_scope(
 
     for other, key in KEYS.items():
         status, error, text = call(guarded, method, path, body, key)
-        if other == scope:
+        if other == scope or (other is Scope.ADVERTISING and (method, path) in ADVERTISING_ROUTES):
             assert status not in (401, 403), text
         else:
             assert status == 403, (other, text)
@@ -134,6 +146,57 @@ def test_a_key_with_every_scope_gets_through_and_the_rest_stays_open(guarded: Te
     for path in ("/v1/assignments", "/v1/assignments/batch"):
         assert schema["paths"][path]["post"]["security"] == [{"HTTPBearer": []}]
     assert schema["paths"]["/v1/segments"]["get"]["security"] == [{"HTTPBearer": []}]
+
+
+def test_an_advertising_key_sees_only_customers_who_opted_in(guarded: TestClient) -> None:
+    """An ad platform's key is held to the advertising purpose whatever it asks for: pages,
+    streams, feeds and lookups show opted-in customers only, and asking for more is a 403."""
+    everything = {"authorization": f"Bearer {ALL_SCOPES}"}
+    ads = {"authorization": f"Bearer {KEYS[Scope.ADVERTISING]}"}
+    customers = [
+        {"customer_id": "in", "features": CHAMPION, "consent": {"advertising": True}},
+        {"customer_id": "out", "features": CHAMPION, "consent": {"advertising": False}},
+        {"customer_id": "unsaid", "features": CHAMPION},
+    ]
+    response = guarded.post(
+        "/v1/assignments/batch", json={"customers": customers}, headers=everything
+    )
+    assert response.status_code == 200, response.text
+
+    page = guarded.get("/v1/segments/champions/members", headers=ads).json()
+    assert (page["members"], page["purpose"]) == (["in"], "advertising")
+    explicit = guarded.get(
+        "/v1/segments/champions/members", params={"purpose": "advertising"}, headers=ads
+    )
+    assert explicit.json()["members"] == ["in"]
+    streamed = guarded.get("/v1/segments/champions/members?format=ndjson", headers=ads)
+    assert [orjson.loads(line)["customer_id"] for line in streamed.text.splitlines()] == ["in"]
+    for path in ("/v1/changes", "/v1/segments/champions/changes"):
+        feed = guarded.get(path, headers=ads).json()["changes"]
+        assert {c["customer_id"] for c in feed} == {"in"}, path
+    assert guarded.get("/v1/customers/in/segment", headers=ads).status_code == 200
+    for customer in ("out", "unsaid"):
+        lookup = guarded.get(f"/v1/customers/{customer}/segment", headers=ads)
+        assert lookup.status_code == 404
+        assert lookup.json()["error"]["code"] == "consent_withheld"
+    assert guarded.get("/v1/segments", headers=ads).status_code == 200
+
+    # asking for the personalization audience is refused, naming the parameter
+    for path in (
+        "/v1/segments/champions/members",
+        "/v1/segments/champions/members?format=csv",
+        "/v1/changes",
+        "/v1/customers/unsaid/segment",
+    ):
+        refused = guarded.get(path, params={"purpose": "personalization"}, headers=ads)
+        assert refused.status_code == 403, path
+        assert refused.json()["error"]["code"] == "forbidden"
+        assert refused.json()["error"]["details"][0]["loc"] == "purpose"
+    # a key with the full scopes still chooses, and defaults to the contract's audience
+    full = guarded.get("/v1/segments/champions/members", headers=everything).json()
+    assert full["members"] == ["in", "out", "unsaid"]
+    # and the advertising scope opens nothing else
+    assert guarded.get("/v1/customers/in/assignments", headers=ads).status_code == 403
 
 
 def test_no_key_or_hash_appears_in_logs_or_bodies(
