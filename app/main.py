@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.api import audiences, erasure, lifecycle, routes
 from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
-from app.api.routes import router
 from app.audience.erasure import QUICKSTART_KEY, IdHasher
 from app.auth.guard import Guard
 from app.auth.keys import parse_key_config
@@ -127,7 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )
-    app.include_router(router)
+    for module in (routes, audiences, erasure, lifecycle):
+        app.include_router(module.router)
     install_error_handlers(app, settings.max_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer)
