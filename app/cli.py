@@ -333,7 +333,7 @@ def export_audience(
     from app.audience.formats import ExportFormat, Identifiers, renderer
     from app.lifecycle.registry import ModelRegistry
     from app.service import feed_cursor
-    from app.store import repository
+    from app.store import audiences
     from app.store.engine import make_engine
 
     chosen_format = _choice(ExportFormat, export_format, "--format", exclude=ExportFormat.JSON)
@@ -355,9 +355,9 @@ def export_audience(
             )
         first, render = renderer(chosen_format, segment, chosen_identifiers)
         with engine.begin() as conn, partial.open("wb") as sink:
-            repository.begin_snapshot(conn)
-            position = repository.feed_position(conn)
-            total = repository.audience_size(conn, segment, chosen_purpose)
+            audiences.begin_snapshot(conn)
+            position = audiences.feed_position(conn)
+            total = audiences.audience_size(conn, segment, chosen_purpose)
             sink.write(first)
             with Progress(
                 TextColumn(f"{segment} ({chosen_purpose})"),
@@ -367,7 +367,7 @@ def export_audience(
                 console=err,
             ) as progress:
                 task = progress.add_task("export", total=total)
-                for chunk in repository.stream_members(conn, segment, chosen_purpose, 5_000):
+                for chunk in audiences.stream_members(conn, segment, chosen_purpose, 5_000):
                     sink.write(render(chunk))
                     progress.advance(task, len(chunk))
         partial.replace(out)  # readers never see half a file

@@ -43,16 +43,12 @@ from app.metrics.registry import (
 )
 from app.scoring.model import SegmentModel
 from app.scoring.validation import Problem, ValidBatch, customer_id_problem
-from app.store import repository
+from app.store import audiences, repository
+from app.store import erasure as erasure_store
+from app.store.audiences import MemberRow, MembershipChange
+from app.store.erasure import Erasure
 from app.store.group_commit import GroupCommitter
-from app.store.repository import (
-    AssignmentBatch,
-    AssignmentRow,
-    Erasure,
-    IdHash,
-    MemberRow,
-    MembershipChange,
-)
+from app.store.repository import AssignmentBatch, AssignmentRow, IdHash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -248,11 +244,11 @@ class AssignmentService:
         return rows
 
     def erase(self, customer_ids: Sequence[str], api_key: str) -> list[Erasure]:
-        """Erase the customers and leave a tombstone for each (app.store.repository.erase_customers)."""
+        """Erase the customers and leave a tombstone for each (app.store.erasure_store.erase_customers)."""
         for customer_id in customer_ids:
             _check_customer_id(customer_id)
         with self.transaction("erase", writing=True) as conn:
-            return repository.erase_customers(
+            return erasure_store.erase_customers(
                 conn, customer_ids, self.id_hash, api_key, datetime.now(UTC)
             )
 
@@ -260,7 +256,7 @@ class AssignmentService:
         """Lift the customer's tombstone: their assignments are stored again from now on."""
         _check_customer_id(customer_id)
         with self.transaction("erase", writing=True) as conn:
-            if not repository.restore_customer(
+            if not erasure_store.restore_customer(
                 conn, customer_id, self.id_hash, api_key, datetime.now(UTC)
             ):
                 raise NotErased(customer_id)
@@ -268,7 +264,7 @@ class AssignmentService:
     def erasure_audit(self, customer_id: str) -> list[dict[str, Any]]:
         _check_customer_id(customer_id)
         with self.transaction("lookup") as conn:
-            return repository.erasure_audit_rows(conn, customer_id, self.id_hash)
+            return erasure_store.erasure_audit_rows(conn, customer_id, self.id_hash)
 
     def members(
         self, segment_key: str, purpose: Purpose, cursor: str | None, limit: int
@@ -277,7 +273,7 @@ class AssignmentService:
         after = _decode_members_cursor(cursor) if cursor else None
         with self.transaction("lookup") as conn:
             # one extra row tells whether another page follows, without a count query
-            rows = repository.segment_members(conn, segment_key, purpose, after, limit + 1)
+            rows = audiences.segment_members(conn, segment_key, purpose, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return MembersPage(
@@ -297,9 +293,9 @@ class AssignmentService:
         """
         self._check_segment(segment_key)
         with self.transaction("export") as conn:
-            repository.begin_snapshot(conn)
-            position = repository.feed_position(conn)
-            chunks = repository.stream_members(conn, segment_key, purpose, chunk)
+            audiences.begin_snapshot(conn)
+            position = audiences.feed_position(conn)
+            chunks = audiences.stream_members(conn, segment_key, purpose, chunk)
             try:
                 yield AudienceExport(segment_key, feed_cursor(position), chunks)
             finally:
@@ -316,7 +312,7 @@ class AssignmentService:
             raise SegmentNotFound(segment_key, self.model.segments_by_key)
         after = _decode_changes_cursor(cursor) if cursor else 0
         with self.transaction("lookup") as conn:
-            rows = repository.membership_changes(conn, segment_key, purpose, after, limit + 1)
+            rows = audiences.membership_changes(conn, segment_key, purpose, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         last = rows[-1].id if rows else after

@@ -10,7 +10,7 @@ from enum import StrEnum
 
 import orjson
 
-from app.store.repository import MemberRow
+from app.store.audiences import MemberRow
 
 
 class ExportFormat(StrEnum):

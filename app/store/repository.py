@@ -1,12 +1,13 @@
-"""Reading and writing assignments: the only module that speaks SQL (through SQLAlchemy).
+"""Reading and writing assignments and memberships (with the change events a write causes).
+SQL lives only in app/store (through SQLAlchemy): audiences.py reads audiences and the feed,
+erasure.py erases.
 
 Functions take a Connection inside the caller's transaction and never commit themselves.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -298,7 +299,7 @@ def _store_postgresql(
     # Held to the commit: event ids are handed out in commit order, which is what lets a feed
     # reader page by id without missing an event a slower transaction commits later. The
     # history COPY above stays concurrent; only this merge is serialised.
-    _lock_memberships(conn)
+    lock_memberships(conn)
     return list(conn.execute(_MERGE_MEMBERSHIPS, {"rows": rows}).scalars())
 
 
@@ -340,15 +341,15 @@ def _store_sqlite(
     for incoming in members:
         values = {k: v for k, v in incoming.items() if k != "id_hash"}
         old = before.get(values["customer_id"])
-        if old is not None and _utc(old.assigned_at) > values["assigned_at"]:
+        if old is not None and as_utc(old.assigned_at) > values["assigned_at"]:
             # a later assignment is stored already: it keeps the segment (the upsert's rule)
             values |= {c: getattr(old, c) for c in MEMBERSHIP_COLUMNS}
-            values["assigned_at"] = _utc(old.assigned_at)
+            values["assigned_at"] = as_utc(old.assigned_at)
         for column in PROFILE_COLUMNS:  # a flag or hash not sent keeps the one sent before
             if values[column] is None and old is not None:
                 values[column] = getattr(old, column)
         stayed = old is not None and old.segment_key == values["segment_key"]
-        values["entered_at"] = _utc(old.entered_at) if stayed and old else values["assigned_at"]
+        values["entered_at"] = as_utc(old.entered_at) if stayed and old else values["assigned_at"]
         merged.append(values)
         events.extend(_events(old, values, stayed))
     if merged:
@@ -408,7 +409,7 @@ def current_membership(conn: Connection, customer_id: str) -> AssignmentRow | No
     return AssignmentRow(
         features={},
         profile=CustomerProfile(*(row[name] for name in PROFILE_COLUMNS)),
-        **{**values, "assigned_at": _utc(row["assigned_at"])},
+        **{**values, "assigned_at": as_utc(row["assigned_at"])},
     )
 
 
@@ -421,250 +422,15 @@ def customer_history(conn: Connection, customer_id: str, limit: int) -> list[Ass
         .limit(limit)
     )
     return [
-        AssignmentRow(**{**r, "assigned_at": _utc(r["assigned_at"])})
+        AssignmentRow(**{**r, "assigned_at": as_utc(r["assigned_at"])})
         for r in conn.execute(query).mappings()
     ]
 
 
-@dataclass(frozen=True)
-class Erasure:
-    """What erasing one customer deleted, and whether a tombstone stood already."""
-
-    customer_id: str
-    assignments: int
-    memberships: int
-    events: int
-    already_erased: bool
-
-    @property
-    def found(self) -> bool:
-        return bool(self.assignments or self.memberships or self.events)
-
-
-def erase_customers(
-    conn: Connection, customer_ids: Sequence[str], id_hash: IdHash, api_key: str, now: datetime
-) -> list[Erasure]:
-    """Erase each customer: history, membership (with hashes and consent) and change events go;
-    a tombstone (their keyed id hash) is recorded and one audit row per customer says what went
-    and which key asked. Holds the membership lock, so a concurrent write either committed
-    before (and is deleted here) or sees the tombstone (and stores nothing)."""
-    ids = list(dict.fromkeys(customer_ids))
-    hashes = {customer_id: id_hash(customer_id) for customer_id in ids}
-    _lock_memberships(conn)
-    standing = set(
-        conn.execute(
-            select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(list(hashes.values())))
-        ).scalars()
-    )
-    counts = {
-        table.name: Counter(
-            conn.execute(
-                delete(table).where(table.c.customer_id.in_(ids)).returning(table.c.customer_id)
-            ).scalars()
-        )
-        for table in (assignments, memberships, membership_events)
-    }
-    new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
-    if new:
-        conn.execute(insert(tombstones), new)
-    erasures = [
-        Erasure(
-            customer_id,
-            counts["assignments"][customer_id],
-            counts["memberships"][customer_id],
-            counts["membership_events"][customer_id],
-            hashes[customer_id] in standing,
-        )
-        for customer_id in ids
-    ]
-    conn.execute(
-        insert(erasure_audit),
-        [
-            {
-                "action": "erased",
-                "id_hash": hashes[e.customer_id],
-                "assignments": e.assignments,
-                "memberships": e.memberships,
-                "events": e.events,
-                "api_key": api_key,
-                "occurred_at": now,
-            }
-            for e in erasures
-        ],
-    )
-    return erasures
-
-
-def restore_customer(
-    conn: Connection, customer_id: str, id_hash: IdHash, api_key: str, now: datetime
-) -> bool:
-    """Lift the customer's tombstone (audited); False when there was none."""
-    hashed = id_hash(customer_id)
-    _lock_memberships(conn)
-    lifted = conn.execute(delete(tombstones).where(tombstones.c.id_hash == hashed)).rowcount
-    if not lifted:
-        return False
-    conn.execute(
-        insert(erasure_audit).values(
-            action="restored",
-            id_hash=hashed,
-            assignments=0,
-            memberships=0,
-            events=0,
-            api_key=api_key,
-            occurred_at=now,
-        )
-    )
-    return True
-
-
-def erasure_audit_rows(conn: Connection, customer_id: str, id_hash: IdHash) -> list[dict[str, Any]]:
-    """The audit trail of one customer, oldest first."""
-    query = (
-        select(erasure_audit)
-        .where(erasure_audit.c.id_hash == id_hash(customer_id))
-        .order_by(erasure_audit.c.id)
-    )
-    return [
-        {**row, "occurred_at": _utc(row["occurred_at"])} for row in conn.execute(query).mappings()
-    ]
-
-
-def _lock_memberships(conn: Connection) -> None:
+def lock_memberships(conn: Connection) -> None:
     """The lock membership merges hold (PostgreSQL; SQLite serialises writers anyway)."""
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(MEMBERSHIP_LOCK)))
-
-
-@dataclass(frozen=True)
-class MembershipChange:
-    id: int
-    customer_id: str
-    segment_id: int
-    segment_key: str
-    event: str
-    model_version: str
-    confidence: float
-    occurred_at: datetime
-    cause: str
-
-
-_CHANGE_COLUMNS = (
-    "id",
-    "customer_id",
-    "segment_id",
-    "segment_key",
-    "event",
-    "model_version",
-    "confidence",
-    "occurred_at",
-    "cause",
-)
-
-
-def membership_changes(
-    conn: Connection, segment_key: str | None, purpose: Purpose, after_id: int, limit: int
-) -> list[MembershipChange]:
-    """Entered/exited events of a purpose's audiences after `after_id` in commit (id) order, of
-    one segment or all."""
-    query = select(*(membership_events.c[name] for name in _CHANGE_COLUMNS)).where(
-        membership_events.c.id > after_id, membership_events.c[purpose.value].is_(True)
-    )
-    if segment_key is not None:
-        query = query.where(membership_events.c.segment_key == segment_key)
-    query = query.order_by(membership_events.c.id).limit(limit)
-    return [
-        MembershipChange(**{**row, "occurred_at": _utc(row["occurred_at"])})
-        for row in conn.execute(query).mappings()
-    ]
-
-
-def begin_snapshot(conn: Connection) -> None:
-    """Make the transaction (not yet used) read one snapshot throughout: PostgreSQL's REPEATABLE
-    READ. SQLite's read transaction is one snapshot already."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        # a client that stops reading must not hold a snapshot (and vacuum) back for long:
-        # the server ends the session, and the pool replaces the connection
-        conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = '60s'")
-    elif conn.dialect.name == "sqlite":
-        # pysqlite runs a SELECT outside any transaction, each its own snapshot: BEGIN makes
-        # the feed position and the rows read one snapshot (WAL keeps writers going meanwhile)
-        conn.exec_driver_sql("BEGIN")
-
-
-def audience_size(conn: Connection, segment_key: str, purpose: Purpose) -> int:
-    query = select(func.count()).select_from(memberships).where(_audience(segment_key, purpose))
-    return int(conn.execute(query).scalar_one())
-
-
-def feed_position(conn: Connection) -> int:
-    """The id of the newest event this transaction sees (0 when none). Ids follow commit order,
-    so every event up to it is visible: a consumer can follow the feed from here."""
-    return int(
-        conn.execute(select(func.coalesce(func.max(membership_events.c.id), 0))).scalar_one()
-    )
-
-
-def _audience(segment_key: str, purpose: Purpose) -> Any:
-    """The memberships in a purpose's audience of the segment (the rules of app.audience.consent)."""
-    consent = memberships.c[f"consent_{purpose.value}"]
-    allowed = consent.is_(True) if purpose is Purpose.ADVERTISING else consent.is_not(False)
-    return (memberships.c.segment_key == segment_key) & allowed
-
-
-def segment_members(
-    conn: Connection, segment_key: str, purpose: Purpose, after: str | None, limit: int
-) -> list[MemberRow]:
-    """Members of a purpose's audience of the segment, in id order, after `after` (keyset paging)."""
-    query = select(*(memberships.c[name] for name in MEMBER_COLUMNS)).where(
-        _audience(segment_key, purpose)
-    )
-    if after is not None:
-        query = query.where(memberships.c.customer_id > after)
-    query = query.order_by(memberships.c.customer_id).limit(limit)
-    return [_member(row) for row in conn.execute(query)]
-
-
-def stream_members(
-    conn: Connection, segment_key: str, purpose: Purpose, chunk: int
-) -> Generator[list[MemberRow], None, None]:
-    """The whole audience in id order, `chunk` rows at a time, in constant memory: PostgreSQL
-    hands rows over through a server-side cursor (psycopg's named cursor)."""
-    query = (
-        select(*(memberships.c[name] for name in MEMBER_COLUMNS))
-        .where(_audience(segment_key, purpose))
-        .order_by(memberships.c.customer_id)
-    )
-    # yield_per: stream_results (a named cursor on psycopg) fetching `chunk` rows at a time
-    result = conn.execution_options(yield_per=chunk).execute(query)
-    try:
-        for rows in result.partitions():
-            yield [_member(row) for row in rows]
-    finally:
-        result.close()  # an abandoned export (client gone) closes its cursor at once
-
-
-@dataclass(frozen=True)
-class MemberRow:
-    customer_id: str
-    entered_at: datetime
-    email_sha256: str | None
-    phone_sha256: str | None
-    phone_digits_sha256: str | None
-
-
-MEMBER_COLUMNS = (
-    "customer_id",
-    "entered_at",
-    "email_sha256",
-    "phone_sha256",
-    "phone_digits_sha256",
-)
-
-
-def _member(row: Any) -> MemberRow:
-    return MemberRow(row[0], _utc(row[1]), row[2], row[3], row[4])
 
 
 def recent_assignments(
@@ -694,7 +460,7 @@ def assignments_between(
         )
         .order_by(assignments.c.assigned_at, assignments.c.id)
     )
-    return [(_utc(r[0]), r[1], r[2]) for r in conn.execute(query)]
+    return [(as_utc(r[0]), r[1], r[2]) for r in conn.execute(query)]
 
 
 def ping(conn: Connection) -> None:
@@ -711,7 +477,7 @@ def schema_revision(conn: Connection) -> str | None:
         return None
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     # SQLite hands timestamps back without a zone; we only ever store UTC
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 

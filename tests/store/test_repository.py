@@ -11,7 +11,7 @@ from app.audience.consent import Purpose
 from app.audience.profile import CustomerProfile
 from app.scoring.model import SegmentModel
 from app.service import AssignmentService
-from app.store import repository
+from app.store import audiences, repository
 from app.store.engine import make_engine
 from app.store.repository import AssignmentBatch, AssignmentRow
 from tests.conftest import TEST_ID_HASH, clear_tables, make_settings
@@ -75,8 +75,8 @@ def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
         )
     with engine.connect() as conn:
         current = repository.current_membership(conn, "c1")
-        audience = repository.segment_members(conn, "champions", Purpose.ADVERTISING, None, 10)
-        feed = repository.membership_changes(conn, None, Purpose.ADVERTISING, 0, 10)
+        audience = audiences.segment_members(conn, "champions", Purpose.ADVERTISING, None, 10)
+        feed = audiences.membership_changes(conn, None, Purpose.ADVERTISING, 0, 10)
     assert current is not None
     assert current.segment_key == "champions"
     assert current.assigned_at == later

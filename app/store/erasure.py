@@ -1,0 +1,128 @@
+"""Erasing customers: what goes, the tombstone that keeps them out, the audit trail.
+
+Functions take a Connection inside the caller's transaction and never commit themselves."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select
+
+from app.store.repository import (
+    IdHash,
+    as_utc,
+    assignments,
+    erasure_audit,
+    lock_memberships,
+    membership_events,
+    memberships,
+    tombstones,
+)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What erasing one customer deleted, and whether a tombstone stood already."""
+
+    customer_id: str
+    assignments: int
+    memberships: int
+    events: int
+    already_erased: bool
+
+    @property
+    def found(self) -> bool:
+        return bool(self.assignments or self.memberships or self.events)
+
+
+def erase_customers(
+    conn: Connection, customer_ids: Sequence[str], id_hash: IdHash, api_key: str, now: datetime
+) -> list[Erasure]:
+    """Erase each customer: history, membership (with hashes and consent) and change events go;
+    a tombstone (their keyed id hash) is recorded and one audit row per customer says what went
+    and which key asked. Holds the membership lock, so a concurrent write either committed
+    before (and is deleted here) or sees the tombstone (and stores nothing)."""
+    ids = list(dict.fromkeys(customer_ids))
+    hashes = {customer_id: id_hash(customer_id) for customer_id in ids}
+    lock_memberships(conn)
+    standing = set(
+        conn.execute(
+            select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(list(hashes.values())))
+        ).scalars()
+    )
+    counts = {
+        table.name: Counter(
+            conn.execute(
+                delete(table).where(table.c.customer_id.in_(ids)).returning(table.c.customer_id)
+            ).scalars()
+        )
+        for table in (assignments, memberships, membership_events)
+    }
+    new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
+    if new:
+        conn.execute(insert(tombstones), new)
+    erasures = [
+        Erasure(
+            customer_id,
+            counts["assignments"][customer_id],
+            counts["memberships"][customer_id],
+            counts["membership_events"][customer_id],
+            hashes[customer_id] in standing,
+        )
+        for customer_id in ids
+    ]
+    conn.execute(
+        insert(erasure_audit),
+        [
+            {
+                "action": "erased",
+                "id_hash": hashes[e.customer_id],
+                "assignments": e.assignments,
+                "memberships": e.memberships,
+                "events": e.events,
+                "api_key": api_key,
+                "occurred_at": now,
+            }
+            for e in erasures
+        ],
+    )
+    return erasures
+
+
+def restore_customer(
+    conn: Connection, customer_id: str, id_hash: IdHash, api_key: str, now: datetime
+) -> bool:
+    """Lift the customer's tombstone (audited); False when there was none."""
+    hashed = id_hash(customer_id)
+    lock_memberships(conn)
+    lifted = conn.execute(delete(tombstones).where(tombstones.c.id_hash == hashed)).rowcount
+    if not lifted:
+        return False
+    conn.execute(
+        insert(erasure_audit).values(
+            action="restored",
+            id_hash=hashed,
+            assignments=0,
+            memberships=0,
+            events=0,
+            api_key=api_key,
+            occurred_at=now,
+        )
+    )
+    return True
+
+
+def erasure_audit_rows(conn: Connection, customer_id: str, id_hash: IdHash) -> list[dict[str, Any]]:
+    """The audit trail of one customer, oldest first."""
+    query = (
+        select(erasure_audit)
+        .where(erasure_audit.c.id_hash == id_hash(customer_id))
+        .order_by(erasure_audit.c.id)
+    )
+    return [
+        {**row, "occurred_at": as_utc(row["occurred_at"])} for row in conn.execute(query).mappings()
+    ]
