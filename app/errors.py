@@ -126,10 +126,10 @@ class SegmentNotFound(AppError):
 
 
 class InvalidCursor(AppError):
-    def __init__(self) -> None:
+    def __init__(self, parameter: str = "cursor") -> None:
         super().__init__(
-            "The cursor is not one this service issued; start again without a cursor.",
-            [Problem("cursor", "is malformed")],
+            f"The {parameter} cursor is not one this service issued; start again without it.",
+            [Problem(parameter, "is malformed")],
             422,
             "invalid_input",
         )

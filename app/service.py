@@ -232,6 +232,10 @@ class AssignmentService:
             raise CustomerNotFound(customer_id)
         consent = row.profile.consent_for(purpose) if row.profile is not None else None
         if not allows(purpose, consent):
+            if purpose is Purpose.ADVERTISING:
+                # the same answer as for an unknown id: an ad platform's key must not learn
+                # that a customer exists, nor that they refused advertising
+                raise CustomerNotFound(customer_id)
             raise ConsentWithheld(customer_id, purpose, consent)
         return row
 
@@ -404,13 +408,13 @@ def _encode_cursor(kind: str, position: str) -> str:
     return base64.urlsafe_b64encode(f"{kind}{position}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(kind: str, cursor: str) -> str:
+def _decode_cursor(kind: str, cursor: str, parameter: str = "cursor") -> str:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursor() from exc
+        raise InvalidCursor(parameter) from exc
     if not text.startswith(kind):
-        raise InvalidCursor()
+        raise InvalidCursor(parameter)
     return text[len(kind) :]
 
 
@@ -427,7 +431,8 @@ def _decode_members_cursor(cursor: str) -> str:
 
 
 def _decode_changes_cursor(cursor: str) -> int:
-    event_id = _decode_cursor(CHANGES_CURSOR, cursor)
-    if not event_id.isdigit() or len(event_id) > 20:
-        raise InvalidCursor()
+    event_id = _decode_cursor(CHANGES_CURSOR, cursor, "since")
+    # ASCII digits only ("²" is a digit to str.isdigit) and within the id column's bigint
+    if not (event_id.isascii() and event_id.isdigit()) or int(event_id) >= 2**63:
+        raise InvalidCursor("since")
     return int(event_id)

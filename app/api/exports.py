@@ -8,6 +8,7 @@ export, then poll GET /v1/changes?since=<it> and nothing is missed or seen twice
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
 
@@ -21,6 +22,7 @@ from app.audience.formats import MEDIA_TYPES, ExportFormat, Identifiers, rendere
 from app.errors import TooManyExports
 from app.service import AssignmentService
 
+log = logging.getLogger(__name__)
 FEED_CURSOR_HEADER = "Segments-Feed-Cursor"
 
 
@@ -67,16 +69,27 @@ async def stream_audience(
             resources.enter_context, service.export(segment_key, purpose)
         )
     except BaseException:
-        release()
+        # cancelled or failed while opening: the connection goes back now, not to the
+        # garbage collector (whose late CLOSE could land in another request's transaction)
+        try:
+            resources.close()
+        finally:
+            release()
         raise
     first, render = renderer(export_format, segment_key, identifiers)
 
     async def close() -> None:
         # shielded: on a client disconnect the stream is cancelled, and the connection and its
         # snapshot must still go back to the pool (closing twice is harmless)
-        with anyio.CancelScope(shield=True):
-            await run_in_threadpool(resources.close)
-        release()
+        # The slot is freed even when closing fails: a stream whose connection died (say the
+        # server ended a snapshot left idle) must not hold its slot until a restart.
+        try:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(resources.close)
+        except Exception:
+            log.warning("an audience export ended with its connection broken", exc_info=True)
+        finally:
+            release()
 
     async def body() -> AsyncIterator[bytes]:
         try:

@@ -20,7 +20,9 @@ FeatureValue = float | str
 CUSTOMER_ID_MAX = 128
 # ids travel in URL paths (/v1/customers/{id}): no slash, no control characters
 CUSTOMER_ID_PATTERN = r"^[^/\x00-\x1f\x7f]{1,128}$"
-_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+# the same rule for Python, matched in full (`$` would let a final newline through) and without
+# lone surrogates, which JSON's \ud800 escapes can carry but no database can store
+_CUSTOMER_ID = re.compile(r"[^/\x00-\x1f\x7f\ud800-\udfff]{1,128}")
 CATEGORY_MAX = 256
 
 
@@ -45,7 +47,7 @@ class ValidBatch:
 def customer_id_problem(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"must be a string of 1 to {CUSTOMER_ID_MAX} characters, got {type(value).__name__}"
-    if not _CUSTOMER_ID.match(value):
+    if not _CUSTOMER_ID.fullmatch(value):
         return f"must be 1 to {CUSTOMER_ID_MAX} characters with no '/' and no control characters"
     return None
 
@@ -135,7 +137,7 @@ class SchemaValidator:
                 return None
         except (TypeError, KeyError):
             return None
-        if not all(type(i) is str and _CUSTOMER_ID.match(i) for i in ids):
+        if not all(type(i) is str and _CUSTOMER_ID.fullmatch(i) for i in ids):
             return None
         names = self._names
         if not all(type(f) is dict and f.keys() == names for f in features):

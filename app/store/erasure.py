@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from app.store.repository import (
     IdHash,
@@ -64,7 +65,10 @@ def erase_customers(
     }
     new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
     if new:
-        conn.execute(insert(tombstones), new)
+        # ON CONFLICT DO NOTHING: two erasures of one id at once (a retried GDPR request) both
+        # pass the check above on SQLite, which has no advisory lock; the second must not fail
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(dialect_insert(tombstones).on_conflict_do_nothing(), new)
     erasures = [
         Erasure(
             customer_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -257,12 +258,29 @@ def test_unknown_route_and_method_use_the_error_body(client: TestClient) -> None
 
 
 def test_ids_that_could_not_be_read_back_are_refused(client: TestClient, database_url: str) -> None:
-    for bad_id in ("a/b", "x\u0000y", "tab\there", "x" * 129):
-        response = client.post(
-            "/v1/assignments", json={"customer_id": bad_id, "features": CHAMPION}
-        )
-        assert response.status_code == 422, bad_id
-        assert_error(response.json(), "invalid_input", "customer_id")
+    # a final newline once slipped past a `$`; a lone surrogate comes as a JSON escape
+    for bad_id in ("a/b", "x\u0000y", "tab\there", "x" * 129, "end\n", "x" * 128 + "\n"):
+        for path, body, loc in (
+            ("/v1/assignments", {"customer_id": bad_id, "features": CHAMPION}, "customer_id"),
+            (
+                "/v1/assignments/batch",
+                {"customers": [{"customer_id": bad_id, "features": CHAMPION}]},
+                "customers[0].customer_id",
+            ),
+        ):
+            response = client.post(path, json=body)
+            assert response.status_code == 422, (path, bad_id)
+            assert_error(response.json(), "invalid_input", loc)
+    features = json.dumps(CHAMPION)
+    for path, text in (
+        ("/v1/assignments", f'{{"customer_id": "a\\ud800", "features": {features}}}'),
+        (
+            "/v1/assignments/batch",
+            f'{{"customers": [{{"customer_id": "a\\ud800", "features": {features}}}]}}',
+        ),
+    ):
+        response = client.post(path, content=text, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (path, response.text)
     batch = [
         {"customer_id": "fine", "features": CHAMPION},
         {"customer_id": "no/slash", "features": CHAMPION},

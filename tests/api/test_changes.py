@@ -82,10 +82,11 @@ def test_erasure_removes_the_customers_events(client: TestClient) -> None:
 
 
 def test_bad_cursor_and_unknown_segment(client: TestClient) -> None:
-    for cursor in ("nope", "bTE6YWJj", "ZTE6LTE"):  # garbage, a members cursor, e1:-1
+    # garbage, a members cursor, e1:-1, a Unicode digit, past the id column's bigint
+    for cursor in ("nope", "bTE6YWJj", "ZTE6LTE", "ZTE6wrI", "ZTE6OTk5OTk5OTk5OTk5OTk5OTk5OTk"):
         response = client.get("/v1/changes", params={"since": cursor})
         assert response.status_code == 422, cursor
-        assert response.json()["error"]["details"][0]["loc"] == "cursor"
+        assert response.json()["error"]["details"][0]["loc"] == "since"
     missing = client.get("/v1/segments/nope/changes")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "segment_not_found"

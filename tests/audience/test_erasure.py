@@ -5,17 +5,21 @@ admin can restore, and up to 10,000 ids go in one call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from starlette.testclient import TestClient
 
 from app.auth.keys import Scope, generate_key, key_config_line
 from app.main import create_app
+from app.store import erasure as erasure_store
+from app.store.repository import lock_memberships
 from tests.conftest import TEST_ID_HASH, clear_tables, count_rows, make_settings, metric_value
 from tests.servers import segments_server
 
@@ -258,3 +262,39 @@ def test_a_batch_racing_the_erasure_cannot_bring_the_customer_back(
         others = conn.execute(text("SELECT count(*) FROM memberships")).scalar_one()
     engine.dispose()
     assert others == 4
+
+
+def test_two_erasures_of_one_customer_at_once_both_succeed(
+    admin: TestClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried GDPR request can erase an id while the first is still running. On SQLite
+    (no advisory lock) both pass the tombstone check before either writes: the second insert
+    of the tombstone must not fail. PostgreSQL's lock serialises them (the barrier times out)."""
+    write(admin, "twice")
+    service = admin.app_state["runtime"].service
+    both_checked = threading.Barrier(2)
+    locked = lock_memberships
+
+    def lock_then_meet(conn: Connection) -> None:
+        locked(conn)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait(timeout=2)
+
+    monkeypatch.setattr(erasure_store, "lock_memberships", lock_then_meet)
+    outcomes: list[str] = []
+
+    def erase() -> None:
+        try:
+            service.erase(["twice"], "dpo")
+            outcomes.append("ok")
+        except Exception as exc:  # what the test is about: none may fail
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=erase) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == ["ok", "ok"]
+    assert count_rows(database_url, "erasure_tombstones") == 1
+    assert admin.get("/v1/customers/twice/erasures").json()["erased"] is True
