@@ -130,6 +130,8 @@ class MembershipEvent(Base):
         Index("ix_membership_events_segment_key_id", "segment_key", "id"),
         # erasure finds a customer's events
         Index("ix_membership_events_customer_id", "customer_id"),
+        # SQLite would reuse the ids of erased newest events, below a consumer's cursor
+        {"sqlite_autoincrement": True},
     )
 
 

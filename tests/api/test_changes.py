@@ -81,6 +81,18 @@ def test_erasure_removes_the_customers_events(client: TestClient) -> None:
     assert customers == {"stays"}
 
 
+def test_ids_freed_by_an_erasure_are_never_handed_out_again(client: TestClient) -> None:
+    """A consumer's cursor may have passed the newest events when they are erased: the next
+    event must still come after it (SQLite reused such ids until its table got AUTOINCREMENT)."""
+    assign(client, "a", CHAMPION)
+    assign(client, "b", CHAMPION)
+    cursor = client.get("/v1/changes", params=EVERYONE).json()["next_cursor"]
+    assert client.delete("/v1/customers/b").status_code == 204
+    assign(client, "c", CHAMPION)
+    after = client.get("/v1/changes", params={"since": cursor} | EVERYONE).json()["changes"]
+    assert [(c["customer_id"], c["event"]) for c in after] == [("c", "entered")]
+
+
 def test_bad_cursor_and_unknown_segment(client: TestClient) -> None:
     # garbage, a members cursor, e1:-1, a Unicode digit, past the id column's bigint
     for cursor in ("nope", "bTE6YWJj", "ZTE6LTE", "ZTE6wrI", "ZTE6OTk5OTk5OTk5OTk5OTk5OTk5OTk"):
