@@ -330,7 +330,13 @@ def export_audience(
     """Export a segment's audience from the database (DATABASE_URL), as GET
     /v1/segments/{key}/members streams it: one snapshot, constant memory, a progress bar."""
     from app.audience.consent import Purpose
-    from app.audience.formats import ExportFormat, Identifiers, renderer
+    from app.audience.formats import (
+        IDENTIFIERS_NEED_ADVERTISING,
+        ExportFormat,
+        Identifiers,
+        identifiers_allowed,
+        renderer,
+    )
     from app.lifecycle.registry import ModelRegistry
     from app.service import feed_cursor
     from app.store import audiences
@@ -339,6 +345,8 @@ def export_audience(
     chosen_format = _choice(ExportFormat, export_format, "--format", exclude=ExportFormat.JSON)
     chosen_purpose = _choice(Purpose, purpose, "--purpose")
     chosen_identifiers = _choice(Identifiers, identifiers, "--identifiers")
+    if not identifiers_allowed(chosen_identifiers, chosen_purpose):
+        raise typer.BadParameter(IDENTIFIERS_NEED_ADVERTISING, param_hint="--identifiers")
     settings = Settings()
     engine = make_engine(settings)
     partial = out.with_name(f".{out.name}.partial")

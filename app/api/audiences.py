@@ -20,8 +20,16 @@ from app.api.schemas import (
     MembersOut,
 )
 from app.audience.consent import Purpose
-from app.audience.formats import ExportFormat, Identifiers, member_fields
+from app.audience.formats import (
+    IDENTIFIERS_NEED_ADVERTISING,
+    ExportFormat,
+    Identifiers,
+    identifiers_allowed,
+    member_fields,
+)
+from app.errors import InvalidFeatures
 from app.runtime import Runtime
+from app.scoring.validation import Problem
 
 router = APIRouter()
 
@@ -68,6 +76,12 @@ async def segment_members(
     """The purpose's audience of segment `key`: customers whose current segment it is and whose
     consent allows the purpose, in customer-id order. Paged JSON (follow `next_cursor`), or the
     whole audience streamed as NDJSON or CSV from one snapshot."""
+    if not identifiers_allowed(identifiers, purpose):
+        raise InvalidFeatures(
+            "Hashed identifiers come only with the advertising audience; add "
+            "purpose=advertising or leave identifiers out.",
+            [Problem("identifiers", IDENTIFIERS_NEED_ADVERTISING)],
+        )
     export_format = negotiate(format, request.headers.get("accept"))
     if export_format is not ExportFormat.JSON:
         return await stream_audience(

@@ -10,6 +10,7 @@ from enum import StrEnum
 
 import orjson
 
+from app.audience.consent import Purpose
 from app.store.audiences import MemberRow
 
 
@@ -32,6 +33,18 @@ class Identifiers(StrEnum):
     NONE = "none"
     GOOGLE = "google"  # Customer Match: phone hashed as E.164 with its +
     META = "meta"  # custom audiences: phone hashed as digits only
+
+
+# Identifiers in a platform's format exist to be uploaded to that ad platform, which needs the
+# customer's advertising opt-in: they come only with the advertising audience.
+IDENTIFIERS_NEED_ADVERTISING = (
+    "hashed identifiers in Google's or Meta's format are for uploading to an ad platform, "
+    "which needs advertising consent: ask for purpose=advertising"
+)
+
+
+def identifiers_allowed(identifiers: Identifiers, purpose: Purpose) -> bool:
+    return identifiers is Identifiers.NONE or purpose is Purpose.ADVERTISING
 
 
 def member_fields(member: MemberRow, identifiers: Identifiers) -> dict[str, str | None]:

@@ -14,7 +14,9 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
+from app.cli import cli as app_cli
 from app.main import create_app
 from tests.conftest import clear_tables, make_settings
 
@@ -26,6 +28,8 @@ PHONE = "+44 20 7946 0958"
 EMAIL_SHA = hashlib.sha256(b"jane.doe+shop@example.com").hexdigest()
 GOOGLE_PHONE_SHA = hashlib.sha256(b"+442079460958").hexdigest()
 META_PHONE_SHA = hashlib.sha256(b"442079460958").hexdigest()
+GOOGLE_ADS = {"identifiers": "google", "purpose": "advertising"}
+META_ADS = {"identifiers": "meta", "purpose": "advertising"}
 
 
 def batch(client: TestClient, *customers: Mapping[str, object]) -> None:
@@ -66,25 +70,44 @@ def test_identifiers_are_stored_only_as_platform_hashes(
         },
         {"customer_id": "anon", "features": CHAMPION, "consent": {"advertising": True}},
     )
-    google = client.get("/v1/segments/champions/members", params={"identifiers": "google"}).json()
+    google = client.get("/v1/segments/champions/members", params=GOOGLE_ADS).json()
     assert google["members"] == ["anon", "jane"]
     jane = google["records"][1]
     assert jane["email_sha256"] == EMAIL_SHA
     assert jane["phone_sha256"] == GOOGLE_PHONE_SHA
     assert jane["entered_at"].endswith("Z")
     assert google["records"][0]["email_sha256"] is None
-    meta = client.get("/v1/segments/champions/members", params={"identifiers": "meta"}).json()
+    meta = client.get("/v1/segments/champions/members", params=META_ADS).json()
     assert meta["records"][1]["phone_sha256"] == META_PHONE_SHA
     assert "records" not in client.get("/v1/segments/champions/members").json()
 
     # a later assignment without identifiers keeps them
     batch(client, {"customer_id": "jane", "features": CHAMPION})
-    again = client.get("/v1/segments/champions/members", params={"identifiers": "google"})
+    again = client.get("/v1/segments/champions/members", params=GOOGLE_ADS)
     assert again.json()["records"][1]["email_sha256"] == EMAIL_SHA
 
     dump = stored_text(database_url).lower()
     for raw in ("jane.doe", "example.com", "2079460958", "7946"):
         assert raw not in dump
+
+    # platform-format hashes exist to be uploaded to an ad platform: never without the
+    # advertising opt-in, whether paged, streamed or exported by the CLI
+    for params in (
+        {"identifiers": "google"},
+        {"identifiers": "meta", "purpose": "personalization"},
+        {"identifiers": "google", "format": "csv"},
+    ):
+        refused = client.get("/v1/segments/champions/members", params=params)
+        assert refused.status_code == 422, params
+        assert refused.json()["error"]["details"][0]["loc"] == "identifiers"
+    cli = CliRunner().invoke(
+        app_cli,
+        ["export", "--segment", "champions", "--identifiers", "google", "--out", "never.csv"],
+        env={"DATABASE_URL": database_url},
+    )
+    assert cli.exit_code == 2
+    assert "purpose=advertising" in cli.output
+    assert not Path("never.csv").exists()
 
 
 def test_bad_identifiers_are_named_by_row_without_echoing_them(
@@ -254,7 +277,7 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
 
     ndjson = client.get(
         "/v1/segments/champions/members",
-        params={"identifiers": "google", "purpose": "advertising"},
+        params=GOOGLE_ADS,
         headers={"accept": "application/x-ndjson"},
     )
     assert ndjson.status_code == 200
@@ -305,7 +328,10 @@ def test_a_default_region_completes_national_phone_numbers(
                 "consent": {"advertising": True},
             },
         )
-        page = client.get("/v1/segments/champions/members", params={"identifiers": "google"})
+        page = client.get(
+            "/v1/segments/champions/members",
+            params=GOOGLE_ADS,
+        )
         assert page.json()["records"][0]["phone_sha256"] == GOOGLE_PHONE_SHA
     with pytest.raises(ValueError, match="region"):
         make_settings(database_url, rfm_model_dir, phone_default_region="XX")

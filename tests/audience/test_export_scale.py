@@ -113,8 +113,12 @@ def test_a_200k_audience_streams_in_flat_memory(
         export(service.base, {"format": "csv", "limit": "1"})
         results = {}
         for name, params in {
-            "ndjson+google": {"format": "ndjson", "identifiers": "google"},
-            "csv+meta": {"format": "csv", "identifiers": "meta"},
+            "ndjson+google": {
+                "format": "ndjson",
+                "identifiers": "google",
+                "purpose": "advertising",
+            },
+            "csv+meta": {"format": "csv", "identifiers": "meta", "purpose": "advertising"},
         }.items():
             with sampled_rss(service.pid) as samples:
                 lines, size, first = export(service.base, params)
@@ -152,6 +156,8 @@ def test_a_200k_audience_streams_in_flat_memory(
         "csv",
         "--identifiers",
         "google",
+        "--purpose",
+        "advertising",
         "--out",
         str(out),
     ]
