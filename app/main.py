@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_batch,
             id_hash=IdHasher(_erasure_key(settings)),
             phone_region=settings.phone_default_region,
+            erasure_notice_days=settings.erasure_notice_days,
         )
         service.segment_names = _known_segment_names(registry) | service.segment_names
         shadow = ShadowScorer(settings.shadow_flush_ms / 1000)

@@ -88,6 +88,7 @@ class AssignmentService:
         *,
         id_hash: IdHash,
         phone_region: str | None = None,
+        erasure_notice_days: int = 0,
     ) -> None:
         # segment key -> name for every model this process served: history rows made by an
         # earlier version still get their names (keys, and so names, survive retraining)
@@ -100,6 +101,7 @@ class AssignmentService:
         self.shadow: ShadowScorer | None = None  # set by the lifespan: live traffic for a shadow
         self.id_hash = id_hash  # names erased customers in tombstones (app.audience.erasure)
         self.phone_region = phone_region  # for phone numbers sent without a country code
+        self.erasure_notice_days = erasure_notice_days  # how long feeds announce an erasure
         self.open_exports = 0  # streamed exports holding a connection (counted on the loop)
 
     @property
@@ -248,12 +250,17 @@ class AssignmentService:
         return rows
 
     def erase(self, customer_ids: Sequence[str], api_key: str) -> list[Erasure]:
-        """Erase the customers and leave a tombstone for each (app.store.erasure_store.erase_customers)."""
+        """Erase the customers and leave a tombstone for each (app.store.erasure.erase_customers)."""
         for customer_id in customer_ids:
             _check_customer_id(customer_id)
         with self.transaction("erase", writing=True) as conn:
             return erasure_store.erase_customers(
-                conn, customer_ids, self.id_hash, api_key, datetime.now(UTC)
+                conn,
+                customer_ids,
+                self.id_hash,
+                api_key,
+                datetime.now(UTC),
+                self.erasure_notice_days,
             )
 
     def restore(self, customer_id: str, api_key: str) -> None:

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         description="streamed audience exports one worker runs at once (each holds a database "
         "connection until its client has read everything); more are a 429",
     )
+    erasure_notice_days: int = Field(
+        default=30,
+        ge=0,
+        le=3650,
+        description="days the change feeds carry an erased customer's `exited` event (cause "
+        "erasure), so ad platforms following them drop the customer; 0: no such event",
+    )
     erasure_key: SecretStr = Field(
         default=SecretStr(""),
         description="secret key of the keyed hash erasure tombstones name customers by; "

@@ -159,8 +159,9 @@ def all_changes(
 ) -> Response:
     """Every segment's entered/exited events for a purpose's audiences, in commit order. Poll
     with the last `next_cursor` to see each change exactly once, even while assignments are
-    being written. Consent changes show as events with cause `consent`; erased customers'
-    events are deleted with them."""
+    being written. Consent changes show as events with cause `consent`. An erased customer's
+    events are deleted with them, and one `exited` event with cause `erasure` tells followers
+    to drop them."""
     return _changes(runtime, None, purpose, since, limit)
 
 

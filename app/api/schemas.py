@@ -143,8 +143,9 @@ class ChangeOut(BaseModel):
     confidence: float
     at: datetime = Field(description="when the assignment that made the change was made")
     cause: str = Field(
-        description="assignment (the customer moved) or consent (they joined or left this "
-        "purpose's audience while staying in the segment)"
+        description="assignment (the customer moved), consent (they joined or left this "
+        "purpose's audience while staying in the segment) or erasure (they were erased: drop "
+        "them; the notice is kept SEGMENTS_ERASURE_NOTICE_DAYS)"
     )
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.audience.consent import Purpose, allows
 from app.store.repository import (
     IdHash,
     as_utc,
@@ -41,15 +42,28 @@ class Erasure:
 
 
 def erase_customers(
-    conn: Connection, customer_ids: Sequence[str], id_hash: IdHash, api_key: str, now: datetime
+    conn: Connection,
+    customer_ids: Sequence[str],
+    id_hash: IdHash,
+    api_key: str,
+    now: datetime,
+    notice_days: int = 0,
 ) -> list[Erasure]:
     """Erase each customer: history, membership (with hashes and consent) and change events go;
     a tombstone (their keyed id hash) is recorded and one audit row per customer says what went
     and which key asked. Holds the membership lock, so a concurrent write either committed
-    before (and is deleted here) or sees the tombstone (and stores nothing)."""
+    before (and is deleted here) or sees the tombstone (and stores nothing).
+
+    With `notice_days` > 0, each feed the customer was in gets one `exited` event with cause
+    `erasure`: an ad platform that follows the feed must drop the customer from the audience it
+    uploaded (GDPR Art. 19: tell the recipients). Those notices are the only trace of the id
+    besides the tombstone, and are deleted `notice_days` after the erasure (by the next
+    erasure)."""
     ids = list(dict.fromkeys(customer_ids))
     hashes = {customer_id: id_hash(customer_id) for customer_id in ids}
     lock_memberships(conn)
+    # read before the membership goes
+    leaving = _erasure_notices(conn, ids, now) if notice_days > 0 else []
     standing = set(
         conn.execute(
             select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(list(hashes.values())))
@@ -58,11 +72,21 @@ def erase_customers(
     counts = {
         table.name: Counter(
             conn.execute(
-                delete(table).where(table.c.customer_id.in_(ids)).returning(table.c.customer_id)
+                delete(table)
+                .where(table.c.customer_id.in_(ids), *kept)
+                .returning(table.c.customer_id)
             ).scalars()
         )
-        for table in (assignments, memberships, membership_events)
+        for table, kept in (
+            (assignments, ()),
+            (memberships, ()),
+            # an earlier erasure's notice stays until it expires: followers may not have read it
+            (membership_events, (membership_events.c.cause != "erasure",)),
+        )
     }
+    if leaving:
+        conn.execute(insert(membership_events), leaving)
+    prune_erasure_notices(conn, now - timedelta(days=notice_days))
     new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
     if new:
         # ON CONFLICT DO NOTHING: two erasures of one id at once (a retried GDPR request) both
@@ -95,6 +119,48 @@ def erase_customers(
         ],
     )
     return erasures
+
+
+def _erasure_notices(conn: Connection, ids: list[str], now: datetime) -> list[dict[str, Any]]:
+    """An `exited` event for each erased customer in a purpose's audience (app.audience.consent)."""
+    query = select(
+        memberships.c.customer_id,
+        memberships.c.segment_id,
+        memberships.c.segment_key,
+        memberships.c.model_version,
+        memberships.c.confidence,
+        memberships.c.consent_advertising,
+        memberships.c.consent_personalization,
+    ).where(memberships.c.customer_id.in_(ids))
+    notices = []
+    for row in conn.execute(query):
+        advertising = allows(Purpose.ADVERTISING, row.consent_advertising)
+        personalization = allows(Purpose.PERSONALIZATION, row.consent_personalization)
+        if advertising or personalization:
+            notices.append(
+                {
+                    "customer_id": row.customer_id,
+                    "segment_id": row.segment_id,
+                    "segment_key": row.segment_key,
+                    "event": "exited",
+                    "model_version": row.model_version,
+                    "confidence": row.confidence,
+                    "occurred_at": now,
+                    "cause": "erasure",
+                    "advertising": advertising,
+                    "personalization": personalization,
+                }
+            )
+    return notices
+
+
+def prune_erasure_notices(conn: Connection, before: datetime) -> None:
+    """Delete the erasure notices older than `before`: past that, the id is gone from the feed too."""
+    conn.execute(
+        delete(membership_events).where(
+            membership_events.c.cause == "erasure", membership_events.c.occurred_at < before
+        )
+    )
 
 
 def restore_customer(

@@ -116,8 +116,8 @@ class MembershipEvent(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     confidence: Mapped[float] = mapped_column(Float)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # 'assignment' (the customer moved) or 'consent' (they joined or left a purpose's audience
-    # while staying in the segment)
+    # 'assignment' (the customer moved), 'consent' (they joined or left a purpose's audience
+    # while staying in the segment) or 'erasure' (they were erased: the feed's last word on them)
     cause: Mapped[str] = mapped_column(String(16), server_default="assignment")
     # which purposes' feeds carry the event: the customer's consent at that moment decides
     advertising: Mapped[bool] = mapped_column(Boolean, server_default=false())
@@ -125,11 +125,18 @@ class MembershipEvent(Base):
 
     __table_args__ = (
         CheckConstraint("event IN ('entered', 'exited')", name="event"),
-        CheckConstraint("cause IN ('assignment', 'consent')", name="cause"),
+        CheckConstraint("cause IN ('assignment', 'consent', 'erasure')", name="cause"),
         # one segment's feed, in commit order
         Index("ix_membership_events_segment_key_id", "segment_key", "id"),
         # erasure finds a customer's events
         Index("ix_membership_events_customer_id", "customer_id"),
+        # erasure notices past their retention are found without scanning the feed
+        Index(
+            "ix_membership_events_erasure_notices",
+            "occurred_at",
+            postgresql_where=text("cause = 'erasure'"),
+            sqlite_where=text("cause = 'erasure'"),
+        ),
         # SQLite would reuse the ids of erased newest events, below a consumer's cursor
         {"sqlite_autoincrement": True},
     )

@@ -77,8 +77,11 @@ def test_erasure_removes_the_customers_events(client: TestClient) -> None:
     assign(client, "stays", LAPSED)
     assert client.delete("/v1/customers/gone").status_code == 204
     feed = client.get("/v1/changes", params=EVERYONE).json()["changes"]
-    customers = {c["customer_id"] for c in feed}
-    assert customers == {"stays"}
+    # what is left of them: one notice that they exited, so followers drop them
+    assert [
+        (c["customer_id"], c["event"], c["cause"]) for c in feed if c["customer_id"] == "gone"
+    ] == [("gone", "exited", "erasure")]
+    assert {c["customer_id"] for c in feed} == {"gone", "stays"}
 
 
 def test_ids_freed_by_an_erasure_are_never_handed_out_again(client: TestClient) -> None:
@@ -90,7 +93,8 @@ def test_ids_freed_by_an_erasure_are_never_handed_out_again(client: TestClient) 
     assert client.delete("/v1/customers/b").status_code == 204
     assign(client, "c", CHAMPION)
     after = client.get("/v1/changes", params={"since": cursor} | EVERYONE).json()["changes"]
-    assert [(c["customer_id"], c["event"]) for c in after] == [("c", "entered")]
+    # b's erasure notice, then c: ids after the cursor though b's own events were deleted
+    assert [(c["customer_id"], c["event"]) for c in after] == [("b", "exited"), ("c", "entered")]
 
 
 def test_bad_cursor_and_unknown_segment(client: TestClient) -> None:

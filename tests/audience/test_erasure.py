@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -27,19 +28,21 @@ CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
 LAPSED = {"recency_days": 300, "frequency": 1, "monetary": 30.0}
 DPO_KEY = generate_key()
 WRITER_KEY = generate_key()
+ADMIN_KEYS = "\n".join(
+    [
+        key_config_line("dpo", DPO_KEY, [Scope.ADMIN, Scope.AUDIENCE, Scope.READ]),
+        key_config_line("shop", WRITER_KEY, [Scope.ASSIGN]),
+    ]
+)
 
 
 @pytest.fixture
 def admin(database_url: str, rfm_model_dir: Path) -> Iterator[TestClient]:
     """The app with two keys: `dpo` (admin, audience, read) and `shop` (assign)."""
     clear_tables(database_url)
-    entries = "\n".join(
-        [
-            key_config_line("dpo", DPO_KEY, [Scope.ADMIN, Scope.AUDIENCE, Scope.READ]),
-            key_config_line("shop", WRITER_KEY, [Scope.ASSIGN]),
-        ]
+    settings = make_settings(
+        database_url, rfm_model_dir, api_keys=ADMIN_KEYS, allow_anonymous=False
     )
-    settings = make_settings(database_url, rfm_model_dir, api_keys=entries, allow_anonymous=False)
     with TestClient(create_app(settings)) as client:
         client.headers["authorization"] = f"Bearer {DPO_KEY}"
         yield client
@@ -63,7 +66,8 @@ def write(client: TestClient, *customers: str, features: dict[str, float] = CHAM
 
 
 def everywhere(client: TestClient, customer: str) -> list[str]:
-    """Where the customer shows: lookups, pages, streams and both feeds."""
+    """Where the customer shows: lookups, pages, streams and both feeds (but for the erasure
+    notice, which tells a feed's followers to drop them: see `erasure_notices`)."""
     places = []
     if client.get(f"/v1/customers/{customer}/segment").status_code != 404:
         places.append("lookup")
@@ -80,9 +84,23 @@ def everywhere(client: TestClient, customer: str) -> list[str]:
         if customer in streamed.text:
             places.append(f"export {purpose}")
         changes = client.get("/v1/changes", params=params | {"limit": 10_000}).json()["changes"]
-        if any(c["customer_id"] == customer for c in changes):
+        if any(c["customer_id"] == customer and c["cause"] != "erasure" for c in changes):
             places.append(f"feed {purpose}")
     return places
+
+
+def erasure_notices(client: TestClient, customer: str) -> dict[str, list[tuple[str, str]]]:
+    """Each feed's erasure notices for the customer, as (event, segment)."""
+    notices = {}
+    for purpose in ("advertising", "personalization"):
+        params = {"purpose": purpose, "limit": 10_000}
+        changes = client.get("/v1/changes", params=params).json()["changes"]
+        notices[purpose] = [
+            (c["event"], c["segment"]["key"])
+            for c in changes
+            if c["customer_id"] == customer and c["cause"] == "erasure"
+        ]
+    return notices
 
 
 def test_erasure_deletes_everything_and_the_tombstone_keeps_them_out(
@@ -95,6 +113,13 @@ def test_erasure_deletes_everything_and_the_tombstone_keeps_them_out(
     assert admin.delete("/v1/customers/gone").status_code == 204
     assert everywhere(admin, "gone") == []
     assert everywhere(admin, "stays") != []
+    # the feeds' last word on them: exited, so a platform following a feed drops them
+    lapsed = erasure_notices(admin, "gone")["advertising"][0][1]
+    assert erasure_notices(admin, "gone") == {
+        "advertising": [("exited", lapsed)],
+        "personalization": [("exited", lapsed)],
+    }
+    assert lapsed != "champions"  # their last segment
 
     # a replayed old batch is scored (200, an answer) but not stored
     write(admin, "gone", "stays")
@@ -256,7 +281,10 @@ def test_a_batch_racing_the_erasure_cannot_bring_the_customer_back(
     with engine.connect() as conn:
         for table in ("assignments", "memberships", "membership_events"):
             left = conn.execute(
-                text(f"SELECT count(*) FROM {table} WHERE customer_id LIKE 'v%'")
+                text(
+                    f"SELECT count(*) FROM {table} WHERE customer_id LIKE 'v%'"
+                    + (" AND cause <> 'erasure'" if table == "membership_events" else "")
+                )
             ).scalar_one()
             assert left == 0, f"{left} rows of erased customers in {table}"
         others = conn.execute(text("SELECT count(*) FROM memberships")).scalar_one()
@@ -298,3 +326,38 @@ def test_two_erasures_of_one_customer_at_once_both_succeed(
     assert outcomes == ["ok", "ok"]
     assert count_rows(database_url, "erasure_tombstones") == 1
     assert admin.get("/v1/customers/twice/erasures").json()["erased"] is True
+
+
+def test_erasure_notices_expire_and_can_be_turned_off(
+    database_url: str, rfm_model_dir: Path
+) -> None:
+    """Notices are deleted `erasure_notice_days` after the erasure (by the next erasure), and
+    with 0 an erasure leaves no trace of the id in the feeds at all."""
+    for days, expected in ((1, 1), (0, 0)):
+        clear_tables(database_url)
+        settings = make_settings(
+            database_url,
+            rfm_model_dir,
+            api_keys=ADMIN_KEYS,
+            allow_anonymous=False,
+            erasure_notice_days=days,
+        )
+        with TestClient(create_app(settings)) as client:
+            client.headers["authorization"] = f"Bearer {DPO_KEY}"
+            write(client, "first", "second")
+            assert client.delete("/v1/customers/first").status_code == 204
+            assert len(erasure_notices(client, "first")["personalization"]) == expected
+            if days:
+                engine = create_engine(database_url)
+                with engine.begin() as conn:  # the notice is two days old now
+                    conn.execute(
+                        text(
+                            "UPDATE membership_events SET occurred_at = :then "
+                            "WHERE cause = 'erasure'"
+                        ),
+                        {"then": datetime.now(UTC) - timedelta(days=2)},
+                    )
+                engine.dispose()
+                assert client.delete("/v1/customers/second").status_code == 204
+                assert erasure_notices(client, "first")["personalization"] == []
+                assert len(erasure_notices(client, "second")["personalization"]) == 1
