@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (routes, audiences, erasure, lifecycle):
         app.include_router(module.router)
+    app.include_router(routes.operations)
     install_error_handlers(app, settings.max_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer)

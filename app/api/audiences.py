@@ -16,6 +16,7 @@ from app.api.deps import (
 )
 from app.api.exports import FEED_CURSOR_HEADER, negotiate, stream_audience
 from app.api.schemas import (
+    ERROR_RESPONSES,
     ChangesOut,
     MembersOut,
 )
@@ -31,7 +32,7 @@ from app.errors import InvalidFeatures
 from app.runtime import Runtime
 from app.scoring.validation import Problem
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.get(

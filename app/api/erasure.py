@@ -17,6 +17,7 @@ from app.api.deps import (
     utc_timestamp,
 )
 from app.api.schemas import (
+    ERROR_RESPONSES,
     AuditTrailOut,
     ErasureIn,
     ErasuresOut,
@@ -27,7 +28,7 @@ from app.auth.keys import Scope
 from app.errors import InvalidFeatures, NothingErased
 from app.scoring.validation import Problem, customer_id_problem
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.delete(

@@ -12,6 +12,7 @@ from app.api.deps import (
     RuntimeDep,
 )
 from app.api.schemas import (
+    ERROR_RESPONSES,
     ActivationOut,
     ActiveModelOut,
     ComparisonOut,
@@ -31,7 +32,7 @@ from app.scoring.model import SegmentModel
 from app.scoring.offline import OfflineInputError
 from app.store.registry import RegisteredModel
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 DEFAULT_COMPARISON_SAMPLE = 20_000
 MAX_COMPARISON_SAMPLE = 200_000
 

@@ -21,6 +21,7 @@ from app.api.deps import (
 )
 from app.api.responses import OrjsonResponse
 from app.api.schemas import (
+    ERROR_RESPONSES,
     AssignmentOut,
     BatchIn,
     BatchOut,
@@ -62,7 +63,8 @@ def _persist(request: Request) -> bool:
     )
 
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
+operations = APIRouter()  # probes and the scrape: open, and with errors of their own
 
 
 def _assignments_json(batch: AssignmentBatch, names: dict[str, str]) -> list[str]:
@@ -203,14 +205,14 @@ def segments(runtime: RuntimeDep) -> SegmentsOut:
     )
 
 
-@router.get("/healthz", tags=["operations"])
-@router.head("/healthz", include_in_schema=False)
+@operations.get("/healthz", tags=["operations"])
+@operations.head("/healthz", include_in_schema=False)
 def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get(
+@operations.get(
     "/readyz", tags=["operations"], responses={503: {"description": "not ready, with the reason"}}
 )
 def readyz(runtime: RuntimeDep) -> OrjsonResponse:
@@ -240,7 +242,7 @@ def readyz(runtime: RuntimeDep) -> OrjsonResponse:
     return OrjsonResponse(body)
 
 
-@router.get("/metrics", tags=["operations"], response_class=Response)
+@operations.get("/metrics", tags=["operations"], response_class=Response)
 def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus exposition (summed over all worker processes)."""
     return Response(

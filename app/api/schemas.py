@@ -20,6 +20,32 @@ def request_body_schema(model: type[BaseModel], *parameters: dict[str, Any]) -> 
     }
 
 
+class ProblemOut(BaseModel):
+    loc: str = Field(examples=["customers[3].features.monetary"])
+    problem: str
+
+
+class ErrorDetailOut(BaseModel):
+    code: str = Field(examples=["invalid_input"])
+    message: str = Field(description="one sentence a person can act on")
+    details: list[ProblemOut]
+
+
+class ErrorOut(BaseModel):
+    """Every error the service answers, in the contract's shape."""
+
+    error: ErrorDetailOut
+
+
+# documented on every /v1 route (instead of FastAPI's own 422 body, which this API never sends)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "no API key, or one this service does not know"},
+    403: {"model": ErrorOut, "description": "the key lacks the scope (or purpose) this needs"},
+    422: {"model": ErrorOut, "description": "invalid input; `details` name every problem"},
+    503: {"model": ErrorOut, "description": "the store is unavailable; nothing was stored"},
+}
+
+
 class CustomerIn(BaseModel):
     """Documents the request; the service validates it (app.scoring.validation) for speed."""
 

@@ -111,3 +111,23 @@ def test_openapi_documents_every_contract_route(client: TestClient) -> None:
         "/metrics",
     ):
         assert path in paths
+
+
+def test_openapi_documents_the_contract_error_body(client: TestClient) -> None:
+    """Errors are documented in the body the service really sends, never FastAPI's own."""
+    schema = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    error = schema["components"]["schemas"]["ErrorOut"]
+    assert error["required"] == ["error"]
+    for path, method in (
+        ("/v1/assignments/batch", "post"),
+        ("/v1/segments/{key}/members", "get"),
+        ("/v1/changes", "get"),
+        ("/v1/erasures", "post"),
+        ("/v1/models/{version}/activate", "post"),
+    ):
+        responses = schema["paths"][path][method]["responses"]
+        for status in ("401", "403", "422", "503"):
+            ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorOut"), (path, status)
+    assert "401" not in schema["paths"]["/healthz"]["get"]["responses"]
