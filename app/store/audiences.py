@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, true
 
 from app.audience.consent import Purpose
 from app.store.repository import (
@@ -52,7 +52,9 @@ def membership_changes(
     """Entered/exited events of a purpose's audiences after `after_id` in commit (id) order, of
     one segment or all."""
     query = select(*(membership_events.c[name] for name in _CHANGE_COLUMNS)).where(
-        membership_events.c.id > after_id, membership_events.c[purpose.value].is_(True)
+        membership_events.c.id > after_id,
+        # `= true`, not IS TRUE: PostgreSQL then uses the partial index of advertising events
+        membership_events.c[purpose.value] == true(),
     )
     if segment_key is not None:
         query = query.where(membership_events.c.segment_key == segment_key)

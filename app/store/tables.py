@@ -130,6 +130,21 @@ class MembershipEvent(Base):
         Index("ix_membership_events_segment_key_id", "segment_key", "id"),
         # erasure finds a customer's events
         Index("ix_membership_events_customer_id", "customer_id"),
+        # the advertising feeds (all segments, one segment): when few customers opt in, a poll
+        # must not walk every personalization event after its cursor to find none
+        Index(
+            "ix_membership_events_advertising_id",
+            "id",
+            postgresql_where=text("advertising"),
+            sqlite_where=text("advertising"),
+        ),
+        Index(
+            "ix_membership_events_advertising_segment_key_id",
+            "segment_key",
+            "id",
+            postgresql_where=text("advertising"),
+            sqlite_where=text("advertising"),
+        ),
         # erasure notices past their retention are found without scanning the feed
         Index(
             "ix_membership_events_erasure_notices",

@@ -1,7 +1,9 @@
 """erasure notices in the change feed; SQLite: event ids are never reused
 
 An erased customer leaves the feeds with an `exited` event of cause `erasure` (kept for
-SEGMENTS_ERASURE_NOTICE_DAYS), found for pruning by a partial index.
+SEGMENTS_ERASURE_NOTICE_DAYS), found for pruning by a partial index. The advertising feeds get
+partial indexes of their own: with few customers opted in, a poll no longer walks every other
+event after its cursor.
 
 Without AUTOINCREMENT, SQLite hands out max(id) + 1, so erasing the newest events freed their
 ids and a later event could take one that a feed consumer's cursor had already passed (it
@@ -27,6 +29,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 _NOTICES = "cause = 'erasure'"
+_ADVERTISING_INDEXES = [
+    ("ix_membership_events_advertising_id", ["id"]),
+    ("ix_membership_events_advertising_segment_key_id", ["segment_key", "id"]),
+]
 
 
 def upgrade() -> None:
@@ -48,6 +54,13 @@ def upgrade() -> None:
             postgresql_where=sa.text(_NOTICES),
             sqlite_where=sa.text(_NOTICES),
         )
+        for name, columns in _ADVERTISING_INDEXES:
+            batch_op.create_index(
+                name,
+                columns,
+                postgresql_where=sa.text("advertising"),
+                sqlite_where=sa.text("advertising"),
+            )
 
 
 def downgrade() -> None:
@@ -59,6 +72,8 @@ def downgrade() -> None:
         table_kwargs={"sqlite_autoincrement": False},
     ) as batch_op:
         batch_op.drop_index("ix_membership_events_erasure_notices")
+        for name, _ in _ADVERTISING_INDEXES:
+            batch_op.drop_index(name)
         batch_op.drop_constraint(op.f("ck_membership_events_cause"), type_="check")
         batch_op.create_check_constraint(
             op.f("ck_membership_events_cause"), "cause IN ('assignment', 'consent')"
