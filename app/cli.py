@@ -311,7 +311,10 @@ def drift(
 def export_audience(
     segment: Annotated[str, typer.Option("--segment", help="the segment key, e.g. champions")],
     out: Annotated[Path, typer.Option("--out", help="file to write")],
-    export_format: Annotated[str, typer.Option("--format", help="csv or ndjson")] = "csv",
+    export_format: Annotated[
+        str | None,
+        typer.Option("--format", help="csv or ndjson; default: from --out's suffix, else csv"),
+    ] = None,
     purpose: Annotated[
         str,
         typer.Option(
@@ -342,6 +345,8 @@ def export_audience(
     from app.store import audiences
     from app.store.engine import make_engine
 
+    if export_format is None:
+        export_format = "ndjson" if out.suffix.lower() in {".ndjson", ".jsonl"} else "csv"
     chosen_format = _choice(ExportFormat, export_format, "--format", exclude=ExportFormat.JSON)
     chosen_purpose = _choice(Purpose, purpose, "--purpose")
     chosen_identifiers = _choice(Identifiers, identifiers, "--identifiers")

@@ -117,6 +117,7 @@ def _changes(
     names = runtime.segment_names
     return json_response(
         {
+            "purpose": purpose.value,
             "changes": [
                 {
                     "id": c.id,

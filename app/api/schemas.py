@@ -176,6 +176,9 @@ class ChangeOut(BaseModel):
 
 
 class ChangesOut(BaseModel):
+    purpose: str = Field(
+        description="whose consent the feed honours: advertising or personalization"
+    )
     changes: list[ChangeOut]
     next_cursor: str = Field(description="pass as ?since= to continue; given even when empty")
     has_more: bool = Field(description="another page is ready now")

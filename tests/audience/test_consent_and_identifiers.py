@@ -335,3 +335,29 @@ def test_a_default_region_completes_national_phone_numbers(
         assert page.json()["records"][0]["phone_sha256"] == GOOGLE_PHONE_SHA
     with pytest.raises(ValueError, match="region"):
         make_settings(database_url, rfm_model_dir, phone_default_region="XX")
+
+
+def test_segments_export_takes_its_format_from_the_file_name(
+    client: TestClient, database_url: str, tmp_path: Path
+) -> None:
+    batch(
+        client,
+        {"customer_id": "in", "features": CHAMPION, "consent": {"advertising": True}},
+        {"customer_id": "out", "features": CHAMPION},
+    )
+    for name, purpose, first in (
+        ("ads.ndjson", "advertising", '{"customer_id":"in"'),
+        ("all.csv", "personalization", "customer_id,segment,entered_at"),
+    ):
+        target = tmp_path / name
+        result = CliRunner().invoke(
+            app_cli,
+            ["export", "--segment", "champions", "--purpose", purpose, "--out", str(target)],
+            env={"DATABASE_URL": database_url},
+        )
+        assert result.exit_code == 0, result.output
+        lines = target.read_text().splitlines()
+        assert lines[0].startswith(first), (name, lines[0])
+    assert len((tmp_path / "ads.ndjson").read_text().splitlines()) == 1  # consent honoured
+    feed = client.get("/v1/changes", params={"purpose": "advertising"}).json()
+    assert feed["purpose"] == "advertising"
