@@ -68,7 +68,12 @@ def test_entered_and_exited_events_and_no_event_for_the_same_segment(client: Tes
     assert seen == [("c1", "entered"), ("c2", "entered")]
     # nothing new: the same cursor comes back with no changes
     again = client.get(f"/v1/segments/{low}/changes", params={"since": cursor} | EVERYONE).json()
-    assert again == {"changes": [], "next_cursor": cursor, "has_more": False}
+    assert again == {
+        "purpose": "personalization",
+        "changes": [],
+        "next_cursor": cursor,
+        "has_more": False,
+    }
 
 
 def test_erasure_removes_the_customers_events(client: TestClient) -> None:
