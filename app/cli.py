@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.lifecycle.commands import models_cli
 from app.settings import DEFAULT_MODELS_DIR, Settings
+
+if TYPE_CHECKING:
+    from app.scoring.artifact import Artifact
 
 cli = typer.Typer(
     help="Customer segment scoring: train models, serve them, score files.", no_args_is_help=True
@@ -171,13 +175,17 @@ def serve(
 
     if model is not None:
         os.environ["SEGMENTS_MODEL_DIR"] = str(model.resolve())
-        # an explicit --model is the operator's choice: activate it in the registry too
-        os.environ["SEGMENTS_MODEL_ACTIVATE_ON_START"] = "true"
     settings = Settings()
     with _errors_as_messages():
         from app.scoring.artifact import load_artifact
 
-        load_artifact(settings.model_dir)  # refuse a bad model before starting any worker
+        artifact = load_artifact(settings.model_dir)  # refuse a bad model before any worker starts
+    if model is not None or settings.model_activate_on_start:
+        # an explicit --model is the operator's choice: activate it once, here. Were each worker
+        # to do it at its start, a worker that uvicorn restarts later would undo every
+        # activation made since (`segments models activate`, POST /v1/models/.../activate).
+        _activate_at_launch(settings, artifact)
+        os.environ["SEGMENTS_MODEL_ACTIVATE_ON_START"] = "false"
     if workers > 1:
         _fresh_multiprocess_dir()
     uvicorn.run(
@@ -187,9 +195,45 @@ def serve(
         port=port,
         workers=workers,
         log_level=settings.log_level,
+        log_config=_log_config(settings.log_level),
         access_log=False,
         proxy_headers=False,
+        # a worker that does not answer the supervisor's ping in time is killed and restarted;
+        # uvicorn's 5 s kills workers still importing on a CPU-starved (throttled) machine
+        timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
     )
+
+
+def _activate_at_launch(settings: Settings, artifact: Artifact) -> None:
+    """Register and activate the launch model in the registry, once for the whole server."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.lifecycle.registry import ModelRegistry
+    from app.scoring.model import SegmentModel
+    from app.store.engine import make_engine
+
+    engine = make_engine(settings)
+    try:
+        ModelRegistry(engine).bootstrap(SegmentModel(artifact), activate=True)
+    except SQLAlchemyError as exc:
+        err.print(
+            f"[yellow]warning:[/yellow] could not activate {artifact.manifest.version} in the "
+            f"model registry ({type(exc).__name__}); it serves until the store answers, then "
+            "the registry's active version does. Run `segments models activate "
+            f"{artifact.manifest.version}` once the store is up."
+        )
+    finally:
+        engine.dispose()
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, with the service's own `app.*` loggers on the same handler, so
+    model switches, load failures and the start-up summary reach the operator."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["app"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def _fresh_multiprocess_dir() -> None:

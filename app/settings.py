@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     )
     model_activate_on_start: bool = Field(
         default=False,
-        description="activate model_dir's model at start even if the registry has another active "
-        "(`segments serve --model DIR` sets it); otherwise the registry's active version wins",
+        description="activate model_dir's model once at `segments serve` launch even if the "
+        "registry has another active (`--model DIR` implies it); otherwise the registry's "
+        "active version wins",
     )
     shadow_flush_ms: float = Field(
         default=50.0, gt=0, le=5_000, description="how long shadow rows gather before scoring"
@@ -120,6 +121,13 @@ class Settings(BaseSettings):
         default=True, description="freeze start-up objects out of the garbage collector"
     )
     log_level: str = "info"
+    worker_healthcheck_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=600,
+        description="how long uvicorn waits for a worker to answer its health ping before "
+        "killing and restarting it (`--workers` above 1)",
+    )
 
     @field_validator("phone_default_region")
     @classmethod

@@ -69,6 +69,16 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, what
         time.sleep(0.2)
 
 
+def wait_for_workers(log: Path, workers: int, process: subprocess.Popen[bytes]) -> None:
+    """One worker answering is not all of them: a test spreading requests over the workers
+    (or switching models under load) starts once each has finished its start-up."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while log.read_bytes().count(b"Application startup complete.") < workers:
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"not all {workers} workers started:\n{tail(log)}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def segments_server(
     database_url: str, model_dir: Path, folder: Path, workers: int = 2, **env: str
@@ -108,6 +118,7 @@ def segments_server(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(f"{base}/readyz", process, log, "segments serve")
+        wait_for_workers(log, workers, process)
         yield Service(base=base, port=port, metrics_dir=metrics_dir, log=log, pid=process.pid)
     finally:
         stop(process)

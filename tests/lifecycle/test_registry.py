@@ -14,8 +14,9 @@ from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli import _activate_at_launch, cli
 from app.main import create_app
+from app.scoring.artifact import load_artifact
 from tests.conftest import clear_tables, make_settings, metric_value
 
 CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
@@ -176,6 +177,26 @@ def test_a_replica_started_on_an_old_model_serves_the_registrys_active(
     with TestClient(create_app(explicit)) as chosen:
         assert chosen.get("/readyz").json()["model_version"] == "test-rfm-k4"
         assert chosen.get("/v1/models").json()["active"] == "test-rfm-k4"
+
+
+def test_serve_activates_its_model_once_at_launch_and_says_so_when_it_cannot(
+    app_a: TestClient,
+    database_url: str,
+    rfm_model_dir: Path,
+    rfm_model_b: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert segments_cli(database_url, "models", "register", str(rfm_model_b))[0] == 0
+    assert app_a.post("/v1/models/test-rfm-k5/activate").status_code == 200
+    k4 = load_artifact(rfm_model_dir)
+    _activate_at_launch(make_settings(database_url, rfm_model_dir), k4)  # serve --model k4
+    assert app_a.get("/v1/models").json()["active"] == "test-rfm-k4"
+    # a store that is down: a warning that names the way out, and the server still starts
+    down = make_settings("postgresql+psycopg://postgres@127.0.0.1:1/none", rfm_model_dir)
+    _activate_at_launch(down, k4)
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "could not activate test-rfm-k4" in warning
+    assert "segments models activate test-rfm-k4" in warning
 
 
 def test_a_worker_that_cannot_load_the_new_version_keeps_serving_and_says_why(

@@ -4,6 +4,8 @@ every worker converges, and each answer names the model that produced it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -80,20 +82,20 @@ def test_activate_rollback_and_activate_again_under_load_fail_no_request(
                 asked = time.monotonic()
                 response = await admin.post("/v1/models/test-rfm-k5/activate")
                 assert response.status_code == 200, response.text
-                assert await _served_by_every_worker(service.base, "test-rfm-k5", 5)
+                assert await _served_by_every_worker(service.base, "test-rfm-k5", 15)
                 switched["activated"] = time.monotonic()
                 switched["convergence"] = switched["activated"] - asked
                 await asyncio.sleep(1.0)
                 response = await admin.post("/v1/models/rollback")
                 assert response.status_code == 200, response.text
-                assert await _served_by_every_worker(service.base, "test-rfm-k4", 5)
+                assert await _served_by_every_worker(service.base, "test-rfm-k4", 15)
                 switched["rolled back"] = time.monotonic()
                 await asyncio.sleep(1.0)
                 code, output = await asyncio.to_thread(
                     segments_cli, database_url, "models", "activate", "test-rfm-k5"
                 )
                 assert code == 0, output
-                assert await _served_by_every_worker(service.base, "test-rfm-k5", 5)
+                assert await _served_by_every_worker(service.base, "test-rfm-k5", 15)
                 switched["activated again"] = time.monotonic()
                 await asyncio.sleep(2.0)
             stop.set()
@@ -118,3 +120,52 @@ def test_activate_rollback_and_activate_again_under_load_fail_no_request(
         f"{len(answers)} requests over three switches, none failed; every worker served the "
         f"new version {switched['convergence']:.2f} s after the activation call"
     )
+
+
+def _workers_of(server_pid: int) -> list[int]:
+    """uvicorn's worker processes: the server's children started by multiprocessing's spawn."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == server_pid and b"spawn_main" in command:
+            workers.append(int(entry.name))
+    return workers
+
+
+def test_a_worker_uvicorn_restarts_does_not_undo_an_activation(
+    database_url: str, rfm_model_dir: Path, rfm_model_b: Path, tmp_path: Path
+) -> None:
+    """`serve --model k4` activates k4 once, at launch: a worker restarted after someone
+    activated k5 must follow the registry to k5, not put k4 back for the whole fleet."""
+    clear_tables(database_url)
+    with segments_server(
+        database_url, rfm_model_dir, tmp_path, workers=2, SEGMENTS_MODEL_POLL_SECONDS="0.5"
+    ) as service:
+        assert segments_cli(database_url, "models", "register", str(rfm_model_b))[0] == 0
+        assert httpx.post(f"{service.base}/v1/models/test-rfm-k5/activate").status_code == 200
+        assert asyncio.run(_served_by_every_worker(service.base, "test-rfm-k5", 15))
+
+        workers = _workers_of(service.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while service.log.read_bytes().count(b"Application startup complete.") < 3:
+            assert time.monotonic() < deadline, "uvicorn did not restart the killed worker"
+            time.sleep(0.1)
+        replacement = set(_workers_of(service.pid)) - set(workers)
+        assert len(replacement) == 1, "the killed worker was not replaced"
+
+        active = httpx.get(f"{service.base}/v1/models/active").json()
+        assert active["version"] == "test-rfm-k5"
+        # a few polls later, still every worker on k5 (a revert would show within 0.5 s)
+        time.sleep(1.5)
+        assert asyncio.run(_served_by_every_worker(service.base, "test-rfm-k5", 15))
+        assert httpx.get(f"{service.base}/v1/models/active").json()["version"] == "test-rfm-k5"
+    log = service.log.read_text()
+    assert "now serving model test-rfm-k5" in log  # the service's own logs reach the operator
