@@ -40,7 +40,7 @@ from app.scoring.validation import Problem
 from app.store.repository import AssignmentBatch
 
 # the hot routes check their key inline (no dependency injection): declared here for OpenAPI
-BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
+BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": [Scope.ASSIGN.value]}]}
 PERSIST_PARAMETER = {
     "name": "persist",
     "in": "query",

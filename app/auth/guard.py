@@ -58,8 +58,13 @@ def requires(
 ) -> Callable[[Request, HTTPAuthorizationCredentials | None], Coroutine[Any, Any, ApiKey]]:
     """A route dependency: the request needs a key with `scope` (or `also`)."""
 
+    # OpenAPI 3.1 lets a bearer requirement list roles: each operation names the scopes it takes
+    bearer = Security(BEARER, scopes=[scope.value] + ([also.value] if also is not None else []))
+
     async def check(
-        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+        request: Request,
+        # a default, not Annotated: these annotations are strings, and `scopes` is a local
+        _: HTTPAuthorizationCredentials | None = bearer,
     ) -> ApiKey:
         # async: a plain def dependency would cost a hop to the thread pool
         guard: Guard = request.state.runtime.guard
@@ -82,17 +87,19 @@ PurposeQuery = Annotated[
 def purpose_for(
     scope: Scope,
 ) -> Callable[
-    [Request, HTTPAuthorizationCredentials | None, Purpose | None], Coroutine[Any, Any, Purpose]
+    [Request, Purpose | None, HTTPAuthorizationCredentials | None], Coroutine[Any, Any, Purpose]
 ]:
     """A route dependency for a route that serves customers under a consent purpose: a key with
     `scope` may ask for either (personalization by default); a key with only the advertising
     scope is held to advertising, so an ad platform's key can never read customers who did
     not opt in, whatever it asks for."""
 
+    bearer = Security(BEARER, scopes=[scope.value, Scope.ADVERTISING.value])
+
     async def check(
         request: Request,
-        _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
         purpose: PurposeQuery = None,
+        _: HTTPAuthorizationCredentials | None = bearer,
     ) -> Purpose:
         guard: Guard = request.state.runtime.guard
         key = guard.authorize(request, scope, Scope.ADVERTISING)
