@@ -15,6 +15,7 @@ from app.api import audiences, erasure, lifecycle, routes
 from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.audience.erasure import QUICKSTART_KEY, IdHasher
+from app.audience.retention import NoticePruner
 from app.auth.guard import Guard
 from app.auth.keys import parse_key_config
 from app.errors import AppError, install_error_handlers
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await watcher.check()  # a shadow set before this start is picked up at once
         shadow.start()
         watcher.start()
+        pruner = NoticePruner(engine, settings.erasure_notice_days, settings.erasure_prune_seconds)
+        pruner.start()
         live = CollectorRegistry()
         live.register(
             LiveCollector(
@@ -116,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {"runtime": Runtime(settings, engine, service, live, registry, watcher, guard)}
         finally:
+            await pruner.close()
             await watcher.close()
             await shadow.close()
             await committer.close()

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="days the change feeds carry an erased customer's `exited` event (cause "
         "erasure), so ad platforms following them drop the customer; 0: no such event",
     )
+    erasure_prune_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86_400,
+        description="how often each worker deletes erasure notices past erasure_notice_days",
+    )
     erasure_key: SecretStr = Field(
         default=SecretStr(""),
         description="secret key of the keyed hash erasure tombstones name customers by; "

@@ -58,7 +58,7 @@ def erase_customers(
     `erasure`: an ad platform that follows the feed must drop the customer from the audience it
     uploaded (GDPR Art. 19: tell the recipients). Those notices are the only trace of the id
     besides the tombstone, and are deleted `notice_days` after the erasure (by the next
-    erasure)."""
+    erasure, or by app.audience.retention's timer, whichever comes first)."""
     ids = list(dict.fromkeys(customer_ids))
     hashes = {customer_id: id_hash(customer_id) for customer_id in ids}
     lock_memberships(conn)
@@ -154,13 +154,14 @@ def _erasure_notices(conn: Connection, ids: list[str], now: datetime) -> list[di
     return notices
 
 
-def prune_erasure_notices(conn: Connection, before: datetime) -> None:
-    """Delete the erasure notices older than `before`: past that, the id is gone from the feed too."""
-    conn.execute(
+def prune_erasure_notices(conn: Connection, before: datetime) -> int:
+    """Delete the erasure notices older than `before`: past that, the id is gone from the feed
+    too. Returns how many went."""
+    return conn.execute(
         delete(membership_events).where(
             membership_events.c.cause == "erasure", membership_events.c.occurred_at < before
         )
-    )
+    ).rowcount
 
 
 def restore_customer(

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -331,8 +332,8 @@ def test_two_erasures_of_one_customer_at_once_both_succeed(
 def test_erasure_notices_expire_and_can_be_turned_off(
     database_url: str, rfm_model_dir: Path
 ) -> None:
-    """Notices are deleted `erasure_notice_days` after the erasure (by the next erasure), and
-    with 0 an erasure leaves no trace of the id in the feeds at all."""
+    """Notices are deleted `erasure_notice_days` after the erasure (by the next erasure, or the
+    timer), and with 0 an erasure leaves no trace of the id in the feeds at all."""
     for days, expected in ((1, 1), (0, 0)):
         clear_tables(database_url)
         settings = make_settings(
@@ -361,3 +362,38 @@ def test_erasure_notices_expire_and_can_be_turned_off(
                 assert client.delete("/v1/customers/second").status_code == 204
                 assert erasure_notices(client, "first")["personalization"] == []
                 assert len(erasure_notices(client, "second")["personalization"]) == 1
+
+
+def test_expired_erasure_notices_go_without_another_erasure(
+    database_url: str, rfm_model_dir: Path
+) -> None:
+    """A quiet month has no next erasure: each worker's timer deletes expired notices itself."""
+    clear_tables(database_url)
+    settings = make_settings(
+        database_url,
+        rfm_model_dir,
+        api_keys=ADMIN_KEYS,
+        allow_anonymous=False,
+        erasure_notice_days=1,
+        erasure_prune_seconds=0.2,
+    )
+    with TestClient(create_app(settings)) as client:
+        client.headers["authorization"] = f"Bearer {DPO_KEY}"
+        write(client, "first", "second")
+        assert client.delete("/v1/customers/first").status_code == 204
+        assert client.delete("/v1/customers/second").status_code == 204
+        engine = create_engine(database_url)
+        with engine.begin() as conn:  # first's notice is two days old now, second's is fresh
+            conn.execute(
+                text(
+                    "UPDATE membership_events SET occurred_at = :then "
+                    "WHERE cause = 'erasure' AND customer_id = 'first'"
+                ),
+                {"then": datetime.now(UTC) - timedelta(days=2)},
+            )
+        engine.dispose()
+        deadline = time.monotonic() + 10
+        while erasure_notices(client, "first")["personalization"]:
+            assert time.monotonic() < deadline, "the expired notice was never pruned"
+            time.sleep(0.1)
+        assert len(erasure_notices(client, "second")["personalization"]) == 1

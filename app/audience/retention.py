@@ -1,0 +1,55 @@
+"""Erasure notices leave the feeds on time, whether or not another erasure comes.
+
+An erasure's `exited` notices (cause `erasure`) name the erased id, so they may live only
+`erasure_notice_days`. Each erasure prunes the expired ones, but a quiet month has no erasure:
+every worker also prunes on a timer. The DELETE is idempotent and reads a partial index of the
+notices alone, so many workers and replicas doing it cost nothing worth coordinating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.store.erasure import prune_erasure_notices
+
+log = logging.getLogger(__name__)
+
+
+class NoticePruner:
+    def __init__(self, engine: Engine, notice_days: int, every_seconds: float) -> None:
+        self.engine = engine
+        self.notice_days = notice_days
+        self.every_seconds = every_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def prune(self) -> int:
+        """Delete the notices past their window now; how many went."""
+        before = datetime.now(UTC) - timedelta(days=self.notice_days)
+        with self.engine.begin() as conn:
+            return prune_erasure_notices(conn, before)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="notice-pruner")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                pruned = await asyncio.to_thread(self.prune)
+            except SQLAlchemyError as exc:  # the store is away: the next round tries again
+                log.debug("could not prune erasure notices: %s", exc)
+            else:
+                if pruned:
+                    log.info("deleted %d expired erasure notices", pruned)
+            await asyncio.sleep(self.every_seconds)
