@@ -37,15 +37,24 @@ ADMIN_KEYS = "\n".join(
 )
 
 
+@contextlib.contextmanager
+def dpo_client(database_url: str, rfm_model_dir: Path, **settings: object) -> Iterator[TestClient]:
+    """The app over empty tables with two keys, `dpo` (admin, audience, read) and `shop`
+    (assign), calling as `dpo`."""
+    clear_tables(database_url)
+    app = create_app(
+        make_settings(
+            database_url, rfm_model_dir, api_keys=ADMIN_KEYS, allow_anonymous=False, **settings
+        )
+    )
+    with TestClient(app) as client:
+        client.headers["authorization"] = f"Bearer {DPO_KEY}"
+        yield client
+
+
 @pytest.fixture
 def admin(database_url: str, rfm_model_dir: Path) -> Iterator[TestClient]:
-    """The app with two keys: `dpo` (admin, audience, read) and `shop` (assign)."""
-    clear_tables(database_url)
-    settings = make_settings(
-        database_url, rfm_model_dir, api_keys=ADMIN_KEYS, allow_anonymous=False
-    )
-    with TestClient(create_app(settings)) as client:
-        client.headers["authorization"] = f"Bearer {DPO_KEY}"
+    with dpo_client(database_url, rfm_model_dir) as client:
         yield client
 
 
@@ -335,16 +344,7 @@ def test_erasure_notices_expire_and_can_be_turned_off(
     """Notices are deleted `erasure_notice_days` after the erasure (by the next erasure, or the
     timer), and with 0 an erasure leaves no trace of the id in the feeds at all."""
     for days, expected in ((1, 1), (0, 0)):
-        clear_tables(database_url)
-        settings = make_settings(
-            database_url,
-            rfm_model_dir,
-            api_keys=ADMIN_KEYS,
-            allow_anonymous=False,
-            erasure_notice_days=days,
-        )
-        with TestClient(create_app(settings)) as client:
-            client.headers["authorization"] = f"Bearer {DPO_KEY}"
+        with dpo_client(database_url, rfm_model_dir, erasure_notice_days=days) as client:
             write(client, "first", "second")
             assert client.delete("/v1/customers/first").status_code == 204
             assert len(erasure_notices(client, "first")["personalization"]) == expected
@@ -368,17 +368,9 @@ def test_expired_erasure_notices_go_without_another_erasure(
     database_url: str, rfm_model_dir: Path
 ) -> None:
     """A quiet month has no next erasure: each worker's timer deletes expired notices itself."""
-    clear_tables(database_url)
-    settings = make_settings(
-        database_url,
-        rfm_model_dir,
-        api_keys=ADMIN_KEYS,
-        allow_anonymous=False,
-        erasure_notice_days=1,
-        erasure_prune_seconds=0.2,
-    )
-    with TestClient(create_app(settings)) as client:
-        client.headers["authorization"] = f"Bearer {DPO_KEY}"
+    with dpo_client(
+        database_url, rfm_model_dir, erasure_notice_days=1, erasure_prune_seconds=0.2
+    ) as client:
         write(client, "first", "second")
         assert client.delete("/v1/customers/first").status_code == 204
         assert client.delete("/v1/customers/second").status_code == 204
