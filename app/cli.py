@@ -184,6 +184,15 @@ def serve(
         # an explicit --model is the operator's choice: activate it once, here. Were each worker
         # to do it at its start, a worker that uvicorn restarts later would undo every
         # activation made since (`segments models activate`, POST /v1/models/.../activate).
+        # The workers' own start-up checks (keys, erasure key) run first: a server that cannot
+        # start must not switch the whole fleet's model on its way down.
+        from app.main import create_app
+
+        try:
+            create_app(settings)
+        except (RuntimeError, ValueError) as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
         _activate_at_launch(settings, artifact)
         os.environ["SEGMENTS_MODEL_ACTIVATE_ON_START"] = "false"
     if workers > 1:
@@ -208,6 +217,7 @@ def _activate_at_launch(settings: Settings, artifact: Artifact) -> None:
     """Register and activate the launch model in the registry, once for the whole server."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from app.errors import AppError
     from app.lifecycle.registry import ModelRegistry
     from app.scoring.model import SegmentModel
     from app.store.engine import make_engine
@@ -215,6 +225,9 @@ def _activate_at_launch(settings: Settings, artifact: Artifact) -> None:
     engine = make_engine(settings)
     try:
         ModelRegistry(engine).bootstrap(SegmentModel(artifact), activate=True)
+    except AppError as exc:  # e.g. this version is registered with another artifact
+        err.print(f"[red]error:[/red] {artifact.manifest.version} cannot be activated: {exc}")
+        raise typer.Exit(2) from exc
     except SQLAlchemyError as exc:
         err.print(
             f"[yellow]warning:[/yellow] could not activate {artifact.manifest.version} in the "

@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -16,7 +17,7 @@ from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.audience.erasure import QUICKSTART_KEY, IdHasher
 from app.audience.retention import NoticePruner
-from app.auth.guard import Guard
+from app.auth.guard import Guard, scope_alternatives
 from app.auth.keys import parse_key_config
 from app.errors import AppError, install_error_handlers
 from app.lifecycle.registry import ModelRegistry
@@ -119,10 +120,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {"runtime": Runtime(settings, engine, service, live, registry, watcher, guard)}
         finally:
-            await pruner.close()
             await watcher.close()
             await shadow.close()
-            await committer.close()
+            await committer.close()  # first the queued assignments
+            await pruner.close()
             engine.dispose()
 
     app = FastAPI(
@@ -135,6 +136,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (routes, audiences, erasure, lifecycle):
         app.include_router(module.router)
     app.include_router(routes.operations)
+    generate_openapi = app.openapi  # FastAPI's, which caches the document it builds
+
+    def openapi() -> dict[str, Any]:
+        return scope_alternatives(generate_openapi())
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
     install_error_handlers(app, settings.max_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer)

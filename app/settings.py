@@ -74,7 +74,8 @@ class Settings(BaseSettings):
         default=False,
         description="activate model_dir's model once at `segments serve` launch even if the "
         "registry has another active (`--model DIR` implies it); otherwise the registry's "
-        "active version wins",
+        "active version wins. A process started otherwise (plain uvicorn) honours it at its "
+        "own start",
     )
     shadow_flush_ms: float = Field(
         default=50.0, gt=0, le=5_000, description="how long shadow rows gather before scoring"

@@ -44,12 +44,22 @@ class NoticePruner:
                 await self._task
 
     async def _run(self) -> None:
+        failing = False
         while True:
             try:
                 pruned = await asyncio.to_thread(self.prune)
-            except SQLAlchemyError as exc:  # the store is away: the next round tries again
-                log.debug("could not prune erasure notices: %s", exc)
+            except SQLAlchemyError as exc:
+                # notices naming erased ids outlive their window while this fails: say so once
+                # (not every round), and again when it works
+                if not failing:
+                    log.warning("cannot prune expired erasure notices, retrying: %s", exc)
+                failing = True
+            except Exception:  # the timer must outlive any one bad round
+                log.exception("pruning erasure notices failed")
             else:
+                if failing:
+                    log.warning("pruning erasure notices works again")
+                failing = False
                 if pruned:
                     log.info("deleted %d expired erasure notices", pruned)
             await asyncio.sleep(self.every_seconds)

@@ -58,7 +58,7 @@ def requires(
 ) -> Callable[[Request, HTTPAuthorizationCredentials | None], Coroutine[Any, Any, ApiKey]]:
     """A route dependency: the request needs a key with `scope` (or `also`)."""
 
-    # OpenAPI 3.1 lets a bearer requirement list roles: each operation names the scopes it takes
+    # each operation names the scopes it takes in OpenAPI (see `scope_alternatives`)
     bearer = Security(BEARER, scopes=[scope.value] + ([also.value] if also is not None else []))
 
     async def check(
@@ -111,3 +111,21 @@ def purpose_for(
 
     check.__name__ = f"purpose_for_{scope.value}"
     return check
+
+
+def scope_alternatives(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI 3.1 reads the roles listed in one security requirement as all needed, and the
+    requirements of an operation's `security` array as alternatives. A route takes any one of
+    its scopes, so `[{"HTTPBearer": ["audience", "advertising"]}]` as FastAPI writes it becomes
+    `[{"HTTPBearer": ["audience"]}, {"HTTPBearer": ["advertising"]}]`. In place; idempotent."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            requirements = operation.get("security") if isinstance(operation, dict) else None
+            if requirements:
+                operation["security"] = [
+                    {scheme: [role]} if roles else {scheme: []}
+                    for requirement in requirements
+                    for scheme, roles in requirement.items()
+                    for role in roles or [None]
+                ]
+    return schema

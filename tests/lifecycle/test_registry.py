@@ -3,6 +3,7 @@ roll back, refuse bad versions, follow another process's activation, compare, sh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
@@ -197,6 +199,28 @@ def test_serve_activates_its_model_once_at_launch_and_says_so_when_it_cannot(
     warning = " ".join(capsys.readouterr().err.split())
     assert "could not activate test-rfm-k4" in warning
     assert "segments models activate test-rfm-k4" in warning
+    # the same version name with another artifact: refused with a message, nothing changed
+    impostor = dataclasses.replace(k4, sha256="0" * 64)
+    with pytest.raises(typer.Exit) as stopped:
+        _activate_at_launch(make_settings(database_url, rfm_model_dir), impostor)
+    assert stopped.value.exit_code == 2
+    assert "registered already with another artifact" in " ".join(capsys.readouterr().err.split())
+    assert app_a.get("/v1/models").json()["active"] == "test-rfm-k4"
+
+
+def test_a_server_that_cannot_start_does_not_switch_the_fleets_model(
+    app_a: TestClient, database_url: str, rfm_model_b: Path
+) -> None:
+    """`serve --model` checks what the workers would refuse before it activates anything."""
+    result = CliRunner().invoke(
+        cli,
+        ["serve", "--model", str(rfm_model_b)],
+        env={"DATABASE_URL": database_url, "SEGMENTS_API_KEYS": "not a key entry"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "error" in result.output
+    assert app_a.get("/v1/models").json()["active"] == "test-rfm-k4"
+    assert "test-rfm-k5" not in {m["version"] for m in app_a.get("/v1/models").json()["models"]}
 
 
 def test_a_worker_that_cannot_load_the_new_version_keeps_serving_and_says_why(

@@ -148,7 +148,8 @@ def test_a_worker_uvicorn_restarts_does_not_undo_an_activation(
         database_url, rfm_model_dir, tmp_path, workers=2, SEGMENTS_MODEL_POLL_SECONDS="0.5"
     ) as service:
         assert segments_cli(database_url, "models", "register", str(rfm_model_b))[0] == 0
-        assert httpx.post(f"{service.base}/v1/models/test-rfm-k5/activate").status_code == 200
+        activated = httpx.post(f"{service.base}/v1/models/test-rfm-k5/activate", timeout=30)
+        assert activated.status_code == 200, activated.text
         assert asyncio.run(_served_by_every_worker(service.base, "test-rfm-k5", 15))
 
         workers = _workers_of(service.pid)
