@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -190,8 +191,13 @@ def serve(
 
         try:
             create_app(settings)
+            # binding is the other start-up failure: try the address before switching models
+            socket.create_server((host, port)).close()
         except (RuntimeError, ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        except OSError as exc:
+            err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {exc.strerror}")
             raise typer.Exit(2) from exc
         _activate_at_launch(settings, artifact)
         os.environ["SEGMENTS_MODEL_ACTIVATE_ON_START"] = "false"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,20 @@ def test_a_server_that_cannot_start_does_not_switch_the_fleets_model(
     )
     assert result.exit_code == 2, result.output
     assert "error" in result.output
+    # nor one whose port is taken
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(
+            cli,
+            ["serve", "--model", str(rfm_model_b), "--port", port],
+            env={
+                "DATABASE_URL": database_url,
+                "SEGMENTS_ALLOW_ANONYMOUS": "true",
+                "SEGMENTS_ERASURE_KEY": "tests-erasure-key",
+            },
+        )
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in " ".join(result.output.split())
     assert app_a.get("/v1/models").json()["active"] == "test-rfm-k4"
     assert "test-rfm-k5" not in {m["version"] for m in app_a.get("/v1/models").json()["models"]}
 
