@@ -187,10 +187,10 @@ def serve(
         # activation made since (`segments models activate`, POST /v1/models/.../activate).
         # The workers' own start-up checks (keys, erasure key) run first: a server that cannot
         # start must not switch the whole fleet's model on its way down.
-        from app.main import create_app
+        from app.main import check_settings
 
         try:
-            create_app(settings)
+            check_settings(settings)
             # binding is the other start-up failure: try the address before switching models
             socket.create_server((host, port)).close()
         except (RuntimeError, ValueError) as exc:

@@ -42,10 +42,7 @@ log = logging.getLogger("app")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; the model is loaded and verified when the lifespan starts."""
     settings = settings or Settings()
-    guard = Guard(parse_key_config(settings.api_key_config()))  # a bad entry fails here
-    if guard.open:
-        _check_anonymous_allowed(settings)
-    _erasure_key(settings)  # refuses PostgreSQL without one before anything starts
+    guard = check_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
@@ -176,6 +173,17 @@ def _known_segment_names(registry: ModelRegistry) -> dict[str, str]:
         for segment in version.manifest.get("segments", []):
             names[segment["key"]] = segment["name"]
     return names
+
+
+def check_settings(settings: Settings) -> Guard:
+    """What refuses to start before anything starts (RuntimeError or ValueError, with the
+    fix in the message): a bad key entry, no keys on a real database without
+    SEGMENTS_ALLOW_ANONYMOUS, no erasure key on a real database. Returns the key guard."""
+    guard = Guard(parse_key_config(settings.api_key_config()))
+    if guard.open:
+        _check_anonymous_allowed(settings)
+    _erasure_key(settings)
+    return guard
 
 
 def _erasure_key(settings: Settings) -> str:

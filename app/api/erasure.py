@@ -84,7 +84,8 @@ def _erasure_ids(payload: Any) -> list[str]:
     ids = payload.get("customer_ids") if isinstance(payload, dict) else None
     if not isinstance(ids, list) or not ids or len(payload) != 1:
         raise InvalidFeatures(
-            'The body must be {"customer_ids": [...]} with 1 to 10,000 ids; nothing was erased.',
+            f'The body must be {{"customer_ids": [...]}} with 1 to {MAX_ERASURES:,} ids; '
+            "nothing was erased.",
             [Problem("customer_ids", "is required: a non-empty list of customer ids")],
         )
     if len(ids) > MAX_ERASURES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,9 +30,8 @@ class NoticePruner:
 
     def prune(self) -> int:
         """Delete the notices past their window now; how many went."""
-        before = datetime.now(UTC) - timedelta(days=self.notice_days)
         with self.engine.begin() as conn:
-            return prune_erasure_notices(conn, before)
+            return prune_erasure_notices(conn, datetime.now(UTC), self.notice_days)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="notice-pruner")

@@ -63,7 +63,7 @@ def requires(
 
     async def check(
         request: Request,
-        # a default, not Annotated: these annotations are strings, and `scopes` is a local
+        # a default, not Annotated: these annotations are strings, and `bearer` is a local
         _: HTTPAuthorizationCredentials | None = bearer,
     ) -> ApiKey:
         # async: a plain def dependency would cost a hop to the thread pool

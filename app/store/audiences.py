@@ -6,7 +6,7 @@ Functions take a Connection inside the caller's transaction and never commit the
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -33,17 +33,7 @@ class MembershipChange:
     cause: str
 
 
-_CHANGE_COLUMNS = (
-    "id",
-    "customer_id",
-    "segment_id",
-    "segment_key",
-    "event",
-    "model_version",
-    "confidence",
-    "occurred_at",
-    "cause",
-)
+_CHANGE_COLUMNS = tuple(field.name for field in fields(MembershipChange))
 
 
 def membership_changes(
@@ -140,13 +130,7 @@ class MemberRow:
     phone_digits_sha256: str | None
 
 
-MEMBER_COLUMNS = (
-    "customer_id",
-    "entered_at",
-    "email_sha256",
-    "phone_sha256",
-    "phone_digits_sha256",
-)
+MEMBER_COLUMNS = tuple(field.name for field in fields(MemberRow))
 
 
 def _member(row: Any) -> MemberRow:

@@ -86,7 +86,7 @@ def erase_customers(
     }
     if leaving:
         conn.execute(insert(membership_events), leaving)
-    prune_erasure_notices(conn, now - timedelta(days=notice_days))
+    prune_erasure_notices(conn, now, notice_days)
     new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
     if new:
         # ON CONFLICT DO NOTHING: two erasures of one id at once (a retried GDPR request) both
@@ -154,9 +154,10 @@ def _erasure_notices(conn: Connection, ids: list[str], now: datetime) -> list[di
     return notices
 
 
-def prune_erasure_notices(conn: Connection, before: datetime) -> int:
-    """Delete the erasure notices older than `before`: past that, the id is gone from the feed
-    too. Returns how many went."""
+def prune_erasure_notices(conn: Connection, now: datetime, notice_days: int) -> int:
+    """Delete the erasure notices older than `notice_days` at `now`: past that, the id is gone
+    from the feed too. Returns how many went."""
+    before = now - timedelta(days=notice_days)
     return conn.execute(
         delete(membership_events).where(
             membership_events.c.cause == "erasure", membership_events.c.occurred_at < before
