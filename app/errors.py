@@ -1,4 +1,8 @@
-"""Expected failures as types, and the one renderer of the contract's error body."""
+"""Expected failures as types: what went wrong, for whom, and what to do about it.
+
+Knows nothing of HTTP frameworks: app/api/errors.py renders these in the contract's error body,
+and the CLI prints their message.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.responses import OrjsonResponse
-from app.scoring.validation import Problem
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one request value: where (`customers[3].features.monetary`) and what."""
+
+    loc: str
+    problem: str
 
 
 @dataclass
@@ -25,6 +30,9 @@ class AppError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.details)
 
 
 class InvalidFeatures(AppError):
@@ -218,6 +226,7 @@ class PurposeForbidden(AppError):
 
 
 def error_body(code: str, message: str, details: Iterable[Problem] = ()) -> dict[str, Any]:
+    """The contract's error body."""
     return {
         "error": {
             "code": code,
@@ -225,68 +234,3 @@ def error_body(code: str, message: str, details: Iterable[Problem] = ()) -> dict
             "details": [{"loc": d.loc, "problem": d.problem} for d in details],
         }
     }
-
-
-def _loc_text(parts: Sequence[int | str]) -> str:
-    """('body', 'customers', 3, 'features') -> 'customers[3].features'."""
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "body"
-
-
-def install_error_handlers(app: FastAPI, body_limit: int) -> None:
-    """Every error leaves in the contract's shape: ours, FastAPI's validation, routing, and bugs."""
-
-    async def app_error(_: Request, exc: Exception) -> OrjsonResponse:
-        assert isinstance(exc, AppError)
-        # RFC 6750: a 401 names the scheme the client should use
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return OrjsonResponse(
-            error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=headers
-        )
-
-    async def validation_error(_: Request, exc: Exception) -> OrjsonResponse:
-        assert isinstance(exc, RequestValidationError)
-        problems = []
-        for err in exc.errors():
-            loc = list(err.get("loc", ()))
-            if loc and loc[0] in {"body", "query", "path"}:
-                loc = loc[1:] if loc[0] == "body" or len(loc) > 1 else loc
-            problems.append(Problem(_loc_text(loc), str(err.get("msg", "is invalid"))))
-        message = "The request is invalid: fix the fields listed in details and send it again."
-        return OrjsonResponse(error_body("invalid_input", message, problems), status_code=422)
-
-    async def http_error(_: Request, exc: Exception) -> OrjsonResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 413:  # a streamed body over the limit (app.api.limits)
-            too_large = BodyTooLarge(body_limit)
-            return OrjsonResponse(
-                error_body(too_large.code, too_large.message, too_large.details), status_code=413
-            )
-        if exc.status_code == 400:  # FastAPI could not read the body
-            invalid = InvalidBody(str(exc.detail))
-            return OrjsonResponse(
-                error_body(invalid.code, invalid.message, invalid.details), status_code=422
-            )
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = {
-            404: "No such endpoint; see /docs for the API.",
-            405: "This endpoint does not take that method; see /docs.",
-        }.get(exc.status_code, str(exc.detail))
-        return OrjsonResponse(
-            error_body(code, message), status_code=exc.status_code, headers=exc.headers
-        )
-
-    async def unexpected(_: Request, exc: Exception) -> OrjsonResponse:
-        # Starlette re-raises after this handler, so the server logs the traceback once
-        message = "The service failed unexpectedly. Retry, and report it if it persists."
-        return OrjsonResponse(error_body("internal_error", message), status_code=500)
-
-    app.add_exception_handler(AppError, app_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)

@@ -1,34 +1,32 @@
-"""What the lifespan builds once and every request uses: settings, service, engine, metrics."""
+"""What the lifespan builds once and every request uses: settings, the services, the models,
+metrics. Fixed at construction: nothing sets its fields later."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
 
 from app.auth.guard import Guard
+from app.lifecycle.holder import ModelHolder
 from app.lifecycle.registry import ModelRegistry
 from app.lifecycle.watcher import ModelWatcher
-from app.scoring.model import SegmentModel
-from app.service import AssignmentService
+from app.service.assignments import AssignmentService
+from app.service.audiences import AudienceService
+from app.service.erasure import ErasureService
+from app.service.store import Store
 from app.settings import Settings
 
 
-@dataclass
+@dataclass(frozen=True)
 class Runtime:
     settings: Settings
-    engine: Engine
-    service: AssignmentService
-    live_registry: CollectorRegistry
+    models: ModelHolder
+    assignments: AssignmentService
+    audiences: AudienceService
+    erasure: ErasureService
     registry: ModelRegistry
     watcher: ModelWatcher
+    store: Store
+    live_registry: CollectorRegistry
     guard: Guard
-
-    @property
-    def model(self) -> SegmentModel:
-        return self.service.model
-
-    @property
-    def segment_names(self) -> dict[str, str]:
-        return self.service.segment_names

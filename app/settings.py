@@ -7,19 +7,36 @@ from pathlib import Path
 import phonenumbers
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "models"
-DEFAULT_DATABASE_URL = "sqlite:///./segments.db"
+# what a PostgreSQL URL may start with; each is read with psycopg 3
+POSTGRES_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
+
+
+class ConfigurationError(Exception):
+    """Settings the service cannot start with: every problem found, each with its fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEGMENTS_", extra="ignore")
 
-    database_url: SecretStr = Field(
-        default=SecretStr(DEFAULT_DATABASE_URL),
+    database_url: SecretStr | None = Field(
+        default=None,
         validation_alias=AliasChoices("DATABASE_URL", "SEGMENTS_DATABASE_URL"),
-        description="SQLAlchemy URL; postgresql+psycopg://… in production, embedded SQLite by default",
+        description="the PostgreSQL server, e.g. postgresql://user:password@host:5432/db; unset: "
+        "`segments` starts an embedded PostgreSQL in SEGMENTS_EMBEDDED_DIR",
+    )
+    embedded_dir: Path = Field(
+        default=Path(".segments/postgres"),
+        description="where the embedded PostgreSQL keeps its data when DATABASE_URL is unset "
+        "(relative to the working directory)",
     )
     model_dir: Path = Field(
         default=DEFAULT_MODELS_DIR,
@@ -90,8 +107,8 @@ class Settings(BaseSettings):
     )
     allow_anonymous: bool = Field(
         default=False,
-        description="serve without API keys on PostgreSQL (the embedded-SQLite quickstart "
-        "always may); said loudly at start-up and in /readyz",
+        description="serve without API keys (the embedded quick start may without it); said "
+        "loudly at start-up and in /readyz",
     )
     max_exports: int = Field(
         default=4,
@@ -115,7 +132,8 @@ class Settings(BaseSettings):
     erasure_key: SecretStr = Field(
         default=SecretStr(""),
         description="secret key of the keyed hash erasure tombstones name customers by; "
-        "required on PostgreSQL, and never changed (a new key forgets every tombstone)",
+        "required with DATABASE_URL (the embedded quick start keeps its own in its folder), "
+        "and never changed: a new key forgets every tombstone",
     )
     phone_default_region: str | None = Field(
         default=None,
@@ -136,6 +154,24 @@ class Settings(BaseSettings):
         "killing and restarting it (`--workers` above 1)",
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None or not url.get_secret_value():
+            return None
+        try:
+            scheme = make_url(url.get_secret_value()).drivername
+        except ArgumentError:
+            scheme = None
+        if scheme not in POSTGRES_SCHEMES:
+            # the URL itself may hold a password: name only what is wrong with it
+            raise ValueError(
+                "must be a PostgreSQL URL such as postgresql://user:password@host:5432/db "
+                f"(got {'an unreadable URL' if scheme is None else f'scheme {scheme}'}); unset it "
+                "to use the embedded PostgreSQL"
+            )
+        return url
+
     @field_validator("phone_default_region")
     @classmethod
     def _known_region(cls, region: str | None) -> str | None:
@@ -146,8 +182,17 @@ class Settings(BaseSettings):
         return region.upper()
 
     @property
-    def database_url_text(self) -> str:
-        return self.database_url.get_secret_value()
+    def database(self) -> URL:
+        """The database as a SQLAlchemy URL for psycopg 3 (postgres:// and postgresql:// too).
+        Only for settings with a DATABASE_URL: `app.store.embedded` supplies one otherwise."""
+        if self.database_url is None:
+            raise RuntimeError("no DATABASE_URL: start the embedded PostgreSQL first")
+        return make_url(self.database_url.get_secret_value()).set(drivername="postgresql+psycopg")
+
+    def with_database(self, url: str | URL) -> Settings:
+        """These settings on another database (the embedded server's, a test database)."""
+        text = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+        return self.model_copy(update={"database_url": SecretStr(text)})
 
     def api_key_config(self) -> str:
         """The key entries from SEGMENTS_API_KEYS and SEGMENTS_API_KEYS_FILE together."""

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+import httpx2
 from alembic import command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,8 +82,8 @@ def serve(tree: Path, database_url: str) -> Iterator[str]:
 
 def _up(base: str) -> bool:
     try:
-        httpx.get(f"{base}/healthz", timeout=1)
-    except httpx.TransportError:
+        httpx2.get(f"{base}/healthz", timeout=1)
+    except httpx2.TransportError:
         return False
     return True
 
@@ -152,7 +152,7 @@ def main() -> None:
                         print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
                     # 10,000 tombstones standing: every write checks against them
                     ids = [f"erased-{i}" for i in range(10_000)]
-                    httpx.post(f"{new}/v1/erasures", json={"customer_ids": ids}, timeout=60)
+                    httpx2.post(f"{new}/v1/erasures", json={"customer_ids": ids}, timeout=60)
                     for _ in range(args.repeats):
                         for name, body, path, connections, _ in SCENARIOS:
                             run = wrk(new + path, connections, args.duration, bodies[body], True)

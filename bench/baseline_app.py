@@ -35,7 +35,7 @@ def create_app() -> FastAPI:
     pipeline = artifact.pipeline
     segments = artifact.manifest.segment_by_cluster()
     version = artifact.manifest.version
-    sessions = sessionmaker(create_engine(settings.database_url_text))
+    sessions = sessionmaker(create_engine(settings.database))
     app = FastAPI()
 
     def answer(customer: Customer, label: int, now: datetime) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def create_app() -> FastAPI:
                     "assigned_at": now,
                 }
                 session.add(Assignment(features=customer.features, **common))
-                session.merge(Membership(**common))
+                session.merge(Membership(entered_at=now, **common))
 
     @app.post("/v1/assignments")
     def single(customer: Customer, persist: bool = True) -> dict[str, Any]:

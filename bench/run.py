@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
+import httpx2
 import pandas as pd
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -36,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.audience.erasure import IdHasher  # noqa: E402
 from app.store.migrate import upgrade  # noqa: E402
+from app.tables import read_table  # noqa: E402
 from app.training.rfm import TransactionColumns, compute_rfm  # noqa: E402
-from app.training.tables import read_table  # noqa: E402
 
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -118,9 +119,9 @@ def server(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                httpx.get(f"{base}/openapi.json", timeout=1)
+                httpx2.get(f"{base}/openapi.json", timeout=1)
                 break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 time.sleep(0.2)
         else:
             raise RuntimeError(f"{kind} server did not start")
@@ -273,11 +274,8 @@ def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory() as folder, bench_database(args.database) as database_url:
         bodies = write_bodies(Path(folder), customers)
-        sqlite_url = f"sqlite:///{folder}/unused.db"
-        upgrade(sqlite_url)
         for kind in ("bare", "baseline", "ours"):
-            db = database_url if kind != "bare" else sqlite_url
-            with server(kind, db) as (base, pid):
+            with server(kind, database_url) as (base, pid):
                 for c in (1, 16, 64):
                     measure(
                         f"single scored c={c} [{kind}]",
@@ -320,7 +318,7 @@ def main() -> None:
                         rows=size,
                     )
                 if kind == "ours":
-                    segments = httpx.get(f"{base}/v1/segments").json()["segments"]
+                    segments = httpx2.get(f"{base}/v1/segments").json()["segments"]
                     biggest = max(segments, key=lambda s: s["share"])["key"]
                     measure(
                         f"audience page of 1000 c=16 [{kind}]",
@@ -371,22 +369,35 @@ def main() -> None:
 def database_write_ms(database_url: str, body: Path, repeats: int = 5) -> float:
     """The storage floor: one 10,000-row batch written as the service writes it, without HTTP."""
     from app.scoring.model import SegmentModel
-    from app.service import AssignmentService
+    from app.service.assignments import AssignmentWriter
+    from app.service.store import Store
     from app.settings import DEFAULT_MODELS_DIR, Settings
+    from app.store.assignments import AssignmentBatch
     from app.store.engine import make_engine
 
-    engine = make_engine(Settings(database_url=database_url))
-    service = AssignmentService(
-        SegmentModel.load(DEFAULT_MODELS_DIR),
-        engine,
-        10_000,
-        id_hash=IdHasher("bench-erasure-key"),
+    engine = make_engine(Settings().with_database(database_url))
+    writer = AssignmentWriter(Store(engine, schema_head=None), IdHasher("bench-erasure-key"))
+    model = SegmentModel.load(DEFAULT_MODELS_DIR)
+    customers = json.loads(body.read_text())["customers"]
+    valid, _ = model.validator.customers(customers, "customers")
+    assert valid is not None
+    scores = model.score_arrays(valid.numeric, valid.categorical)
+    clusters = scores.clusters.tolist()
+    now = datetime.now(UTC)
+    batch = AssignmentBatch(
+        customer_ids=valid.customer_ids,
+        segment_ids=[model.segment_ids_by_cluster[c] for c in clusters],
+        segment_keys=[model.segment_keys_by_cluster[c] for c in clusters],
+        model_versions=[model.version] * len(clusters),
+        distances=scores.distances.tolist(),
+        confidences=scores.confidences.tolist(),
+        features=valid.features,
+        assigned_at=[now] * len(clusters),
     )
-    batch = service.assign_batch(json.loads(body.read_text()), persist=False)
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
-        service.write(batch)
+        writer.write(batch)
         timings.append((time.perf_counter() - started) * 1000)
     engine.dispose()
     return statistics.median(timings)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -79,9 +79,9 @@ def main() -> None:
             for repeat in range(args.repeats):
                 for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
                     if mode == "on":
-                        httpx.post(f"{base}/v1/models/bench-shadow-k6/shadow").raise_for_status()
+                        httpx2.post(f"{base}/v1/models/bench-shadow-k6/shadow").raise_for_status()
                     else:
-                        httpx.delete(f"{base}/v1/models/shadow").raise_for_status()
+                        httpx2.delete(f"{base}/v1/models/shadow").raise_for_status()
                     for name, path, connections in SCENARIOS:
                         if repeat == 0:
                             wrk(base + path, connections, 2, bodies["single"], True)  # warm-up
@@ -89,7 +89,7 @@ def main() -> None:
                         runs.setdefault((name, mode), []).append(run)
                         print(f"{name:<24} shadow {mode:<3} {run.requests_per_second:>8,.0f} req/s "
                               f"p50 {run.p50_ms:.3f} ms p99 {run.p99_ms:.3f} ms")  # fmt: skip
-            metrics = httpx.get(f"{base}/metrics").text
+            metrics = httpx2.get(f"{base}/metrics").text
     shadowed = sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()

@@ -1,4 +1,5 @@
-"""Alembic environment: the URL comes from the service settings, the schema from app.store.tables."""
+"""Alembic environment: the URL comes from the caller or the service settings, the schema from
+app.store.tables."""
 
 from __future__ import annotations
 
@@ -12,26 +13,25 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _url() -> str:
-    # `segments migrate` passes the URL in; a plain `alembic` call reads the service settings
-    return config.attributes.get("database_url") or Settings().database_url_text
+def _settings() -> Settings:
+    # `segments migrate` passes the URL in (the embedded server's, or DATABASE_URL); a plain
+    # `alembic` call reads DATABASE_URL from the environment
+    settings = Settings()
+    url = config.attributes.get("database_url")
+    return settings.with_database(url) if url else settings
 
 
 def run_migrations_offline() -> None:
-    context.configure(
-        url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True
-    )
+    context.configure(url=_settings().database, target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(Settings(database_url=_url()))  # type: ignore[arg-type]
+    engine = make_engine(_settings())
     try:
         with engine.connect() as connection:
-            context.configure(
-                connection=connection, target_metadata=target_metadata, render_as_batch=True
-            )
+            context.configure(connection=connection, target_metadata=target_metadata)
             with context.begin_transaction():
                 context.run_migrations()
     finally:

@@ -1,11 +1,13 @@
-"""Shared fixtures: a real database (PostgreSQL when TEST_DATABASE_URL is set), small real models,
-and the app behind a real ASGI HTTP client with its lifespan running."""
+"""Shared fixtures: a real PostgreSQL (TEST_DATABASE_URL's server, else an embedded one the
+session starts), small real models, and the app behind a real ASGI HTTP client with its
+lifespan running."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,15 @@ from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from app.audience.erasure import IdHasher
+from app.lifecycle.holder import ModelHolder
+from app.lifecycle.shadow import ShadowScorer
 from app.main import create_app
+from app.scoring.model import SegmentModel
+from app.service.assignments import AssignmentService, AssignmentWriter
+from app.service.store import Store
 from app.settings import PROJECT_ROOT, Settings
+from app.store.embedded import embedded_database
+from app.store.group_commit import GroupCommitter
 from app.store.migrate import upgrade
 from app.training.rfm import TransactionColumns
 from app.training.train import train_customers, train_transactions
@@ -35,14 +44,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh database for this run, migrated once: its own PostgreSQL database, or a SQLite file."""
-    server = os.environ.get("TEST_DATABASE_URL")
-    if not server:
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
-        upgrade(url)
-        yield url
-        return
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server to make test databases on: TEST_DATABASE_URL's (CI), or else an
+    embedded one this session starts and stops, so `make test` needs no PostgreSQL installed."""
+    with ExitStack() as running:
+        server = os.environ.get("TEST_DATABASE_URL")
+        if not server:
+            folder = tmp_path_factory.mktemp("embedded") / "postgres"
+            server = running.enter_context(embedded_database(folder)).url.render_as_string(
+                hide_password=False
+            )
+        yield server
+
+
+@contextmanager
+def new_database(server: str) -> Iterator[str]:
+    """A new, empty database on the server for the block (dropped afterwards); its URL."""
     base = make_url(server).set(drivername="postgresql+psycopg")
     name = f"segments_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
@@ -50,21 +67,28 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
-        pytest.exit(
-            f"cannot reach PostgreSQL at TEST_DATABASE_URL ({base.host}:{base.port}): {exc}",
-            returncode=3,
-        )
-    url = base.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        pytest.exit(f"cannot reach PostgreSQL at {base!r}: {exc}", returncode=3)
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")
-def on_postgres(database_url: str) -> bool:
-    return database_url.startswith("postgresql")
+def database_url(postgres_server: str) -> Iterator[str]:
+    """A fresh database of this run on that server, migrated once."""
+    with new_database(postgres_server) as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(postgres_server: str) -> Iterator[str]:
+    """A database nothing has migrated yet."""
+    with new_database(postgres_server) as url:
+        yield url
 
 
 def synthetic_transactions(path: Path, customers: int = 400, seed: int = 7) -> Path:
@@ -143,6 +167,31 @@ def clear_tables(database_url: str) -> None:
     engine.dispose()
 
 
+@contextmanager
+def store_on(database_url: str) -> Iterator[Store]:
+    """The service's Store on the test database (its engine disposed afterwards)."""
+    engine = create_engine(database_url)
+    try:
+        yield Store(engine, schema_head=None)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def assignment_service(
+    database_url: str, model_dir: Path, max_batch: int = 100_000
+) -> Iterator[AssignmentService]:
+    """The service's AssignmentService on the test database, outside any app: for scoring
+    batches (and storing them with `assign_batch`) as the service does."""
+    with store_on(database_url) as store:
+        models = ModelHolder(SegmentModel.load(model_dir))
+        writer = AssignmentWriter(store, TEST_ID_HASH)
+        committer = GroupCommitter(writer.write, max_rows=1, max_wait_seconds=0)
+        yield AssignmentService(
+            models, store, writer, committer, ShadowScorer(models), max_batch=max_batch
+        )
+
+
 def make_settings(database_url: str, model_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "database_url": database_url,
@@ -198,8 +247,8 @@ ONLINE_RETAIL = PROJECT_ROOT / "data" / "online-retail" / "online_retail.csv.gz"
 @pytest.fixture(scope="session")
 def online_retail_rfm() -> pd.DataFrame:
     """The real customers the default model was trained on, as RFM features."""
+    from app.tables import read_table
     from app.training.rfm import compute_rfm
-    from app.training.tables import read_table
 
     columns = TransactionColumns(
         "CustomerID", "InvoiceDate", quantity="Quantity", price="UnitPrice", invoice="InvoiceNo"

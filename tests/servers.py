@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 STARTUP_SECONDS = 60.0
@@ -56,9 +56,9 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, what
     deadline = time.monotonic() + STARTUP_SECONDS
     while True:
         try:
-            if httpx.get(url, timeout=5).status_code == 200:
+            if httpx2.get(url, timeout=5).status_code == 200:
                 return
-        except httpx.TransportError:
+        except httpx2.TransportError:
             pass
         if process.poll() is not None:
             pytest.fail(

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import clear_tables, count_rows, metric_value
@@ -32,7 +32,7 @@ def test_two_workers_serve_and_their_metrics_add_up(
     singles = 120
     for i in range(singles // 2):
         # a fresh connection each time, so the kernel spreads requests over both workers
-        response = httpx.post(
+        response = httpx2.post(
             f"{base}/v1/assignments",
             json={"customer_id": f"w{i}", "features": CHAMPION},
             headers={"connection": "close"},
@@ -40,7 +40,7 @@ def test_two_workers_serve_and_their_metrics_add_up(
         assert response.status_code == 200
 
     async def concurrent() -> list[int]:
-        async with httpx.AsyncClient(base_url=base) as client:
+        async with httpx2.AsyncClient(base_url=base) as client:
             responses = await asyncio.gather(
                 *(
                     client.post(
@@ -53,14 +53,14 @@ def test_two_workers_serve_and_their_metrics_add_up(
 
     assert asyncio.run(concurrent()) == [200] * (singles // 2)
     batch = [{"customer_id": f"b{i}", "features": CHAMPION} for i in range(80)]
-    assert httpx.post(f"{base}/v1/assignments/batch", json={"customers": batch}).status_code == 200
+    assert httpx2.post(f"{base}/v1/assignments/batch", json={"customers": batch}).status_code == 200
     assert count_rows(database_url, "assignments") == singles + 80
 
     worker_files = {p.name.rsplit("_", 1)[-1] for p in metrics_dir.glob("counter_*.db")}
     assert len(worker_files) >= 2, f"one worker took all requests: {worker_files}"
 
     for _ in range(6):  # whichever worker answers the scrape, the totals are everyone's
-        text = httpx.get(f"{base}/metrics", headers={"connection": "close"}).text
+        text = httpx2.get(f"{base}/metrics", headers={"connection": "close"}).text
         assert metric_value(text, "segment_assignments_total", segment="champions") == singles + 80
         assert (
             metric_value(

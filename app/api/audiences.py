@@ -28,9 +28,8 @@ from app.audience.formats import (
     identifiers_allowed,
     member_fields,
 )
-from app.errors import InvalidFeatures
+from app.errors import InvalidFeatures, Problem
 from app.runtime import Runtime
-from app.scoring.validation import Problem
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -85,15 +84,8 @@ async def segment_members(
         )
     export_format = negotiate(format, request.headers.get("accept"))
     if export_format is not ExportFormat.JSON:
-        return await stream_audience(
-            runtime.service,
-            key,
-            purpose,
-            export_format,
-            identifiers,
-            runtime.settings.max_exports,
-        )
-    page = await run_in_threadpool(runtime.service.members, key, purpose, cursor, limit)
+        return await stream_audience(runtime.audiences, key, purpose, export_format, identifiers)
+    page = await run_in_threadpool(runtime.audiences.members, key, purpose, cursor, limit)
     # a page holds up to 10,000 ids: orjson straight from the list, not a model per response
     body: dict[str, Any] = {
         "segment": page.segment,
@@ -113,8 +105,8 @@ async def segment_members(
 def _changes(
     runtime: Runtime, segment_key: str | None, purpose: Purpose, since: str | None, limit: int
 ) -> Response:
-    page = runtime.service.changes(segment_key, purpose, since, limit)
-    names = runtime.segment_names
+    page = runtime.audiences.changes(segment_key, purpose, since, limit)
+    names = runtime.models.segment_names
     return json_response(
         {
             "purpose": purpose.value,

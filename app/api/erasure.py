@@ -25,8 +25,8 @@ from app.api.schemas import (
 )
 from app.auth.guard import requires
 from app.auth.keys import Scope
-from app.errors import InvalidFeatures, NothingErased
-from app.scoring.validation import Problem, customer_id_problem
+from app.errors import InvalidFeatures, NothingErased, Problem
+from app.scoring.validation import customer_id_problem
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -41,7 +41,7 @@ def erase_customer(customer_id: CustomerIdPath, runtime: RuntimeDep, key: AdminK
     """Erase everything stored about the customer: history, membership, hashed identifiers,
     consent and change events. A tombstone (a keyed hash of the id) then keeps their later
     assignments from being stored, and an audit row records what went and which key asked."""
-    (erasure,) = runtime.service.erase([customer_id], key.name)
+    (erasure,) = runtime.erasure.erase([customer_id], key.name)
     if not erasure.found:
         raise NothingErased(customer_id, erasure.already_erased)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -57,7 +57,7 @@ async def erase_customers(request: Request, runtime: RuntimeDep, key: AdminKey) 
     """Erase up to 10,000 customers in one transaction (a GDPR request queue), each as
     DELETE /v1/customers/{id} does; ids never seen are tombstoned too."""
     ids = _erasure_ids(parse_json(await request.body()))
-    erasures = await run_in_threadpool(runtime.service.erase, ids, key.name)
+    erasures = await run_in_threadpool(runtime.erasure.erase, ids, key.name)
     return json_response(
         {
             "erased": sum(e.found for e in erasures),
@@ -116,7 +116,7 @@ def _erasure_ids(payload: Any) -> list[str]:
 def restore_customer(customer_id: CustomerIdPath, runtime: RuntimeDep, key: AdminKey) -> Response:
     """Lift the customer's erasure tombstone (e.g. they signed up again): assignments sent from
     now on are stored. Nothing erased comes back. Audited."""
-    runtime.service.restore(customer_id, key.name)
+    runtime.erasure.restore(customer_id, key.name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -128,7 +128,7 @@ def restore_customer(customer_id: CustomerIdPath, runtime: RuntimeDep, key: Admi
 )
 def erasure_audit(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
     """The customer's erasure audit trail: each erasure and restore, what went, which key."""
-    rows = runtime.service.erasure_audit(customer_id)
+    rows = runtime.erasure.audit(customer_id)
     return json_response(
         {
             "customer_id": customer_id,

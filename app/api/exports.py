@@ -1,7 +1,7 @@
 """Streaming a whole audience as NDJSON or CSV, in constant memory.
 
-The service opens one read snapshot (app.service.AssignmentService.export); this module turns its
-chunks of members into lines as the client reads them, so memory holds one chunk whatever the
+The service opens one read snapshot (app.service.audiences.AudienceService.export); this module
+turns its chunks of members into lines as the client reads them, so memory holds one chunk whatever the
 audience's size. The snapshot's change-feed position goes out as a header before the first row:
 export, then poll GET /v1/changes?since=<it> and nothing is missed or seen twice.
 """
@@ -19,8 +19,7 @@ from starlette.responses import StreamingResponse
 
 from app.audience.consent import Purpose
 from app.audience.formats import MEDIA_TYPES, ExportFormat, Identifiers, renderer
-from app.errors import TooManyExports
-from app.service import AssignmentService
+from app.service.audiences import AudienceService
 
 log = logging.getLogger(__name__)
 FEED_CURSOR_HEADER = "Segments-Feed-Cursor"
@@ -39,30 +38,14 @@ def negotiate(requested: ExportFormat | None, accept: str | None) -> ExportForma
 
 
 async def stream_audience(
-    service: AssignmentService,
+    service: AudienceService,
     segment_key: str,
     purpose: Purpose,
     export_format: ExportFormat,
     identifiers: Identifiers,
-    max_exports: int,
 ) -> StreamingResponse:
     """The audience as a streamed response; the snapshot opens before the headers go out, so an
-    unknown segment is still a plain 404.
-
-    Each export holds a pooled connection until its client has read everything, so at most
-    `max_exports` run at once (counted on the event loop): slow readers cannot take every
-    connection from the assignments."""
-    if service.open_exports >= max_exports:
-        raise TooManyExports(max_exports)
-    service.open_exports += 1
-    released = False
-
-    def release() -> None:  # on the event loop, once
-        nonlocal released
-        if not released:
-            released = True
-            service.open_exports -= 1
-
+    unknown segment (404) or a full house of exports (429) is still a plain error."""
     resources = ExitStack()
     try:
         export = await run_in_threadpool(
@@ -71,25 +54,20 @@ async def stream_audience(
     except BaseException:
         # cancelled or failed while opening: the connection goes back now, not to the
         # garbage collector (whose late CLOSE could land in another request's transaction)
-        try:
-            resources.close()
-        finally:
-            release()
+        resources.close()
         raise
     first, render = renderer(export_format, segment_key, identifiers)
 
     async def close() -> None:
-        # shielded: on a client disconnect the stream is cancelled, and the connection and its
-        # snapshot must still go back to the pool (closing twice is harmless)
-        # The slot is freed even when closing fails: a stream whose connection died (say the
-        # server ended a snapshot left idle) must not hold its slot until a restart.
+        # shielded: on a client disconnect the stream is cancelled, and the connection, its
+        # snapshot and its export slot must still be given back (closing twice is harmless).
+        # The slot is freed even when closing fails (AudienceService.export releases it in a
+        # finally): a stream whose connection died must not hold its slot until a restart.
         try:
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(resources.close)
         except Exception:
             log.warning("an audience export ended with its connection broken", exc_info=True)
-        finally:
-            release()
 
     async def body() -> AsyncIterator[bytes]:
         try:

@@ -23,41 +23,45 @@ from app.api.schemas import (
 )
 from app.auth.guard import requires
 from app.auth.keys import Scope
-from app.errors import ModelNotFound, ModelRefused
-from app.lifecycle.compare import Comparison, compare, stored_features
-from app.lifecycle.registry import Activation
+from app.errors import ModelNotFound
+from app.lifecycle.compare import DEFAULT_SAMPLE, MAX_SAMPLE
+from app.lifecycle.registry import ACTIVE, Activation
 from app.runtime import Runtime
-from app.scoring.artifact import ArtifactError
-from app.scoring.model import SegmentModel
-from app.scoring.offline import OfflineInputError
+from app.scoring.manifest import Manifest
 from app.store.registry import RegisteredModel
+from app.store.tables import ModelStatus
 
 router = APIRouter(responses=ERROR_RESPONSES)
-DEFAULT_COMPARISON_SAMPLE = 20_000
-MAX_COMPARISON_SAMPLE = 200_000
+Sample = Annotated[int, Query(ge=100, le=MAX_SAMPLE, description="stored customers compared")]
 
 
-def _model_out(manifest: dict[str, Any], registered: RegisteredModel | None) -> dict[str, object]:
-    """A model's summary, from its manifest (as JSON) and its registry row (if registered)."""
+def _model_out(manifest: Manifest, registered: RegisteredModel | None) -> dict[str, object]:
+    """A model's summary, from its manifest and its registry row (if registered)."""
     return {
-        "version": manifest["version"],
-        "kind": manifest["kind"],
-        "active": registered is not None and registered.status == "active",
+        "version": manifest.version,
+        "kind": manifest.kind,
+        "active": registered is not None and registered.status is ModelStatus.ACTIVE,
         "status": registered.status if registered is not None else "unregistered",
         "shadow": registered is not None and registered.shadow,
-        "trained_at": manifest["trained_at"],
+        "trained_at": manifest.trained_at,
         "registered_at": registered.created_at if registered else None,
         "activated_at": registered.activated_at if registered else None,
         "retired_at": registered.retired_at if registered else None,
-        "artifact_sha256": manifest["artifact_sha256"],
-        "segments": len(manifest["segments"]),
-        "silhouette": manifest["quality"]["silhouette"],
-        "davies_bouldin": manifest["quality"]["davies_bouldin"],
+        "artifact_sha256": manifest.artifact_sha256,
+        "segments": len(manifest.segments),
+        "silhouette": manifest.quality.silhouette,
+        "davies_bouldin": manifest.quality.davies_bouldin,
     }
 
 
-def _manifest_json(model: SegmentModel) -> dict[str, Any]:
-    return cast(dict[str, Any], orjson.loads(model.manifest.model_dump_json()))
+def _details(manifest: Manifest) -> dict[str, Any]:
+    """What the detail views add to the summary: schema, k search and training data, as JSON."""
+    as_json = cast(dict[str, Any], orjson.loads(manifest.model_dump_json()))
+    return {
+        "features": as_json["features"],
+        "k_search": as_json["quality"]["k_search"],
+        "training_data": as_json["training_data"],
+    }
 
 
 def _find_registered(runtime: Runtime, version: str) -> RegisteredModel | None:
@@ -75,12 +79,12 @@ def _find_registered(runtime: Runtime, version: str) -> RegisteredModel | None:
 )
 def models(runtime: RuntimeDep) -> ModelsOut:
     """Every registered model version with its status, and the one this process serves."""
-    registered = runtime.service.store_call(runtime.registry.listed)
+    registered = runtime.store.call(runtime.registry.listed)
     return ModelsOut(
         models=[ModelOut.model_validate(_model_out(r.manifest, r)) for r in registered],
-        active=next((r.version for r in registered if r.status == "active"), None),
+        active=next((r.version for r in registered if r.status is ModelStatus.ACTIVE), None),
         shadow=next((r.version for r in registered if r.shadow), None),
-        served=runtime.model.version,
+        served=runtime.models.model.version,
     )
 
 
@@ -92,17 +96,9 @@ def models(runtime: RuntimeDep) -> ModelsOut:
 )
 def active_model(runtime: RuntimeDep) -> ActiveModelOut:
     """The model this process serves: its feature schema (names, types, ranges), segments and quality."""
-    model = runtime.model
-    manifest = _manifest_json(model)
-    registered = _find_registered(runtime, model.version)
-    return ActiveModelOut.model_validate(
-        _model_out(manifest, registered)
-        | {
-            "features": manifest["features"],
-            "k_search": manifest["quality"]["k_search"],
-            "training_data": manifest["training_data"],
-        }
-    )
+    manifest = runtime.models.model.manifest
+    registered = _find_registered(runtime, manifest.version)
+    return ActiveModelOut.model_validate(_model_out(manifest, registered) | _details(manifest))
 
 
 @router.get(
@@ -115,19 +111,17 @@ def model_detail(
     version: Annotated[str, Path(max_length=64)], runtime: RuntimeDep
 ) -> ModelDetailOut:
     """One registered version: schema, segments, quality and, if retrained, its lineage."""
-    registered = runtime.registry.get(version)
+    registered = runtime.store.call(lambda: runtime.registry.get(version))
     manifest = registered.manifest
     return ModelDetailOut.model_validate(
         _model_out(manifest, registered)
+        | _details(manifest)
         | {
-            "features": manifest["features"],
-            "k_search": manifest["quality"]["k_search"],
-            "training_data": manifest["training_data"],
             "segment_keys": [
-                {"id": s["id"], "key": s["key"], "name": s["name"]}
-                for s in sorted(manifest["segments"], key=lambda s: s["id"])
+                {"id": s.id, "key": s.key, "name": s.name}
+                for s in sorted(manifest.segments, key=lambda s: s.id)
             ],
-            "lineage": manifest.get("lineage"),
+            "lineage": manifest.lineage.model_dump(mode="json") if manifest.lineage else None,
         }
     )
 
@@ -141,11 +135,17 @@ def model_detail(
 def model_comparison(
     version: Annotated[str, Path(max_length=64)],
     runtime: RuntimeDep,
-    sample: Annotated[int, Query(ge=100, le=MAX_COMPARISON_SAMPLE)] = DEFAULT_COMPARISON_SAMPLE,
+    sample: Sample = DEFAULT_SAMPLE,
 ) -> ComparisonOut:
-    """What activating `version` would do to the stored customers: moves, agreement, profiles."""
-    report = _comparison(runtime, version, sample)
-    return ComparisonOut.model_validate(report.as_json())
+    """What activating `version` would do to the stored customers: moves, agreement, profiles
+    (against the registry's active version, as the activation gate compares)."""
+
+    def work() -> dict[str, Any]:
+        registry = runtime.registry
+        old, new = registry.resolve(ACTIVE), registry.resolve(version)
+        return registry.compare(old, new, sample=sample).as_json()
+
+    return ComparisonOut.model_validate(runtime.store.call(work))
 
 
 @router.post(
@@ -162,23 +162,18 @@ def activate_model(
         float | None,
         Query(ge=0, le=1, description="refuse unless this share of stored customers stays put"),
     ] = None,
-    sample: Annotated[int, Query(ge=100, le=MAX_COMPARISON_SAMPLE)] = DEFAULT_COMPARISON_SAMPLE,
+    sample: Sample = DEFAULT_SAMPLE,
 ) -> ActivationOut:
     """Verify `version` and make it active everywhere without a restart (roll back by
     activating the previous one). This process switches at once, the others within seconds;
     requests in flight finish on the model they started with."""
-    if min_agreement is not None:
-        report = _comparison(runtime, version, sample)
-        if report.agreement < min_agreement:
-            raise ModelRefused(
-                f"Not activated: only {report.agreement:.1%} of {report.customers} stored "
-                f"customers would keep their segment, below the {min_agreement:.1%} asked; "
-                f"see GET /v1/models/{version}/comparison.",
-                f"agreement {report.agreement:.4f} < {min_agreement}",
-                loc="min_agreement",
-            )
-    activation = runtime.service.store_call(
-        lambda: runtime.registry.activate(version, allow_schema_change=allow_schema_change)
+    activation = runtime.store.call(
+        lambda: runtime.registry.activate(
+            version,
+            allow_schema_change=allow_schema_change,
+            min_agreement=min_agreement,
+            sample=sample,
+        )
     )
     return _adopted(runtime, activation)
 
@@ -191,7 +186,7 @@ def activate_model(
 )
 def rollback_model(runtime: RuntimeDep) -> ActivationOut:
     """Activate the version that was active before the current one."""
-    return _adopted(runtime, runtime.service.store_call(runtime.registry.rollback))
+    return _adopted(runtime, runtime.store.call(runtime.registry.rollback))
 
 
 @router.post(
@@ -203,7 +198,7 @@ def rollback_model(runtime: RuntimeDep) -> ActivationOut:
 def shadow_model(version: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) -> ShadowOut:
     """Score every live assignment with `version` too, after the response; agreement with the
     active model is exported as segment_shadow_assignments_total / segment_shadow_agreements_total."""
-    model = runtime.service.store_call(lambda: runtime.registry.set_shadow(version))
+    model = runtime.store.call(lambda: runtime.registry.set_shadow(version))
     runtime.watcher.adopt_shadow(model)
     return ShadowOut(shadow=version)
 
@@ -216,7 +211,7 @@ def shadow_model(version: Annotated[str, Path(max_length=64)], runtime: RuntimeD
 )
 def stop_shadow(runtime: RuntimeDep) -> ShadowOut:
     """Stop shadow scoring."""
-    runtime.service.store_call(lambda: runtime.registry.set_shadow(None))
+    runtime.store.call(lambda: runtime.registry.set_shadow(None))
     runtime.watcher.adopt_shadow(None)
     return ShadowOut(shadow=None)
 
@@ -224,7 +219,7 @@ def stop_shadow(runtime: RuntimeDep) -> ShadowOut:
 def _adopted(runtime: Runtime, activation: Activation) -> ActivationOut:
     model = activation.model
     runtime.watcher.adopt(model)
-    shadow = runtime.watcher.shadow.model
+    shadow = runtime.models.shadow
     if shadow is not None and shadow.version == model.version:
         runtime.watcher.adopt_shadow(None)  # activating the shadow ends its shadowing
     registered = runtime.registry.get(model.version)
@@ -232,22 +227,3 @@ def _adopted(runtime: Runtime, activation: Activation) -> ActivationOut:
         active=ModelOut.model_validate(_model_out(registered.manifest, registered)),
         previous=activation.previous,
     )
-
-
-def _comparison(runtime: Runtime, version: str, sample: int) -> Comparison:
-    def work() -> Comparison:
-        candidate = runtime.registry.load(version)
-        active = runtime.model
-        features, skipped = stored_features(runtime.engine, [active, candidate], sample)
-        return compare(active, candidate, features, skipped)
-
-    try:
-        return runtime.service.store_call(work)
-    except OfflineInputError as exc:
-        raise ModelRefused(
-            f"Cannot compare with version {version}: {exc}.", str(exc), loc="customers"
-        ) from exc
-    except ArtifactError as exc:
-        raise ModelRefused(
-            f"Version {version} cannot be loaded: {exc}", "failed verification at load"
-        ) from exc

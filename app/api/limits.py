@@ -10,7 +10,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.responses import OrjsonResponse
-from app.errors import BodyTooLarge, error_body
+from app.errors import BodyTooLarge
 
 
 class BodySizeLimit:
@@ -26,8 +26,7 @@ class BodySizeLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 # declared too large: answer before reading a byte of it
                 error = BodyTooLarge(self.max_bytes)
-                body = error_body(error.code, error.message, error.details)
-                await OrjsonResponse(body, status_code=error.status)(scope, receive, send)
+                await OrjsonResponse(error.body(), status_code=error.status)(scope, receive, send)
                 return
         received = 0
 

@@ -1,7 +1,9 @@
-"""The consent rules: which customers an audience may show, for which purpose.
+"""The consent purposes, and why their rules are what they are.
 
 A customer's consent travels with their assignments as two flags, each true, false or never sent
-(NULL). The rules, the same for lookups, paged and streamed exports and the change feed:
+(NULL). The rules, the same for lookups, paged and streamed exports, the change feed and erasure
+notices, are computed by the database itself: the memberships' generated columns `advertising`
+and `personalization` (app/store/tables.py) hold them, and every reader reads those.
 
 - advertising: only customers who said `advertising: true`. Never sent counts as no: uploading a
   customer to an ad platform needs an opt-in (GDPR Art. 6(1)(a), ePrivacy).
@@ -21,10 +23,3 @@ from enum import StrEnum
 class Purpose(StrEnum):
     ADVERTISING = "advertising"
     PERSONALIZATION = "personalization"
-
-
-def allows(purpose: Purpose, consent: bool | None) -> bool:
-    """Whether a customer whose flag for `purpose` is `consent` belongs in its audiences."""
-    if purpose is Purpose.ADVERTISING:
-        return consent is True
-    return consent is not False

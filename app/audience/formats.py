@@ -6,12 +6,27 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime
 from enum import StrEnum
 
 import orjson
 
 from app.audience.consent import Purpose
-from app.store.audiences import MemberRow
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """One member of an audience, as exports write them."""
+
+    customer_id: str
+    entered_at: datetime
+    email_sha256: str | None
+    phone_sha256: str | None
+    phone_digits_sha256: str | None
+
+
+MEMBER_COLUMNS = tuple(field.name for field in fields(MemberRow))
 
 
 class ExportFormat(StrEnum):

@@ -13,7 +13,7 @@ from typing import Any
 
 from app.audience.consent import Purpose
 from app.audience.identifiers import IdentifierError, normalise_email, normalise_phone, sha256_hex
-from app.scoring.validation import Problem
+from app.errors import Problem
 
 PROFILE_FIELDS = frozenset({"email", "phone", "consent"})
 CUSTOMER_FIELDS = frozenset({"customer_id", "features"})

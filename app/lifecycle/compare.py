@@ -19,9 +19,10 @@ from sqlalchemy import Engine
 
 from app.scoring.model import SegmentModel
 from app.scoring.offline import OfflineInputError, feature_frame
-from app.store import repository
+from app.store import history
 
-DEFAULT_SAMPLE = 100_000
+DEFAULT_SAMPLE = 20_000  # stored customers a comparison scores unless asked for more
+MAX_SAMPLE = 200_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def stored_features(
     """The current features of up to `sample` stored customers that every model can score,
     and how many others were skipped (stored under a model with other features)."""
     with engine.connect() as conn:
-        rows = repository.latest_features(conn, sample)
+        rows = history.latest_features(conn, sample)
     names = sorted({n for m in models for n in m.feature_names})
     usable = [(cid, f) for cid, f in rows if all(n in f for n in names)]
     frame = pd.DataFrame([f for _, f in usable], index=[cid for cid, _ in usable], columns=names)

@@ -5,30 +5,55 @@ every worker of every replica polls it (`app.lifecycle.watcher`) and converges w
 Activation verifies the artifact the way every worker will load it (sha256, skops trusted
 types, the manifest against the pipeline, the parity sample) before anything changes, so a bad
 version is refused with the reason and the current one keeps serving.
+
+Each operation here is the one implementation behind both doors: the HTTP routes
+(app/api/lifecycle.py) and `segments models …` (app/cli/models.py) parse, call and render.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
+import pandas as pd
 from sqlalchemy import Engine
 
 from app.errors import ModelNotFound, ModelRefused
+from app.lifecycle.compare import DEFAULT_SAMPLE, Comparison, compare, stored_features
 from app.scoring.artifact import Artifact, ArtifactError, verify_artifact
 from app.scoring.manifest import Manifest
 from app.scoring.model import SegmentModel
+from app.scoring.offline import OfflineInputError
 from app.store import registry as store
 from app.store.registry import RegisteredModel, ServedVersions
 
 log = logging.getLogger(__name__)
+
+ACTIVE, SHADOW = "active", "shadow"  # model references naming the registry's current choice
+
+
+class AgreementTooLow(ModelRefused):
+    """The activation gate said no: too few stored customers would keep their segment."""
+
+    def __init__(self, comparison: Comparison, min_agreement: float) -> None:
+        super().__init__(
+            f"Not activated: only {comparison.agreement:.1%} of {comparison.customers} stored "
+            f"customers would keep their segment under {comparison.new_version}, below the "
+            f"{min_agreement:.1%} asked; see GET /v1/models/{comparison.new_version}/comparison "
+            f"or `segments models compare active {comparison.new_version}`.",
+            f"agreement {comparison.agreement:.4f} < {min_agreement}",
+            loc="min_agreement",
+        )
+        self.comparison = comparison
 
 
 @dataclass(frozen=True)
 class Activation:
     model: SegmentModel  # the verified, loaded version now active
     previous: str | None  # the version it replaced (None if it was active already, or none was)
+    comparison: Comparison | None = None  # what the agreement gate measured, if asked for
 
 
 class ModelRegistry:
@@ -87,9 +112,59 @@ class ModelRegistry:
         manifest, blob = stored
         return SegmentModel(verify_artifact(f"registry:{version}", manifest, blob))
 
-    def activate(self, version: str, *, allow_schema_change: bool = False) -> Activation:
-        """Verify `version` and make it the active one; every process switches within seconds."""
+    def resolve(self, reference: str, *, folders: bool = False) -> SegmentModel:
+        """The model a reference names: a registered version, `active` or `shadow` (the
+        registry's), or with `folders` (the CLI, never HTTP) a model folder on this machine."""
+        if folders and Path(reference).is_dir():
+            return SegmentModel.load(Path(reference))
+        if reference in {ACTIVE, SHADOW}:
+            served = self.served()
+            pair = served.active if reference == ACTIVE else served.shadow
+            if pair is None:
+                raise ModelRefused(
+                    f"The registry has no {reference} model.", f"no {reference} version", "model"
+                )
+            reference = pair[0]
+        return self._verified(reference)
+
+    def compare(
+        self,
+        old: SegmentModel,
+        new: SegmentModel,
+        *,
+        sample: int = DEFAULT_SAMPLE,
+        features: pd.DataFrame | None = None,
+    ) -> Comparison:
+        """What moving from `old` to `new` does to real customers: the stored ones (up to
+        `sample`), or the rows of `features`."""
+        skipped = 0
+        if features is None:
+            features, skipped = stored_features(self.engine, [old, new], sample)
+        try:
+            return compare(old, new, features, skipped)
+        except OfflineInputError as exc:
+            raise ModelRefused(
+                f"Cannot compare {old.version} with {new.version}: {exc}.", str(exc), "customers"
+            ) from exc
+
+    def activate(
+        self,
+        version: str,
+        *,
+        allow_schema_change: bool = False,
+        min_agreement: float | None = None,
+        sample: int = DEFAULT_SAMPLE,
+    ) -> Activation:
+        """Verify `version` and make it the active one; every process switches within seconds.
+
+        With `min_agreement`, refuse (AgreementTooLow) unless at least that share of the stored
+        customers keeps its segment key, compared with the registry's active version."""
         model = self._verified(version)
+        comparison = None
+        if min_agreement is not None:
+            comparison = self.compare(self.resolve(ACTIVE), model, sample=sample)
+            if comparison.agreement < min_agreement:
+                raise AgreementTooLow(comparison, min_agreement)
         with self.engine.begin() as conn:
             store.lock(conn)
             served = store.served(conn)
@@ -97,11 +172,11 @@ class ModelRegistry:
                 active = store.find(conn, served.active[0])
                 assert active is not None
                 if not allow_schema_change:
-                    _check_same_schema(Manifest.model_validate(active.manifest), model.manifest)
+                    _check_same_schema(active.manifest, model.manifest)
             previous = store.make_active(conn, version)
         if previous is not None:
             log.info("activated model %s (was %s)", version, previous)
-        return Activation(model, previous)
+        return Activation(model, previous, comparison)
 
     def rollback(self) -> Activation:
         """Activate the version retired most recently."""
@@ -129,7 +204,7 @@ class ModelRegistry:
                 if served.active is not None:
                     active = store.find(conn, served.active[0])
                     assert active is not None
-                    _check_same_schema(Manifest.model_validate(active.manifest), model.manifest)
+                    _check_same_schema(active.manifest, model.manifest)
             store.make_shadow(conn, version)
         return model
 
@@ -156,14 +231,20 @@ class ModelRegistry:
         )
         return self.load(served.active[0])
 
+    def known_segment_names(self) -> dict[str, str]:
+        """Segment key -> name over every registered version, newer names winning."""
+        names: dict[str, str] = {}
+        for version in reversed(self.listed()):  # oldest first
+            names |= {segment.key: segment.name for segment in version.manifest.segments}
+        return names
+
     def _verified(self, version: str) -> SegmentModel:
         self.get(version)  # 404 before trying to load
         try:
             return self.load(version)
         except ArtifactError as exc:
             raise ModelRefused(
-                f"Version {version} cannot be loaded, so nothing changed: {exc}",
-                "failed verification at load",
+                f"Version {version} cannot be loaded: {exc}", "failed verification at load"
             ) from exc
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.lifecycle.holder import ModelHolder
 from app.metrics.registry import SHADOW_AGREEMENTS, SHADOW_ASSIGNMENTS, SHADOW_DROPPED
 from app.scoring.model import SegmentModel
 from app.scoring.validation import ValidBatch
@@ -36,8 +37,10 @@ class _Offered:
 
 
 class ShadowScorer:
-    def __init__(self, flush_seconds: float = 0.05, max_queued_rows: int = 100_000) -> None:
-        self.model: SegmentModel | None = None  # set by the watcher; None: no shadow
+    def __init__(
+        self, models: ModelHolder, flush_seconds: float = 0.05, max_queued_rows: int = 100_000
+    ) -> None:
+        self._models = models  # the shadow is models.shadow (None: no shadow)
         self._flush_seconds = flush_seconds
         self._max_queued = max_queued_rows
         self._queue: list[_Offered] = []
@@ -48,7 +51,7 @@ class ShadowScorer:
 
     def offer(self, valid: ValidBatch, active: SegmentModel, active_keys: list[str]) -> None:
         """Queue scored rows for the shadow model (cheap: called on the request path)."""
-        if self.model is None:
+        if self._models.shadow is None:
             return
         rows = len(active_keys)
         if self._queued_rows + rows > self._max_queued:
@@ -70,7 +73,7 @@ class ShadowScorer:
     async def flush(self) -> None:
         """Score everything queued now (the background task calls it; tests may too)."""
         queue, self._queue, self._queued_rows = self._queue, [], 0
-        model = self.model
+        model = self._models.shadow
         if not queue or model is None:
             return
         rows = sum(len(item.active_keys) for item in queue)

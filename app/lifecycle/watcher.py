@@ -1,7 +1,7 @@
 """Each worker follows the registry: polls which version is active (and shadow), loads it,
 verifies and warms it up off the event loop, then swaps it in with one assignment.
 
-A request reads `service.model` once and finishes on that model, so requests in flight are
+A request reads the holder's model once and finishes on that model, so requests in flight are
 never split between versions and none fails during a switch. A version that fails to load
 here (say a library this image lacks) leaves the current model serving; the failure is logged,
 counted (`segment_model_loads_total{outcome="failed"}`) and shown by /readyz, and retried
@@ -19,12 +19,11 @@ import time
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import AppError
+from app.lifecycle.holder import ModelHolder
 from app.lifecycle.registry import ModelRegistry
-from app.lifecycle.shadow import ShadowScorer
 from app.metrics.registry import ASSIGNMENTS, MODEL_LOADS
 from app.scoring.artifact import ArtifactError
 from app.scoring.model import SegmentModel
-from app.service import AssignmentService
 from app.store.registry import ServedVersions
 
 log = logging.getLogger(__name__)
@@ -34,15 +33,13 @@ class ModelWatcher:
     def __init__(
         self,
         registry: ModelRegistry,
-        service: AssignmentService,
-        shadow: ShadowScorer,
+        models: ModelHolder,
         *,
         poll_seconds: float,
         retry_seconds: float = 60.0,
     ) -> None:
         self.registry = registry
-        self.service = service
-        self.shadow = shadow
+        self.models = models
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
         self.registry_active: str | None = None  # what the registry said at the last poll
@@ -70,12 +67,12 @@ class ModelWatcher:
         with self._swap:
             if read_at is not None and read_at != self._generation:
                 return False
-            previous = self.service.model
+            previous = self.models.model
             if previous is model:
                 return True
             for segment in model.manifest.segments:
                 ASSIGNMENTS.labels(model.version, segment.key)  # every series from zero
-            self.service.model = model
+            self.models.serve(model)
             self.registry_active = model.version
             self.load_error = None
             self._generation += 1
@@ -86,7 +83,7 @@ class ModelWatcher:
         with self._swap:
             if read_at is not None and read_at != self._generation:
                 return
-            self.shadow.model = model
+            self.models.shadow_with(model)
             self._generation += 1
         log.info("shadow model: %s", model.version if model is not None else "none")
 
@@ -104,14 +101,14 @@ class ModelWatcher:
     async def _follow(self, served: ServedVersions, read_at: int) -> None:
         if served.active is not None:
             self.registry_active = served.active[0]
-            current = self.service.model
+            current = self.models.model
             if served.active != (current.version, current.artifact.sha256):
                 model = await self._load(*served.active)
                 if model is not None:
                     if not self.adopt(model, read_at=read_at):
                         return
                     read_at = self._generation
-        shadow = self.shadow.model
+        shadow = self.models.shadow
         if served.shadow is None:
             if shadow is not None:
                 self.adopt_shadow(None, read_at=read_at)

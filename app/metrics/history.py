@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from app.metrics.drift import DriftFigures, drift_figures
 from app.scoring.model import SegmentModel
-from app.store import repository
+from app.store import history
 
 _SPAN = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -48,7 +48,7 @@ def drift_history(
     end = now or datetime.now(UTC)
     start = end - since
     with engine.connect() as conn:
-        rows = repository.assignments_between(conn, model.version, start, end)
+        rows = history.assignments_between(conn, model.version, start, end)
     periods: list[Period] = []
     cursor = start
     position = 0
@@ -76,7 +76,13 @@ def drift_history(
 
 def draw_chart(periods: list[Period], model: SegmentModel, path: Path) -> None:
     """Segment shares (stacked, training shares dashed) above PSI with its 0.1 and 0.25 bands."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ValueError(
+            "drawing the chart needs matplotlib: install the project's `chart` extra "
+            "(pip install -e '.[chart]')"
+        ) from exc
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt

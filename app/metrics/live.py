@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.metrics.drift import DriftFigures, drift_figures
 from app.scoring.model import SegmentModel
-from app.store import repository
+from app.store import history
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ class LiveCollector(Collector):
                 return cached[2]
             with self._engine.connect() as conn:
                 if window == COUNT_WINDOW:
-                    sample = repository.recent_assignments(conn, model.version, self._window)
+                    sample = history.recent_assignments(conn, model.version, self._window)
                 else:
                     span = dict(self._time_windows)[window]
                     since = datetime.now(UTC) - span
                     # a busy day can hold millions: the newest max_rows of it stand for the window
-                    sample = repository.recent_assignments(
+                    sample = history.recent_assignments(
                         conn, model.version, self._max_rows, since=since
                     )
             figures = drift_figures(model.manifest.drift_baseline, sample)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app.scoring.model import SegmentModel
-from app.training.tables import iter_table
+from app.tables import iter_table
 
 SEGMENT_COLUMNS = ["segment_id", "segment_key", "segment_name", "distance", "confidence"]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import InvalidFeatures, Problem
 from app.scoring.manifest import FeatureSpec
 
 FeatureValue = float | str
@@ -24,14 +25,6 @@ CUSTOMER_ID_PATTERN = r"^[^/\x00-\x1f\x7f]{1,128}$"
 # lone surrogates, which JSON's \ud800 escapes can carry but no database can store
 _CUSTOMER_ID = re.compile(r"[^/\x00-\x1f\x7f\ud800-\udfff]{1,128}")
 CATEGORY_MAX = 256
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one request value: where (`customers[3].features.monetary`) and what."""
-
-    loc: str
-    problem: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +43,15 @@ def customer_id_problem(value: Any) -> str | None:
     if not _CUSTOMER_ID.fullmatch(value):
         return f"must be 1 to {CUSTOMER_ID_MAX} characters with no '/' and no control characters"
     return None
+
+
+def require_customer_id(customer_id: str) -> None:
+    """Raise InvalidFeatures (422) naming `customer_id` if it is not a valid id."""
+    problem = customer_id_problem(customer_id)
+    if problem:
+        raise InvalidFeatures(
+            f"The customer id is invalid: it {problem}.", [Problem("customer_id", problem)]
+        )
 
 
 class SchemaValidator:

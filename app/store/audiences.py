@@ -13,11 +13,9 @@ from typing import Any
 from sqlalchemy import Connection, func, select, true
 
 from app.audience.consent import Purpose
-from app.store.repository import (
-    as_utc,
-    membership_events,
-    memberships,
-)
+from app.audience.formats import MEMBER_COLUMNS, MemberRow
+from app.store.assignments import membership_events, memberships
+from app.store.tables import Cause, FeedEvent
 
 
 @dataclass(frozen=True)
@@ -26,11 +24,11 @@ class MembershipChange:
     customer_id: str
     segment_id: int
     segment_key: str
-    event: str
+    event: FeedEvent
     model_version: str
     confidence: float
     occurred_at: datetime
-    cause: str
+    cause: Cause
 
 
 _CHANGE_COLUMNS = tuple(field.name for field in fields(MembershipChange))
@@ -50,23 +48,17 @@ def membership_changes(
         query = query.where(membership_events.c.segment_key == segment_key)
     query = query.order_by(membership_events.c.id).limit(limit)
     return [
-        MembershipChange(**{**row, "occurred_at": as_utc(row["occurred_at"])})
+        MembershipChange(**{**row, "event": FeedEvent(row["event"]), "cause": Cause(row["cause"])})
         for row in conn.execute(query).mappings()
     ]
 
 
 def begin_snapshot(conn: Connection) -> None:
-    """Make the transaction (not yet used) read one snapshot throughout: PostgreSQL's REPEATABLE
-    READ. SQLite's read transaction is one snapshot already."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        # a client that stops reading must not hold a snapshot (and vacuum) back for long:
-        # the server ends the session, and the pool replaces the connection
-        conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = '60s'")
-    elif conn.dialect.name == "sqlite":
-        # pysqlite runs a SELECT outside any transaction, each its own snapshot: BEGIN makes
-        # the feed position and the rows read one snapshot (WAL keeps writers going meanwhile)
-        conn.exec_driver_sql("BEGIN")
+    """Make the transaction (not yet used) read one snapshot throughout: REPEATABLE READ."""
+    conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    # a client that stops reading must not hold a snapshot (and vacuum) back for long: the
+    # server ends the session, and the pool replaces the connection
+    conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = '60s'")
 
 
 def audience_size(conn: Connection, segment_key: str, purpose: Purpose) -> int:
@@ -83,10 +75,9 @@ def feed_position(conn: Connection) -> int:
 
 
 def _audience(segment_key: str, purpose: Purpose) -> Any:
-    """The memberships in a purpose's audience of the segment (the rules of app.audience.consent)."""
-    consent = memberships.c[f"consent_{purpose.value}"]
-    allowed = consent.is_(True) if purpose is Purpose.ADVERTISING else consent.is_not(False)
-    return (memberships.c.segment_key == segment_key) & allowed
+    """The memberships in a purpose's audience of the segment: the generated consent column."""
+    # `= true`, not IS TRUE: PostgreSQL then uses the partial index of advertising members
+    return (memberships.c.segment_key == segment_key) & (memberships.c[purpose.value] == true())
 
 
 def segment_members(
@@ -121,17 +112,5 @@ def stream_members(
         result.close()  # an abandoned export (client gone) closes its cursor at once
 
 
-@dataclass(frozen=True)
-class MemberRow:
-    customer_id: str
-    entered_at: datetime
-    email_sha256: str | None
-    phone_sha256: str | None
-    phone_digits_sha256: str | None
-
-
-MEMBER_COLUMNS = tuple(field.name for field in fields(MemberRow))
-
-
 def _member(row: Any) -> MemberRow:
-    return MemberRow(row[0], as_utc(row[1]), row[2], row[3], row[4])
+    return MemberRow(*row)

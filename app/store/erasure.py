@@ -10,13 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, delete, insert, literal, or_, select
 
-from app.audience.consent import Purpose, allows
-from app.store.repository import (
+from app.store.assignments import (
     IdHash,
-    as_utc,
     assignments,
     erasure_audit,
     lock_memberships,
@@ -24,6 +21,7 @@ from app.store.repository import (
     memberships,
     tombstones,
 )
+from app.store.tables import Cause, ErasureAction, FeedEvent
 
 
 @dataclass(frozen=True)
@@ -58,12 +56,12 @@ def erase_customers(
     `erasure`: an ad platform that follows the feed must drop the customer from the audience it
     uploaded (GDPR Art. 19: tell the recipients). Those notices are the only trace of the id
     besides the tombstone, and are deleted `notice_days` after the erasure (by the next
-    erasure, or by app.audience.retention's timer, whichever comes first)."""
+    erasure, or by app.service.erasure.NoticePruner's timer, whichever comes first)."""
     ids = list(dict.fromkeys(customer_ids))
     hashes = {customer_id: id_hash(customer_id) for customer_id in ids}
     lock_memberships(conn)
-    # read before the membership goes
-    leaving = _erasure_notices(conn, ids, now) if notice_days > 0 else []
+    if notice_days > 0:  # before the membership goes
+        _write_erasure_notices(conn, ids, now)
     standing = set(
         conn.execute(
             select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(list(hashes.values())))
@@ -81,18 +79,14 @@ def erase_customers(
             (assignments, ()),
             (memberships, ()),
             # an earlier erasure's notice stays until it expires: followers may not have read it
-            (membership_events, (membership_events.c.cause != "erasure",)),
+            (membership_events, (membership_events.c.cause != Cause.ERASURE,)),
         )
     }
-    if leaving:
-        conn.execute(insert(membership_events), leaving)
     prune_erasure_notices(conn, now, notice_days)
+    # under the lock: a concurrent erasure of the same id committed before `standing` was read
     new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
     if new:
-        # ON CONFLICT DO NOTHING: two erasures of one id at once (a retried GDPR request) both
-        # pass the check above on SQLite, which has no advisory lock; the second must not fail
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        conn.execute(dialect_insert(tombstones).on_conflict_do_nothing(), new)
+        conn.execute(insert(tombstones), new)
     erasures = [
         Erasure(
             customer_id,
@@ -107,7 +101,7 @@ def erase_customers(
         insert(erasure_audit),
         [
             {
-                "action": "erased",
+                "action": ErasureAction.ERASED,
                 "id_hash": hashes[e.customer_id],
                 "assignments": e.assignments,
                 "memberships": e.memberships,
@@ -121,37 +115,37 @@ def erase_customers(
     return erasures
 
 
-def _erasure_notices(conn: Connection, ids: list[str], now: datetime) -> list[dict[str, Any]]:
-    """An `exited` event for each erased customer in a purpose's audience (app.audience.consent)."""
-    query = select(
+def _write_erasure_notices(conn: Connection, ids: list[str], now: datetime) -> None:
+    """An `exited` event (cause erasure) for each erased customer, in the feeds of the purposes
+    whose audiences they are in (the memberships' generated consent columns)."""
+    notices = select(
         memberships.c.customer_id,
         memberships.c.segment_id,
         memberships.c.segment_key,
+        literal(FeedEvent.EXITED.value),
         memberships.c.model_version,
         memberships.c.confidence,
-        memberships.c.consent_advertising,
-        memberships.c.consent_personalization,
-    ).where(memberships.c.customer_id.in_(ids))
-    notices = []
-    for row in conn.execute(query):
-        advertising = allows(Purpose.ADVERTISING, row.consent_advertising)
-        personalization = allows(Purpose.PERSONALIZATION, row.consent_personalization)
-        if advertising or personalization:
-            notices.append(
-                {
-                    "customer_id": row.customer_id,
-                    "segment_id": row.segment_id,
-                    "segment_key": row.segment_key,
-                    "event": "exited",
-                    "model_version": row.model_version,
-                    "confidence": row.confidence,
-                    "occurred_at": now,
-                    "cause": "erasure",
-                    "advertising": advertising,
-                    "personalization": personalization,
-                }
-            )
-    return notices
+        literal(now),
+        literal(Cause.ERASURE.value),
+        memberships.c.advertising,
+        memberships.c.personalization,
+    ).where(
+        memberships.c.customer_id.in_(ids),
+        or_(memberships.c.advertising, memberships.c.personalization),
+    )
+    columns = [
+        "customer_id",
+        "segment_id",
+        "segment_key",
+        "event",
+        "model_version",
+        "confidence",
+        "occurred_at",
+        "cause",
+        "advertising",
+        "personalization",
+    ]
+    conn.execute(insert(membership_events).from_select(columns, notices))
 
 
 def prune_erasure_notices(conn: Connection, now: datetime, notice_days: int) -> int:
@@ -160,7 +154,7 @@ def prune_erasure_notices(conn: Connection, now: datetime, notice_days: int) -> 
     before = now - timedelta(days=notice_days)
     return conn.execute(
         delete(membership_events).where(
-            membership_events.c.cause == "erasure", membership_events.c.occurred_at < before
+            membership_events.c.cause == Cause.ERASURE, membership_events.c.occurred_at < before
         )
     ).rowcount
 
@@ -176,7 +170,7 @@ def restore_customer(
         return False
     conn.execute(
         insert(erasure_audit).values(
-            action="restored",
+            action=ErasureAction.RESTORED,
             id_hash=hashed,
             assignments=0,
             memberships=0,
@@ -195,6 +189,4 @@ def erasure_audit_rows(conn: Connection, customer_id: str, id_hash: IdHash) -> l
         .where(erasure_audit.c.id_hash == id_hash(customer_id))
         .order_by(erasure_audit.c.id)
     )
-    return [
-        {**row, "occurred_at": as_utc(row["occurred_at"])} for row in conn.execute(query).mappings()
-    ]
+    return [dict(row) for row in conn.execute(query).mappings()]

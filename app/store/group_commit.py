@@ -11,17 +11,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from app.metrics.registry import GROUP_COMMIT_ROWS
-from app.store.repository import AssignmentBatch, AssignmentRow
+from app.store.assignments import AssignmentBatch, AssignmentRow
 
 
 class GroupCommitter:
     def __init__(
-        self, write: Callable[[AssignmentBatch], None], max_rows: int, max_wait_seconds: float
+        self,
+        write: Callable[[AssignmentBatch], None],
+        max_rows: int,
+        max_wait_seconds: float,
+        *,
+        on_commit: Callable[[int], None] = lambda rows: None,
     ) -> None:
         self._write = write
         self._max_rows = max_rows
         self._max_wait = max_wait_seconds
+        self._on_commit = on_commit  # told each committed group's row count (for a metric)
         self._pending: list[tuple[AssignmentRow, asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -69,7 +74,7 @@ class GroupCommitter:
                 if not done.done():
                     done.set_exception(exc)
         else:
-            GROUP_COMMIT_ROWS.observe(len(taken))
+            self._on_commit(len(taken))
             for _, done in taken:
                 if not done.done():
                     done.set_result(None)

@@ -13,7 +13,8 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, func, select, update
 
-from app.store.tables import ModelVersion
+from app.scoring.manifest import Manifest
+from app.store.tables import ModelStatus, ModelVersion
 
 model_versions = cast(Table, ModelVersion.__table__)
 
@@ -28,13 +29,13 @@ class RegisteredModel:
     version: str
     kind: str
     artifact_sha256: str
-    status: str
+    status: ModelStatus
     shadow: bool
     source: str
     created_at: datetime
     activated_at: datetime | None
     retired_at: datetime | None
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,8 @@ _LISTED = [c for c in model_versions.c if c.name != "artifact"]
 
 
 def lock(conn: Connection) -> None:
-    """Serialise registry changes until the transaction ends (SQLite serialises writers anyway)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(select(func.pg_advisory_xact_lock(_REGISTRY_LOCK)))
+    """Serialise registry changes until the transaction ends."""
+    conn.execute(select(func.pg_advisory_xact_lock(_REGISTRY_LOCK)))
 
 
 def insert(
@@ -71,7 +71,7 @@ def insert(
             artifact_sha256=sha256,
             manifest=manifest,
             artifact=artifact,
-            status="candidate",
+            status=ModelStatus.CANDIDATE,
             shadow=False,
             source=source[:1024],
             created_at=datetime.now(UTC),
@@ -95,6 +95,7 @@ def listed(conn: Connection) -> list[RegisteredModel]:
 
 
 def artifact_of(conn: Connection, version: str) -> tuple[dict[str, Any], bytes] | None:
+    # the manifest as stored (JSON): the artifact's verification parses and checks it
     """The stored manifest and skops bytes of a version."""
     row = conn.execute(
         select(model_versions.c.manifest, model_versions.c.artifact).where(
@@ -112,9 +113,9 @@ def served(conn: Connection) -> ServedVersions:
             model_versions.c.artifact_sha256,
             model_versions.c.status,
             model_versions.c.shadow,
-        ).where((model_versions.c.status == "active") | model_versions.c.shadow)
+        ).where((model_versions.c.status == ModelStatus.ACTIVE) | model_versions.c.shadow)
     ).all()
-    active = next(((r[0], r[1]) for r in rows if r[2] == "active"), None)
+    active = next(((r[0], r[1]) for r in rows if r[2] == ModelStatus.ACTIVE), None)
     shadow = next(((r[0], r[1]) for r in rows if r[3]), None)
     return ServedVersions(active, shadow)
 
@@ -123,7 +124,7 @@ def make_active(conn: Connection, version: str) -> str | None:
     """Retire the active version and activate `version` (no longer shadow); returns the retired one."""
     now = datetime.now(UTC)
     previous = conn.execute(
-        select(model_versions.c.version).where(model_versions.c.status == "active")
+        select(model_versions.c.version).where(model_versions.c.status == ModelStatus.ACTIVE)
     ).scalar()
     if previous == version:
         return None
@@ -131,12 +132,12 @@ def make_active(conn: Connection, version: str) -> str | None:
         conn.execute(
             update(model_versions)
             .where(model_versions.c.version == previous)
-            .values(status="retired", retired_at=now)
+            .values(status=ModelStatus.RETIRED, retired_at=now)
         )
     conn.execute(
         update(model_versions)
         .where(model_versions.c.version == version)
-        .values(status="active", shadow=False, activated_at=now, retired_at=None)
+        .values(status=ModelStatus.ACTIVE, shadow=False, activated_at=now, retired_at=None)
     )
     return cast(str | None, previous)
 
@@ -156,7 +157,7 @@ def last_retired(conn: Connection) -> str | None:
         str | None,
         conn.execute(
             select(model_versions.c.version)
-            .where(model_versions.c.status == "retired")
+            .where(model_versions.c.status == ModelStatus.RETIRED)
             .order_by(model_versions.c.retired_at.desc())
             .limit(1)
         ).scalar(),
@@ -167,15 +168,7 @@ def _registered(row: Any) -> RegisteredModel:
     return RegisteredModel(
         **{
             **row,
-            "created_at": _utc(row["created_at"]),
-            "activated_at": _utc(row["activated_at"]),
-            "retired_at": _utc(row["retired_at"]),
+            "status": ModelStatus(row["status"]),
+            "manifest": Manifest.model_validate(row["manifest"]),
         }
     )
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without a zone; we only ever store UTC
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)

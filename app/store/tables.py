@@ -5,6 +5,7 @@ the registry of model versions."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -12,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Float,
     Index,
@@ -34,8 +36,10 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# BIGINT identity on PostgreSQL; SQLite only auto-increments a column declared INTEGER PRIMARY KEY.
-BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+def _one_of(column: str, values: type[StrEnum]) -> str:
+    """A CHECK that `column` holds one of the enumeration's values."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
 class Base(DeclarativeBase):
@@ -47,7 +51,7 @@ class Assignment(Base):
 
     __tablename__ = "assignments"
 
-    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     customer_id: Mapped[str] = mapped_column(String(128))
     segment_id: Mapped[int] = mapped_column(Integer)
     segment_key: Mapped[str] = mapped_column(String(64))
@@ -88,15 +92,44 @@ class Membership(Base):
     email_sha256: Mapped[str | None] = mapped_column(String(64))
     phone_sha256: Mapped[str | None] = mapped_column(String(64))
     phone_digits_sha256: Mapped[str | None] = mapped_column(String(64))
-    # Consent as last sent (NULL: never sent). Advertising needs an explicit true; personalization
-    # is allowed unless explicitly false. See app/audience/consent.py.
+    # Consent as last sent (NULL: never sent).
     consent_personalization: Mapped[bool | None] = mapped_column(Boolean)
     consent_advertising: Mapped[bool | None] = mapped_column(Boolean)
-
-    # audience paging walks one segment in customer-id order
-    __table_args__ = (
-        Index("ix_memberships_segment_key_customer_id", "segment_key", "customer_id"),
+    # Whether the customer is in each purpose's audiences: THE consent rule, written here once
+    # and computed by the database (app/audience/consent.py says why). Advertising needs an
+    # explicit opt-in; personalization holds unless the customer objected. Lookups, audiences,
+    # exports, the change feed and erasure notices all read these two columns.
+    advertising: Mapped[bool] = mapped_column(
+        Boolean, Computed("consent_advertising IS TRUE", persisted=True)
     )
+    personalization: Mapped[bool] = mapped_column(
+        Boolean, Computed("consent_personalization IS NOT FALSE", persisted=True)
+    )
+
+    __table_args__ = (
+        # audience paging walks one segment in customer-id order
+        Index("ix_memberships_segment_key_customer_id", "segment_key", "customer_id"),
+        # the advertising audience of a segment, which few customers may have opted in to
+        Index(
+            "ix_memberships_advertising_segment_key_customer_id",
+            "segment_key",
+            "customer_id",
+            postgresql_where=text("advertising"),
+        ),
+    )
+
+
+class FeedEvent(StrEnum):
+    ENTERED = "entered"
+    EXITED = "exited"
+
+
+class Cause(StrEnum):
+    """Why a change-feed event happened."""
+
+    ASSIGNMENT = "assignment"  # the customer moved to another segment
+    CONSENT = "consent"  # they joined or left a purpose's audience while staying in the segment
+    ERASURE = "erasure"  # they were erased: the feed's last word on them
 
 
 class MembershipEvent(Base):
@@ -104,28 +137,27 @@ class MembershipEvent(Base):
 
     Writers append events while holding one transaction-scoped lock, so ids are handed out in
     commit order and a reader that pages by id after its last cursor sees every event once.
+    The events are written by one statement, app.store.assignments' membership merge.
     """
 
     __tablename__ = "membership_events"
 
-    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     customer_id: Mapped[str] = mapped_column(String(128))
     segment_id: Mapped[int] = mapped_column(Integer)
     segment_key: Mapped[str] = mapped_column(String(64))
-    event: Mapped[str] = mapped_column(String(8))
+    event: Mapped[FeedEvent] = mapped_column(String(8))
     model_version: Mapped[str] = mapped_column(String(64))
     confidence: Mapped[float] = mapped_column(Float)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # 'assignment' (the customer moved), 'consent' (they joined or left a purpose's audience
-    # while staying in the segment) or 'erasure' (they were erased: the feed's last word on them)
-    cause: Mapped[str] = mapped_column(String(16), server_default="assignment")
+    cause: Mapped[Cause] = mapped_column(String(16), server_default=Cause.ASSIGNMENT.value)
     # which purposes' feeds carry the event: the customer's consent at that moment decides
     advertising: Mapped[bool] = mapped_column(Boolean, server_default=false())
     personalization: Mapped[bool] = mapped_column(Boolean, server_default=true())
 
     __table_args__ = (
-        CheckConstraint("event IN ('entered', 'exited')", name="event"),
-        CheckConstraint("cause IN ('assignment', 'consent', 'erasure')", name="cause"),
+        CheckConstraint(_one_of("event", FeedEvent), name="event"),
+        CheckConstraint(_one_of("cause", Cause), name="cause"),
         # one segment's feed, in commit order
         Index("ix_membership_events_segment_key_id", "segment_key", "id"),
         # erasure finds a customer's events
@@ -136,24 +168,19 @@ class MembershipEvent(Base):
             "ix_membership_events_advertising_id",
             "id",
             postgresql_where=text("advertising"),
-            sqlite_where=text("advertising"),
         ),
         Index(
             "ix_membership_events_advertising_segment_key_id",
             "segment_key",
             "id",
             postgresql_where=text("advertising"),
-            sqlite_where=text("advertising"),
         ),
         # erasure notices past their retention are found without scanning the feed
         Index(
             "ix_membership_events_erasure_notices",
             "occurred_at",
-            postgresql_where=text("cause = 'erasure'"),
-            sqlite_where=text("cause = 'erasure'"),
+            postgresql_where=text(f"cause = '{Cause.ERASURE}'"),
         ),
-        # SQLite would reuse the ids of erased newest events, below a consumer's cursor
-        {"sqlite_autoincrement": True},
     )
 
 
@@ -167,14 +194,19 @@ class ErasureTombstone(Base):
     erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ErasureAction(StrEnum):
+    ERASED = "erased"
+    RESTORED = "restored"
+
+
 class ErasureAudit(Base):
     """Who erased (or restored) which customer when, and what went: the record a DPO asks for.
     The customer is named by the same keyed hash as the tombstone."""
 
     __tablename__ = "erasure_audit"
 
-    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
-    action: Mapped[str] = mapped_column(String(16))
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    action: Mapped[ErasureAction] = mapped_column(String(16))
     id_hash: Mapped[str] = mapped_column(String(64), index=True)
     assignments: Mapped[int] = mapped_column(Integer, doc="history rows deleted")
     memberships: Mapped[int] = mapped_column(Integer, doc="membership rows (with hashes) deleted")
@@ -182,10 +214,13 @@ class ErasureAudit(Base):
     api_key: Mapped[str] = mapped_column(String(64), doc="the name of the key that asked")
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (CheckConstraint("action IN ('erased', 'restored')", name="action"),)
+    __table_args__ = (CheckConstraint(_one_of("action", ErasureAction), name="action"),)
 
 
-MODEL_STATUSES = ("candidate", "active", "retired")
+class ModelStatus(StrEnum):
+    CANDIDATE = "candidate"  # registered, never active
+    ACTIVE = "active"  # what every worker serves (one at most)
+    RETIRED = "retired"  # was active; a rollback goes back to the newest of these
 
 
 class ModelVersion(Base):
@@ -204,7 +239,7 @@ class ModelVersion(Base):
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
     artifact: Mapped[bytes] = mapped_column(LargeBinary)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[ModelStatus] = mapped_column(String(16))
     shadow: Mapped[bool] = mapped_column(Boolean, server_default=false())
     source: Mapped[str] = mapped_column(String(1024), doc="where it was registered from")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -212,20 +247,18 @@ class ModelVersion(Base):
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        CheckConstraint("status IN ('candidate', 'active', 'retired')", name="status"),
+        CheckConstraint(_one_of("status", ModelStatus), name="status"),
         CheckConstraint("NOT (shadow AND status = 'active')", name="shadow_not_active"),
         Index(
             "uq_model_versions_one_active",
             "status",
             unique=True,
-            postgresql_where=text("status = 'active'"),
-            sqlite_where=text("status = 'active'"),
+            postgresql_where=text(f"status = '{ModelStatus.ACTIVE}'"),
         ),
         Index(
             "uq_model_versions_one_shadow",
             "shadow",
             unique=True,
             postgresql_where=text("shadow"),
-            sqlite_where=text("shadow"),
         ),
     )

@@ -10,10 +10,9 @@ import pandas as pd
 from app.scoring.artifact import write_artifact
 from app.scoring.manifest import TrainingData
 from app.scoring.model import SegmentModel
-from app.settings import Settings
+from app.tables import TableError, normalise_ids, read_table, sha256_of
 from app.training.fit import DEFAULT_K_RANGE, FeaturePlan, fit_model
 from app.training.rfm import TransactionColumns, compute_rfm
-from app.training.tables import TableError, normalise_ids, read_table, sha256_of
 
 RFM_PLAN = FeaturePlan(
     numeric=["recency_days", "frequency", "monetary"],
@@ -134,34 +133,3 @@ def train_customers(
         previous=previous,
     )
     return write_artifact(fitted.pipeline, fitted.manifest, out_dir)
-
-
-def previous_model(reference: str, settings: Settings) -> SegmentModel:
-    """The model to retrain from: a model folder, else `active` or a registered version."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from app.errors import AppError
-    from app.lifecycle.registry import ModelRegistry
-    from app.store.engine import make_engine
-
-    if Path(reference).is_dir():
-        return SegmentModel.load(Path(reference))
-    engine = make_engine(settings)
-    try:
-        registry = ModelRegistry(engine)
-        version = reference
-        if reference == "active":
-            served = registry.served().active
-            if served is None:
-                raise ValueError("--previous active: the model registry has no active version")
-            version = served[0]
-        return registry.load(version)
-    except AppError as exc:  # not registered
-        raise ValueError(f"--previous {reference}: no such model folder. {exc}") from exc
-    except SQLAlchemyError as exc:
-        raise ValueError(
-            f"--previous {reference}: no such model folder, and the model registry cannot be "
-            f"read ({type(exc).__name__}); run `segments migrate` or check DATABASE_URL"
-        ) from exc
-    finally:
-        engine.dispose()

@@ -346,9 +346,10 @@ def test_batch_envelope_errors(client: TestClient) -> None:
     assert_error(unknown_field.json(), "invalid_input", "customers[0].email")
 
 
-def test_readiness_names_an_unmigrated_database(tmp_path: Path, rfm_model_dir: Path) -> None:
-    empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    with TestClient(create_app(make_settings(empty, rfm_model_dir))) as fresh:
+def test_readiness_names_an_unmigrated_database(
+    empty_database_url: str, rfm_model_dir: Path
+) -> None:
+    with TestClient(create_app(make_settings(empty_database_url, rfm_model_dir))) as fresh:
         ready = fresh.get("/readyz")
         assert ready.status_code == 503
         assert "segments migrate" in ready.json()["error"]["details"][0]["problem"]

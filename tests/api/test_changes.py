@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
@@ -114,12 +114,9 @@ def test_bad_cursor_and_unknown_segment(client: TestClient) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
 def test_a_poller_sees_every_change_exactly_once_during_concurrent_writes(
-    database_url: str, rfm_model_dir: Path, tmp_path: Path, on_postgres: bool
+    database_url: str, rfm_model_dir: Path, tmp_path: Path
 ) -> None:
-    if not on_postgres:
-        pytest.skip("concurrent writers in several processes need PostgreSQL")
     clear_tables(database_url)
     customers = [f"f{i:03d}" for i in range(60)]
 
@@ -127,7 +124,7 @@ def test_a_poller_sees_every_change_exactly_once_during_concurrent_writes(
         stop = asyncio.Event()
 
         async def writer(worker: int) -> None:
-            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            async with httpx2.AsyncClient(base_url=base, timeout=30) as client:
                 turn = 0
                 while not stop.is_set():
                     turn += 1
@@ -153,7 +150,7 @@ def test_a_poller_sees_every_change_exactly_once_during_concurrent_writes(
         seen: list[dict[str, object]] = []
         cursor: str | None = None
 
-        async def poll(client: httpx.AsyncClient) -> bool:
+        async def poll(client: httpx2.AsyncClient) -> bool:
             nonlocal cursor
             params: dict[str, str | int] = {"limit": 50, "purpose": "advertising"}
             if cursor is not None:
@@ -164,7 +161,7 @@ def test_a_poller_sees_every_change_exactly_once_during_concurrent_writes(
             return bool(page["has_more"])
 
         writers = [asyncio.create_task(writer(w)) for w in range(6)]
-        async with httpx.AsyncClient(base_url=base, timeout=30) as reader:
+        async with httpx2.AsyncClient(base_url=base, timeout=30) as reader:
             for _ in range(150):  # poll while the writers write
                 await poll(reader)
                 await asyncio.sleep(0.01)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+import httpx2
 import orjson
 import pytest
 
@@ -72,7 +72,7 @@ def seed(base: str) -> None:
             }
             for i in range(start, start + BATCH)
         ]
-        with httpx.Client(base_url=base, timeout=120) as client:
+        with httpx2.Client(base_url=base, timeout=120) as client:
             response = client.post("/v1/assignments/batch", json={"customers": customers})
             assert response.status_code == 200, response.text[:500]
 
@@ -85,7 +85,7 @@ def export(base: str, params: dict[str, str]) -> tuple[int, int, str]:
     lines = size = 0
     first = ""
     with (
-        httpx.Client(base_url=base, timeout=120) as client,
+        httpx2.Client(base_url=base, timeout=120) as client,
         client.stream("GET", "/v1/segments/champions/members", params=params) as response,
     ):
         assert response.status_code == 200
@@ -98,12 +98,9 @@ def export(base: str, params: dict[str, str]) -> tuple[int, int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
 def test_a_200k_audience_streams_in_flat_memory(
-    database_url: str, rfm_model_dir: Path, tmp_path: Path, on_postgres: bool
+    database_url: str, rfm_model_dir: Path, tmp_path: Path
 ) -> None:
-    if not on_postgres:
-        pytest.skip("the scale test is about PostgreSQL's server-side cursor")
     clear_tables(database_url)
     with segments_server(
         database_url, rfm_model_dir, tmp_path, workers=1, SEGMENTS_MAX_EXPORTS="1"
@@ -186,7 +183,7 @@ def exports_are_limited_while_a_slow_reader_holds_one(base: str) -> None:
     """SEGMENTS_MAX_EXPORTS=1: an export whose client pauses keeps its slot (and connection), so
     the next is a 429 in the contract's body, while pages still work; once read, a slot is free."""
     with (
-        httpx.Client(base_url=base, timeout=120) as client,
+        httpx2.Client(base_url=base, timeout=120) as client,
         client.stream("GET", "/v1/segments/champions/members", params={"format": "csv"}) as slow,
     ):
         assert slow.status_code == 200

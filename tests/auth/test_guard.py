@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from app.auth.keys import Scope, generate_key, key_config_line
 from app.cli import cli
 from app.main import create_app
+from app.settings import ConfigurationError
 from tests.conftest import clear_tables, make_settings
 
 CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
@@ -66,7 +67,7 @@ ADVERTISING_ROUTES = {
 
 def test_the_table_names_every_api_route() -> None:
     """A new route must join ENDPOINTS (and so the scope checks) to pass."""
-    app = create_app(make_settings("sqlite://", Path("models")))
+    app = create_app(make_settings("postgresql://unused", Path("models")))
     routes = {
         (method, route.path)
         for route in app.routes
@@ -80,7 +81,7 @@ def test_the_table_names_every_api_route() -> None:
 
 def test_openapi_names_the_scopes_each_operation_takes() -> None:
     """Client generators and readers of /docs see which key an operation needs."""
-    document = create_app(make_settings("sqlite://", Path("models"))).openapi()
+    document = create_app(make_settings("postgresql://unused", Path("models"))).openapi()
     for method, path, _, scope in ENDPOINTS:
         concrete = path.split("?")[0]
         operation = next(
@@ -249,19 +250,16 @@ def test_the_open_quickstart_says_so(
     assert "NO API KEYS" in caplog.text
 
 
-def test_a_real_database_without_keys_refuses_to_start(
-    database_url: str, rfm_model_dir: Path, on_postgres: bool
+def test_no_keys_refuses_to_start_unless_anonymous_is_allowed(
+    database_url: str, rfm_model_dir: Path
 ) -> None:
     settings = make_settings(database_url, rfm_model_dir, allow_anonymous=False)
-    if on_postgres:
-        with pytest.raises(RuntimeError, match="SEGMENTS_API_KEYS"):
-            create_app(settings)
-    else:  # the embedded SQLite quickstart may run open
+    with pytest.raises(ConfigurationError, match="SEGMENTS_API_KEYS"):
         create_app(settings)
 
 
 def test_a_malformed_key_entry_refuses_to_start(database_url: str, rfm_model_dir: Path) -> None:
-    with pytest.raises(ValueError, match="entry 1"):
+    with pytest.raises(ConfigurationError, match="entry 1"):
         create_app(make_settings(database_url, rfm_model_dir, api_keys="crm:nothex:read"))
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
@@ -146,7 +146,7 @@ def prometheus(prometheus_tools: Tools, service: Service, tmp_path: Path) -> Ite
 
 def query(prometheus: Prometheus, expr: str) -> list[dict[str, Any]]:
     """An instant query's vector: [{"metric": {labels}, "value": [time, "value"]}, ...]."""
-    response = httpx.get(f"{prometheus.base}/api/v1/query", params={"query": expr}, timeout=10)
+    response = httpx2.get(f"{prometheus.base}/api/v1/query", params={"query": expr}, timeout=10)
     assert response.status_code == 200, f"{expr}: HTTP {response.status_code} {response.text}"
     body = response.json()
     assert body["status"] == "success", f"{expr}: {body}"
@@ -194,7 +194,7 @@ def describe_failures(
     seen: dict[str, tuple[bool, str]], prometheus: Prometheus, service: Service
 ) -> str:
     failed = [f"  {name}: last saw {observed}" for name, (ok, observed) in seen.items() if not ok]
-    targets = httpx.get(f"{prometheus.base}/api/v1/targets", timeout=10).json()
+    targets = httpx2.get(f"{prometheus.base}/api/v1/targets", timeout=10).json()
     scrapes = [
         f"  {t['scrapeUrl']}: health={t['health']} lastError={t['lastError']!r}"
         for t in targets["data"]["activeTargets"]
@@ -211,7 +211,7 @@ def describe_failures(
 def send_singles(service: Service, start: int, count: int) -> None:
     for i in range(start, start + count):
         # a fresh connection each time, so the kernel spreads requests over both workers
-        response = httpx.post(
+        response = httpx2.post(
             f"{service.base}/v1/assignments",
             json={"customer_id": f"p{i}", "features": CHAMPION},
             headers={"connection": "close"},
@@ -241,7 +241,7 @@ def test_prometheus_scrapes_both_workers_and_sees_counts_latency_and_drift(
     assert seen["first assignments scraped"][0], describe_failures(seen, prometheus, service)
     send_singles(service, SINGLES_BEFORE, SINGLES_AFTER)
     batch = [{"customer_id": f"b{i}", "features": CHAMPION} for i in range(BATCH)]
-    response = httpx.post(
+    response = httpx2.post(
         f"{service.base}/v1/assignments/batch", json={"customers": batch}, timeout=30
     )
     assert response.status_code == 200, response.text
@@ -253,7 +253,7 @@ def test_prometheus_scrapes_both_workers_and_sees_counts_latency_and_drift(
         problems.append(f"one worker took all the requests: {sorted(workers)}")
 
     # 3. the raw exposition passes promtool's linter (HELP, TYPE, naming conventions)
-    exposition = httpx.get(
+    exposition = httpx2.get(
         f"{service.base}/metrics", headers={"connection": "close"}, timeout=10
     ).text
     lint = subprocess.run(
@@ -307,7 +307,7 @@ def test_prometheus_scrapes_both_workers_and_sees_counts_latency_and_drift(
 
     # 5. the team's rules, when present, load and evaluate without errors against real series
     if RULES.exists():
-        rules = httpx.get(f"{prometheus.base}/api/v1/rules", timeout=10).json()
+        rules = httpx2.get(f"{prometheus.base}/api/v1/rules", timeout=10).json()
         groups = rules["data"]["groups"]
         if not groups:
             problems.append(f"{RULES} is in rule_files but Prometheus loaded no rule group")

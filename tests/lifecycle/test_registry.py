@@ -17,7 +17,8 @@ from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.cli import _activate_at_launch, cli
+from app.cli import cli
+from app.cli.serve import _activate_at_launch
 from app.main import create_app
 from app.scoring.artifact import load_artifact
 from tests.conftest import clear_tables, make_settings, metric_value

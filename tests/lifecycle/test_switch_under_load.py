@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import clear_tables
@@ -24,7 +24,7 @@ CONNECTIONS = 16
 async def _load(
     base: str, stop: asyncio.Event, answers: list[tuple[float, int, str]], worker: int
 ) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+    async with httpx2.AsyncClient(base_url=base, timeout=10) as client:
         sent = 0
         while not stop.is_set():
             sent += 1
@@ -52,7 +52,7 @@ async def _served_by_every_worker(base: str, version: str, seconds: float) -> bo
     while time.monotonic() < deadline:
         versions = set()
         for _ in range(12):
-            async with httpx.AsyncClient(base_url=base, headers={"connection": "close"}) as c:
+            async with httpx2.AsyncClient(base_url=base, headers={"connection": "close"}) as c:
                 versions.add((await c.get("/readyz")).json()["model_version"])
         if versions == {version}:
             return True
@@ -77,7 +77,7 @@ def test_activate_rollback_and_activate_again_under_load_fail_no_request(
                 for w in range(CONNECTIONS)
             ]
             switched: dict[str, float] = {}
-            async with httpx.AsyncClient(base_url=service.base, timeout=30) as admin:
+            async with httpx2.AsyncClient(base_url=service.base, timeout=30) as admin:
                 await asyncio.sleep(1.0)
                 asked = time.monotonic()
                 response = await admin.post("/v1/models/test-rfm-k5/activate")
@@ -148,7 +148,7 @@ def test_a_worker_uvicorn_restarts_does_not_undo_an_activation(
         database_url, rfm_model_dir, tmp_path, workers=2, SEGMENTS_MODEL_POLL_SECONDS="0.5"
     ) as service:
         assert segments_cli(database_url, "models", "register", str(rfm_model_b))[0] == 0
-        activated = httpx.post(f"{service.base}/v1/models/test-rfm-k5/activate", timeout=30)
+        activated = httpx2.post(f"{service.base}/v1/models/test-rfm-k5/activate", timeout=30)
         assert activated.status_code == 200, activated.text
         assert asyncio.run(_served_by_every_worker(service.base, "test-rfm-k5", 15))
 
@@ -162,11 +162,11 @@ def test_a_worker_uvicorn_restarts_does_not_undo_an_activation(
         replacement = set(_workers_of(service.pid)) - set(workers)
         assert len(replacement) == 1, "the killed worker was not replaced"
 
-        active = httpx.get(f"{service.base}/v1/models/active").json()
+        active = httpx2.get(f"{service.base}/v1/models/active").json()
         assert active["version"] == "test-rfm-k5"
         # a few polls later, still every worker on k5 (a revert would show within 0.5 s)
         time.sleep(1.5)
         assert asyncio.run(_served_by_every_worker(service.base, "test-rfm-k5", 15))
-        assert httpx.get(f"{service.base}/v1/models/active").json()["version"] == "test-rfm-k5"
+        assert httpx2.get(f"{service.base}/v1/models/active").json()["version"] == "test-rfm-k5"
     log = service.log.read_text()
     assert "now serving model test-rfm-k5" in log  # the service's own logs reach the operator

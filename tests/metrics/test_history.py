@@ -13,18 +13,14 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.metrics.history import drift_history, parse_span
 from app.scoring.model import SegmentModel
-from app.service import AssignmentService
-from app.store import repository
-from app.store.repository import AssignmentBatch
-from tests.conftest import DEFAULT_MODELS, TEST_ID_HASH, clear_tables
+from app.store.assignments import AssignmentBatch, store_batch
+from tests.conftest import DEFAULT_MODELS, TEST_ID_HASH, assignment_service, clear_tables
 
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
 
 
 def _store_day(engine_url: str, frame: pd.DataFrame, day: datetime, prefix: str) -> None:
     """Score real customers as the service does and store them as if assigned on `day`."""
-    model = SegmentModel.load(DEFAULT_MODELS)
-    service = AssignmentService(model, create_engine(engine_url), 100_000, id_hash=TEST_ID_HASH)
     customers = [
         {
             "customer_id": f"{prefix}{i}",
@@ -34,13 +30,15 @@ def _store_day(engine_url: str, frame: pd.DataFrame, day: datetime, prefix: str)
             zip(frame["recency_days"], frame["frequency"], frame["monetary"], strict=True)
         )
     ]
-    batch = service.assign_batch({"customers": customers}, persist=False)
+    with assignment_service(engine_url, DEFAULT_MODELS) as service:
+        batch = service.assign_batch({"customers": customers}, persist=False)
     moments = [day + timedelta(seconds=i) for i in range(len(batch))]
-    with service.engine.begin() as conn:
-        repository.store_batch(
+    engine = create_engine(engine_url)
+    with engine.begin() as conn:
+        store_batch(
             conn, AssignmentBatch(**{**batch.__dict__, "assigned_at": moments}), TEST_ID_HASH
         )
-    service.engine.dispose()
+    engine.dispose()
 
 
 def test_spans_parse_and_bad_ones_are_refused() -> None:

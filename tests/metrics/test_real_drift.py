@@ -7,7 +7,7 @@ import pytest
 
 from app.metrics.evaluation import population_drift
 from app.scoring.model import SegmentModel
-from app.training.tables import normalise_ids, read_table
+from app.tables import normalise_ids, read_table
 from tests.conftest import DEFAULT_MODELS, ONLINE_RETAIL
 
 

@@ -16,12 +16,17 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.scoring.model import SegmentModel
-from app.service import AssignmentService
 from app.settings import Settings
-from app.store.engine import make_engine
-from app.store.repository import AssignmentBatch, AssignmentRow, store_batch
+from app.store.assignments import AssignmentBatch, AssignmentRow, store_batch
 from tests.api.test_assignments import CHAMPION, assert_error
-from tests.conftest import TEST_ID_HASH, clear_tables, count_rows, make_settings, metric_value
+from tests.conftest import (
+    TEST_ID_HASH,
+    clear_tables,
+    count_rows,
+    make_settings,
+    metric_value,
+    store_on,
+)
 
 
 @contextmanager
@@ -46,10 +51,8 @@ def database_refusing_connections(database_url: str) -> Iterator[None]:
 
 
 def test_store_outage_fails_fast_and_recovers_without_restart(
-    database_url: str, on_postgres: bool, rfm_model_dir: Path
+    database_url: str, rfm_model_dir: Path
 ) -> None:
-    if not on_postgres:  # SQLite is a file: it cannot go away like a server
-        pytest.skip("needs PostgreSQL: set TEST_DATABASE_URL (CI always does)")
     clear_tables(database_url)
     settings: Settings = make_settings(database_url, rfm_model_dir)
     with TestClient(create_app(settings)) as client:
@@ -99,24 +102,20 @@ def test_store_outage_fails_fast_and_recovers_without_restart(
     assert count_rows(database_url, "memberships") == 2
 
 
-def test_failure_mid_write_rolls_back(
-    database_url: str, on_postgres: bool, rfm_model_dir: Path
-) -> None:
+def test_failure_mid_write_rolls_back(database_url: str, rfm_model_dir: Path) -> None:
     """Rows written before a failure in the same request's transaction are not kept."""
     clear_tables(database_url)
-    model = SegmentModel.load(rfm_model_dir)
-    engine = make_engine(make_settings(database_url, rfm_model_dir))
-    service = AssignmentService(model, engine, max_batch=10, id_hash=TEST_ID_HASH)
+    version = SegmentModel.load(rfm_model_dir).version
     now = datetime.now(UTC)
-    good = AssignmentRow("ok", 0, "champions", model.version, 0.1, 0.9, {"recency_days": 1.0}, now)
-    with pytest.raises(RuntimeError), service.transaction("assign") as conn:
-        store_batch(conn, AssignmentBatch.of_rows([good]), TEST_ID_HASH)
-        raise RuntimeError("the process fails between two writes")
-    if on_postgres:  # the database itself refusing the second write (id longer than the column)
-        too_long = AssignmentRow("x" * 200, 0, "champions", model.version, 0.1, 0.9, {}, now)
-        with pytest.raises(DataError), service.transaction("assign") as conn:
+    good = AssignmentRow("ok", 0, "champions", version, 0.1, 0.9, {"recency_days": 1.0}, now)
+    with store_on(database_url) as store:
+        with pytest.raises(RuntimeError), store.transaction("assign") as conn:
+            store_batch(conn, AssignmentBatch.of_rows([good]), TEST_ID_HASH)
+            raise RuntimeError("the process fails between two writes")
+        # the database itself refusing the second write (an id longer than the column)
+        too_long = AssignmentRow("x" * 200, 0, "champions", version, 0.1, 0.9, {}, now)
+        with pytest.raises(DataError), store.transaction("assign") as conn:
             store_batch(conn, AssignmentBatch.of_rows([good]), TEST_ID_HASH)
             store_batch(conn, AssignmentBatch.of_rows([too_long]), TEST_ID_HASH)
-    engine.dispose()
     assert count_rows(database_url, "assignments") == 0
     assert count_rows(database_url, "memberships") == 0

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import create_engine
 
 from app.audience.consent import Purpose
 from app.audience.profile import CustomerProfile
-from app.scoring.model import SegmentModel
-from app.service import AssignmentService
-from app.store import audiences, repository
-from app.store.engine import make_engine
-from app.store.repository import AssignmentBatch, AssignmentRow
-from tests.conftest import TEST_ID_HASH, clear_tables, make_settings
+from app.service.assignments import AssignmentWriter
+from app.store import audiences
+from app.store.assignments import AssignmentBatch, AssignmentRow, store_batch
+from app.store.history import current_membership, customer_history
+from tests.conftest import TEST_ID_HASH, clear_tables, store_on
 
 
 def _row(
@@ -23,31 +21,22 @@ def _row(
     return AssignmentRow(customer, 1, key, "v1", 0.5, 0.5, {"recency_days": 1.0}, at, profile)
 
 
-def test_membership_follows_the_latest_assignment_not_the_last_commit(
-    database_url: str, rfm_model_dir: Path
-) -> None:
+def test_membership_follows_the_latest_assignment_not_the_last_commit(database_url: str) -> None:
     clear_tables(database_url)
-    service = AssignmentService(
-        SegmentModel.load(rfm_model_dir),
-        make_engine(make_settings(database_url, rfm_model_dir)),
-        10,
-        id_hash=TEST_ID_HASH,
-    )
     earlier = datetime(2026, 1, 1, tzinfo=UTC)
     later = earlier + timedelta(milliseconds=3)
-    # request B (scored later) commits first, then request A (scored earlier) commits
-    service.write(AssignmentBatch.of_rows([_row("c1", "champions", later)]))
-    service.write(AssignmentBatch.of_rows([_row("c1", "hibernating", earlier)]))
-    with service.transaction("lookup") as conn:
-        current = repository.current_membership(conn, "c1")
-        history = repository.customer_history(conn, "c1", 10)
+    with store_on(database_url) as store:
+        writer = AssignmentWriter(store, TEST_ID_HASH)
+        # request B (scored later) commits first, then request A (scored earlier) commits
+        writer.write(AssignmentBatch.of_rows([_row("c1", "champions", later)]))
+        writer.write(AssignmentBatch.of_rows([_row("c1", "hibernating", earlier)]))
+        with store.transaction("lookup") as conn:
+            current = current_membership(conn, "c1")
+            history = customer_history(conn, "c1", 10)
     assert current is not None
-    assert current.segment_key == "champions"
-    assert [r.segment_key for r in history] == [
-        "champions",
-        "hibernating",
-    ]  # newest first, same order
-    service.engine.dispose()
+    assert current.assignment.segment_key == "champions"
+    # newest first, the same order membership follows
+    assert [r.segment_key for r in history] == ["champions", "hibernating"]
 
 
 def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
@@ -62,26 +51,27 @@ def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
     opted_in = CustomerProfile(consent_advertising=True)
     withdrawn = CustomerProfile(consent_advertising=False)
     with engine.begin() as conn:
-        repository.store_batch(
+        store_batch(
             conn,
             AssignmentBatch.of_rows([_row("c1", "champions", later, opted_in)]),
             TEST_ID_HASH,
         )
     with engine.begin() as conn:
-        repository.store_batch(
+        store_batch(
             conn,
             AssignmentBatch.of_rows([_row("c1", "hibernating", earlier, withdrawn)]),
             TEST_ID_HASH,
         )
     with engine.connect() as conn:
-        current = repository.current_membership(conn, "c1")
+        current = current_membership(conn, "c1")
         audience = audiences.segment_members(conn, "champions", Purpose.ADVERTISING, None, 10)
         feed = audiences.membership_changes(conn, None, Purpose.ADVERTISING, 0, 10)
     assert current is not None
-    assert current.segment_key == "champions"
-    assert current.assigned_at == later
-    assert current.profile is not None
-    assert current.profile.consent_advertising is False
+    assert current.assignment.segment_key == "champions"
+    assert current.assignment.assigned_at == later
+    assert current.assignment.profile is not None
+    assert current.assignment.profile.consent_advertising is False
+    assert current.purposes == {Purpose.PERSONALIZATION}  # the generated consent columns
     assert audience == []
     # the advertising feed: entered with the opt-in, exited with the withdrawal
     assert [(c.event, c.segment_key, c.cause) for c in feed] == [
@@ -99,12 +89,12 @@ def test_a_customer_twice_in_one_batch_keeps_the_later_row(database_url: str) ->
         [_row("d", "first", now), _row("e", "other", now), _row("d", "second", now)]
     )
     with engine.begin() as conn:
-        repository.store_batch(conn, batch, TEST_ID_HASH)
+        store_batch(conn, batch, TEST_ID_HASH)
     with engine.connect() as conn:
-        current = repository.current_membership(conn, "d")
+        current = current_membership(conn, "d")
         assert current is not None
-        assert current.segment_key == "second"
-        assert len(repository.customer_history(conn, "d", 10)) == 2
+        assert current.assignment.segment_key == "second"
+        assert len(customer_history(conn, "d", 10)) == 2
     engine.dispose()
 
 
@@ -116,13 +106,13 @@ def test_awkward_text_survives_the_bulk_write(database_url: str) -> None:
     features = {"job": 'tab\there, back\\slash, "quoted", new\nline', "age": 41.0}
     row = AssignmentRow(awkward_id, 2, "loyal", "v1", 0.123456, 0.5, features, datetime.now(UTC))
     with engine.begin() as conn:
-        repository.store_batch(conn, AssignmentBatch.of_rows([row]), TEST_ID_HASH)
+        store_batch(conn, AssignmentBatch.of_rows([row]), TEST_ID_HASH)
     with engine.connect() as conn:
-        stored = repository.customer_history(conn, awkward_id, 1)[0]
-        current = repository.current_membership(conn, awkward_id)
+        stored = customer_history(conn, awkward_id, 1)[0]
+        current = current_membership(conn, awkward_id)
     assert stored.features == features
     assert stored.customer_id == awkward_id
     assert stored.distance == 0.123456
     assert current is not None
-    assert current.customer_id == awkward_id
+    assert current.assignment.customer_id == awkward_id
     engine.dispose()

@@ -11,23 +11,23 @@ from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.errors import ModelNotFound, ModelRefused
 from app.lifecycle.compare import compare
 from app.lifecycle.registry import ModelRegistry
 from app.scoring.artifact import load_artifact, write_artifact
 from app.scoring.manifest import Manifest
 from app.scoring.model import SegmentModel
+from app.tables import read_table
 from app.training.fit import fit_model
 from app.training.identity import Matching, carry_identities
 from app.training.naming import RFM_ARCHETYPES
 from app.training.rfm import TransactionColumns, compute_rfm
-from app.training.tables import read_table
-from app.training.train import RFM_PLAN, previous_model, train_customers, train_transactions
+from app.training.train import RFM_PLAN, train_customers, train_transactions
 from tests.conftest import (
     BANK_CLIENTS,
     DEFAULT_MODELS,
     ONLINE_RETAIL,
     clear_tables,
-    make_settings,
     synthetic_transactions,
 )
 
@@ -282,22 +282,52 @@ def test_lineage_round_trips_through_the_artifact(tmp_path: Path, rfm_model_dir:
 
 
 def test_previous_is_a_folder_a_registered_version_or_active(
-    database_url: str, rfm_model_dir: Path
+    database_url: str, rfm_model_dir: Path, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url, rfm_model_dir)
+    """--previous resolves as `segments models compare` does (ModelRegistry.resolve)."""
     clear_tables(database_url)
     engine = create_engine(database_url)
+
+    def retrain(previous: str) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "train",
+                "customers",
+                str(BANK_CLIENTS),
+                "--id",
+                "client_id",
+                "--numeric",
+                "age,balance",
+                "--segments",
+                "4",
+                "--out",
+                str(tmp_path),
+                "--version",
+                f"retrained-{len(list(tmp_path.iterdir()))}",
+                "--previous",
+                previous,
+            ],
+            env={"DATABASE_URL": database_url},
+        )
+        return result.exit_code, " ".join(result.output.split())
+
     try:
         registry = ModelRegistry(engine)
-        with pytest.raises(ValueError, match="no active version"):
-            previous_model("active", settings)
+        assert registry.resolve(str(rfm_model_dir), folders=True).version == "test-rfm-k4"
+        with pytest.raises(ModelRefused, match="no active model"):
+            registry.resolve("active")
         registry.register(load_artifact(rfm_model_dir))
-        assert previous_model("test-rfm-k4", settings).version == "test-rfm-k4"
+        assert registry.resolve("test-rfm-k4").version == "test-rfm-k4"
         registry.activate("test-rfm-k4")
-        assert previous_model("active", settings).version == "test-rfm-k4"
-        assert previous_model(str(rfm_model_dir), settings).version == "test-rfm-k4"
-        with pytest.raises(ValueError, match="no such model folder"):
-            previous_model("never-trained", settings)
+        assert registry.resolve("active").version == "test-rfm-k4"
+        with pytest.raises(ModelNotFound):
+            registry.resolve("never-trained")
+        with pytest.raises(ModelNotFound):  # HTTP never loads a folder of the server's
+            registry.resolve(str(rfm_model_dir))
+        code, output = retrain("never-trained")
+        assert code == 2
+        assert "--previous never-trained: no such model folder" in output
     finally:
         engine.dispose()
         clear_tables(database_url)

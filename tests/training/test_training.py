@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.scoring.artifact import load_artifact
 from app.scoring.model import SegmentModel
+from app.tables import TableError
 from app.training.rfm import TransactionColumns, compute_rfm
-from app.training.tables import TableError
 from tests.conftest import BANK_CLIENTS, synthetic_transactions
 
 

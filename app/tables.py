@@ -1,4 +1,5 @@
-"""Reading the tables we train and score on: CSV (optionally gzipped) or Parquet."""
+"""Reading the tables we train on, score offline and compare models with: CSV (optionally
+gzipped) or Parquet. Neutral ground: training, scoring and the lifecycle all read tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""`segments models …`: the registry from the command line (DATABASE_URL names the database).
+"""`segments models …`: the registry from the command line (DATABASE_URL, or the embedded
+PostgreSQL). The operations are app.lifecycle.registry's, the ones the HTTP routes call; this
+module parses and prints.
 
 Every command works on a running fleet: workers poll the registry and converge within
 SEGMENTS_MODEL_POLL_SECONDS, so nothing needs a restart.
@@ -13,31 +15,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from app.errors import AppError
-from app.lifecycle.compare import (
-    DEFAULT_SAMPLE,
-    Comparison,
-    checked_features,
-    compare,
-    stored_features,
-)
-from app.lifecycle.registry import ModelRegistry
-from app.scoring.artifact import ArtifactError, load_artifact
-from app.scoring.model import SegmentModel
-from app.scoring.offline import OfflineInputError
-from app.settings import Settings
+from app.cli.common import database, err, errors_as_messages, load_settings, out
+from app.lifecycle.compare import DEFAULT_SAMPLE, Comparison, checked_features
+from app.lifecycle.registry import AgreementTooLow, ModelRegistry
+from app.scoring.artifact import load_artifact
 from app.store.engine import make_engine
-from app.training.tables import TableError, read_table
+from app.tables import read_table
 
 models_cli = typer.Typer(
     help="The model registry: register, list, compare, shadow, activate, roll back.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
 
 MinAgreement = Annotated[
     float | None,
@@ -52,14 +42,12 @@ MinAgreement = Annotated[
 
 @contextmanager
 def _registry() -> Iterator[ModelRegistry]:
-    engine = make_engine(Settings())
-    try:
-        yield ModelRegistry(engine)
-    except (AppError, ArtifactError, TableError, OfflineInputError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    finally:
-        engine.dispose()
+    with errors_as_messages(), database(load_settings()) as settings:
+        engine = make_engine(settings)
+        try:
+            yield ModelRegistry(engine)
+        finally:
+            engine.dispose()
 
 
 @models_cli.command("register")
@@ -86,7 +74,7 @@ def list_models() -> None:
             v.version,
             v.status,
             "yes" if v.shadow else "",
-            str(len(v.manifest.get("segments", []))),
+            str(len(v.manifest.segments)),
             f"{v.created_at:%Y-%m-%d %H:%M}",
             f"{v.activated_at:%Y-%m-%d %H:%M}" if v.activated_at else "",
             f"{v.retired_at:%Y-%m-%d %H:%M}" if v.retired_at else "",
@@ -107,9 +95,19 @@ def activate(
 ) -> None:
     """Make VERSION the active model everywhere (rollback: activate the previous version)."""
     with _registry() as registry:
-        if min_agreement is not None:
-            _gate(registry, version, min_agreement, sample)
-        activation = registry.activate(version, allow_schema_change=allow_schema_change)
+        try:
+            activation = registry.activate(
+                version,
+                allow_schema_change=allow_schema_change,
+                min_agreement=min_agreement,
+                sample=sample,
+            )
+        except AgreementTooLow as refused:  # the gate's figures, then its answer
+            print_comparison(refused.comparison)
+            err.print(f"[red]not activated:[/red] {refused}", highlight=False)
+            raise typer.Exit(1) from refused
+    if activation.comparison is not None:
+        print_comparison(activation.comparison)
     was = f" (was {activation.previous})" if activation.previous else ""
     err.print(f"[green]{version} is active{was}[/green]; workers switch within seconds")
 
@@ -157,13 +155,12 @@ def compare_command(
 ) -> None:
     """Transition matrix, share moving, adjusted Rand index and profile changes, OLD -> NEW."""
     with _registry() as registry:
-        before, after = _resolve(registry, old), _resolve(registry, new)
+        before = registry.resolve(old, folders=True)
+        after = registry.resolve(new, folders=True)
+        features = None
         if input_file is not None:
             features = checked_features(read_table(input_file), [before, after])
-            report = compare(before, after, features)
-        else:
-            features, skipped = stored_features(registry.engine, [before, after], sample)
-            report = compare(before, after, features, skipped)
+        report = registry.compare(before, after, sample=sample, features=features)
     print_comparison(report)
     if json_out is not None:
         json_out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
@@ -206,30 +203,3 @@ def print_comparison(report: Comparison) -> None:
             s.key, name, str(s.old_customers), str(s.new_customers), str(s.stayed), medians
         )
     out.print(changes)
-
-
-def _resolve(registry: ModelRegistry, name: str) -> SegmentModel:
-    """A model folder, a registered version, or 'active' / 'shadow'."""
-    if Path(name).is_dir():
-        return SegmentModel.load(Path(name))
-    if name in {"active", "shadow"}:
-        served = registry.served()
-        pair = served.active if name == "active" else served.shadow
-        if pair is None:
-            raise typer.BadParameter(f"the registry has no {name} model")
-        name = pair[0]
-    return registry.load(name)
-
-
-def _gate(registry: ModelRegistry, version: str, min_agreement: float, sample: int) -> None:
-    active = _resolve(registry, "active")
-    candidate = registry.load(version)
-    features, skipped = stored_features(registry.engine, [active, candidate], sample)
-    report = compare(active, candidate, features, skipped)
-    print_comparison(report)
-    if report.agreement < min_agreement:
-        err.print(
-            f"[red]not activated:[/red] agreement {report.agreement:.1%} with the active "
-            f"{active.version} is below {min_agreement:.1%}"
-        )
-        raise typer.Exit(1)

@@ -1,10 +1,10 @@
-"""The HTTP routes for assignments, a customer's segment and history, the segment catalogue
-and operations; audiences, erasure and the model lifecycle have modules of their own.
-Thin wrappers that call the service and shape its answers."""
+"""The HTTP routes for assignments, a customer's segment and history, and the segment
+catalogue; audiences, erasure, the model lifecycle and operations have modules of their own.
+Thin wrappers that call app.service and shape its answers."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Mapping
 from json.encoder import encode_basestring as encode_json_string
 from typing import Annotated, Any
 
@@ -19,7 +19,6 @@ from app.api.deps import (
     RuntimeDep,
     utc_timestamp,
 )
-from app.api.responses import OrjsonResponse
 from app.api.schemas import (
     ERROR_RESPONSES,
     AssignmentOut,
@@ -33,11 +32,9 @@ from app.api.schemas import (
 )
 from app.auth.guard import requires
 from app.auth.keys import Scope
-from app.errors import InvalidFeatures, error_body
-from app.metrics.registry import exposition
+from app.errors import InvalidFeatures, Problem
 from app.runtime import Runtime
-from app.scoring.validation import Problem
-from app.store.repository import AssignmentBatch
+from app.store.assignments import AssignmentBatch
 
 # the hot routes check their key inline (no dependency injection): declared here for OpenAPI
 BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": [Scope.ASSIGN.value]}]}
@@ -64,10 +61,9 @@ def _persist(request: Request) -> bool:
 
 
 router = APIRouter(responses=ERROR_RESPONSES)
-operations = APIRouter()  # probes and the scrape: open, and with errors of their own
 
 
-def _assignments_json(batch: AssignmentBatch, names: dict[str, str]) -> list[str]:
+def _assignments_json(batch: AssignmentBatch, names: Mapping[str, str]) -> list[str]:
     """Each assignment as JSON text, written directly: building 10,000 nested dicts for orjson
     cost more than scoring them. Every value is a number we made, an escaped string, or JSON
     produced by orjson, so the text is always valid JSON (tested against the response model)."""
@@ -101,24 +97,11 @@ async def assign(request: Request) -> Response:
     # the hot path: no dependency injection (FastAPI's resolution costs more than our scoring)
     runtime: Runtime = request.state.runtime
     runtime.guard.authorize(request, Scope.ASSIGN)
-    service = runtime.service
     persist = _persist(request)
     payload = parse_json(await request.body())
-    if service.model.compiled is not None:
-        # the compiled scorer takes microseconds: cheaper inline than a hop to a thread
-        batch = service.score_single(payload)
-    else:
-        batch = await run_in_threadpool(service.score_single, payload)
-    if persist:
-        await service.store_one(batch)
-    else:
-        service.count(batch)
-        # Yield once before answering. Without it a request never gives the loop back, and at
-        # 64 connections on one core some connections starved: p99 ~220 ms against ~25 ms with
-        # it, and throughput rose ~15% (wrk, bench/post.lua, persist=false, c=64).
-        await asyncio.sleep(0)
+    batch = await runtime.assignments.assign_one(payload, persist=persist)
     return Response(
-        _assignments_json(batch, runtime.segment_names)[0], media_type="application/json"
+        _assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
     )
 
 
@@ -136,9 +119,9 @@ async def assign_batch(request: Request) -> Response:
     raw = await request.body()
 
     def work() -> str:
-        batch = runtime.service.assign_batch(parse_json(raw), persist=persist)
+        batch = runtime.assignments.assign_batch(parse_json(raw), persist=persist)
         version = encode_json_string(batch.model_versions[0])
-        rows = ",".join(_assignments_json(batch, runtime.segment_names))
+        rows = ",".join(_assignments_json(batch, runtime.models.segment_names))
         return '{"model_version":' + version + ',"assignments":[' + rows + "]}"
 
     return Response(await run_in_threadpool(work), media_type="application/json")
@@ -154,9 +137,9 @@ def current_segment(
 ) -> Response:
     """The customer's current segment (their latest stored assignment), if their consent allows
     the purpose: 404 consent_withheld otherwise."""
-    batch = AssignmentBatch.of_rows([runtime.service.current(customer_id, purpose)])
+    batch = AssignmentBatch.of_rows([runtime.assignments.current(customer_id, purpose)])
     return Response(
-        _assignments_json(batch, runtime.segment_names)[0], media_type="application/json"
+        _assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
     )
 
 
@@ -172,8 +155,8 @@ def customer_history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """The customer's stored assignments, newest first."""
-    batch = AssignmentBatch.of_rows(runtime.service.history(customer_id, limit))
-    rows = ",".join(_assignments_json(batch, runtime.segment_names))
+    batch = AssignmentBatch.of_rows(runtime.assignments.history(customer_id, limit))
+    rows = ",".join(_assignments_json(batch, runtime.models.segment_names))
     return Response('{"assignments":[' + rows + "]}", media_type="application/json")
 
 
@@ -186,7 +169,7 @@ def customer_history(
 )
 def segments(runtime: RuntimeDep) -> SegmentsOut:
     """The active model's segments, with profiles a marketer can read."""
-    manifest = runtime.model.manifest
+    manifest = runtime.models.model.manifest
     return SegmentsOut(
         model_version=manifest.version,
         segments=[
@@ -202,49 +185,4 @@ def segments(runtime: RuntimeDep) -> SegmentsOut:
             )
             for s in sorted(manifest.segments, key=lambda s: s.id)
         ],
-    )
-
-
-@operations.get("/healthz", tags=["operations"])
-@operations.head("/healthz", include_in_schema=False)
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
-
-
-@operations.get(
-    "/readyz", tags=["operations"], responses={503: {"description": "not ready, with the reason"}}
-)
-def readyz(runtime: RuntimeDep) -> OrjsonResponse:
-    """Readiness: a model is loaded and the store answers; also says which version this
-    process serves, which one the registry wants, and why they differ if a load failed."""
-    reason = runtime.service.store_ready()
-    if reason is not None:
-        problem = error_body(
-            "not_ready",
-            "The service cannot store assignments right now; it retries by itself.",
-            [Problem("store", reason)],
-        )
-        return OrjsonResponse(problem, status_code=503)
-    watcher = runtime.watcher
-    body: dict[str, object] = {
-        "status": "ready",
-        "model_version": runtime.model.version,
-        "registry_active": watcher.registry_active,
-    }
-    if runtime.guard.open:
-        body["authentication"] = (
-            "DISABLED: no API keys are configured, every endpoint is open; set SEGMENTS_API_KEYS"
-        )
-    if watcher.load_error is not None:
-        # still ready: the current model serves; the operator must see why it did not switch
-        body["model_problem"] = watcher.load_error
-    return OrjsonResponse(body)
-
-
-@operations.get("/metrics", tags=["operations"], response_class=Response)
-def metrics(runtime: RuntimeDep) -> Response:
-    """Prometheus exposition (summed over all worker processes)."""
-    return Response(
-        exposition(runtime.live_registry), media_type="text/plain; version=0.0.4; charset=utf-8"
     )

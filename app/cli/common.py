@@ -1,0 +1,108 @@
+"""What every `segments` command shares: reading the settings, reaching the database (the
+configured one, or the embedded PostgreSQL), and expected failures as one red line and exit 2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from app.errors import AppError
+from app.settings import ConfigurationError, Settings
+
+err = Console(stderr=True)
+out = Console()
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; an invalid value stops the command, naming every
+    variable that is wrong, never with a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fail([f"{_variable(error['loc'])}: {error['msg']}" for error in exc.errors()])
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[0]) if loc else "settings"
+    return (
+        "DATABASE_URL" if name in {"database_url", "DATABASE_URL"} else f"SEGMENTS_{name.upper()}"
+    )
+
+
+def fail(problems: list[str]) -> NoReturn:
+    """Print the problems (one line each) and stop with exit status 2."""
+    if len(problems) == 1:
+        err.print(f"[red]error:[/red] {problems[0]}", highlight=False)
+    else:
+        err.print(f"[red]error:[/red] {len(problems)} problems:", highlight=False)
+        for problem in problems:
+            err.print(f"  - {problem}", highlight=False)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def database(settings: Settings, *, announce: bool = False) -> Iterator[Settings]:
+    """The settings on a database for the block: DATABASE_URL's, or else the embedded
+    PostgreSQL in SEGMENTS_EMBEDDED_DIR, started for the block unless it runs already (it
+    fails with EmbeddedError, which `errors_as_messages` reports)."""
+    if settings.database_url is not None:
+        yield settings
+        return
+    from app.store.embedded import embedded_database
+
+    with embedded_database(settings.embedded_dir) as server:
+        if announce:
+            state = "started" if server.started else "already running"
+            err.print(
+                f"embedded PostgreSQL {server.server_version} ({state}): data in "
+                f"{server.folder}, reached through its Unix socket only; it stops with this "
+                "command. Set DATABASE_URL to use another server.",
+                highlight=False,
+            )
+        yield settings.with_database(server.url)
+
+
+@contextmanager
+def errors_as_messages() -> Iterator[None]:
+    """Expected failures (bad files, bad artifacts, bad options, refusals) become one red line
+    and exit 2."""
+    from app.scoring.artifact import ArtifactError
+    from app.scoring.offline import OfflineInputError
+    from app.store.embedded import EmbeddedError
+    from app.store.migrate import OldMigrationChain
+    from app.tables import TableError
+
+    try:
+        yield
+    except ConfigurationError as exc:
+        fail(exc.problems)
+    except (
+        AppError,
+        ArtifactError,
+        TableError,
+        OfflineInputError,
+        OldMigrationChain,
+        EmbeddedError,
+        ValueError,
+    ) as exc:
+        fail([str(exc)])
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def choice(kind: type[Choice], value: str, option: str, exclude: Choice | None = None) -> Choice:
+    """`value` as a member of the enumeration, or a usage error naming the option."""
+    allowed = [member for member in kind if member is not exclude]
+    for member in allowed:
+        if member.value == value.lower():
+            return member
+    raise typer.BadParameter(
+        f"{value!r} is not one of {', '.join(m.value for m in allowed)}", param_hint=option
+    )

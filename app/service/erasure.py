@@ -1,0 +1,105 @@
+"""Erasing customers (GDPR Art. 17): what goes, the tombstone that keeps them out, the audit
+trail, and the erasure notices that tell feed followers, which leave the feeds on time.
+
+An erasure's `exited` notices (cause `erasure`) name the erased id, so they may live only
+`erasure_notice_days`. Each erasure prunes the expired ones, but a quiet month has no erasure:
+every worker also prunes on a timer (NoticePruner). The DELETE is idempotent and reads a
+partial index of the notices alone, so many workers and replicas doing it cost nothing worth
+coordinating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.errors import NotErased
+from app.scoring.validation import require_customer_id
+from app.service.store import Store
+from app.store.assignments import IdHash
+from app.store.erasure import (
+    Erasure,
+    erase_customers,
+    erasure_audit_rows,
+    prune_erasure_notices,
+    restore_customer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ErasureService:
+    def __init__(self, store: Store, id_hash: IdHash, *, notice_days: int) -> None:
+        self._store = store
+        self._id_hash = id_hash  # names erased customers in tombstones (app.audience.erasure)
+        self._notice_days = notice_days  # how long feeds announce an erasure
+
+    def erase(self, customer_ids: Sequence[str], api_key: str) -> list[Erasure]:
+        """Erase the customers and leave a tombstone for each (app.store.erasure.erase_customers)."""
+        for customer_id in customer_ids:
+            require_customer_id(customer_id)
+        with self._store.transaction("erase", writing=True) as conn:
+            return erase_customers(
+                conn, customer_ids, self._id_hash, api_key, datetime.now(UTC), self._notice_days
+            )
+
+    def restore(self, customer_id: str, api_key: str) -> None:
+        """Lift the customer's tombstone: their assignments are stored again from now on."""
+        require_customer_id(customer_id)
+        with self._store.transaction("erase", writing=True) as conn:
+            if not restore_customer(conn, customer_id, self._id_hash, api_key, datetime.now(UTC)):
+                raise NotErased(customer_id)
+
+    def audit(self, customer_id: str) -> list[dict[str, Any]]:
+        require_customer_id(customer_id)
+        with self._store.transaction("lookup") as conn:
+            return erasure_audit_rows(conn, customer_id, self._id_hash)
+
+
+class NoticePruner:
+    def __init__(self, store: Store, notice_days: int, every_seconds: float) -> None:
+        self.store = store
+        self.notice_days = notice_days
+        self.every_seconds = every_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def prune(self) -> int:
+        """Delete the notices past their window now; how many went."""
+        with self.store.engine.begin() as conn:
+            return prune_erasure_notices(conn, datetime.now(UTC), self.notice_days)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="notice-pruner")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        failing = False
+        while True:
+            try:
+                pruned = await asyncio.to_thread(self.prune)
+            except SQLAlchemyError as exc:
+                # notices naming erased ids outlive their window while this fails: say so once
+                # (not every round), and again when it works
+                if not failing:
+                    log.warning("cannot prune expired erasure notices, retrying: %s", exc)
+                failing = True
+            except Exception:  # the timer must outlive any one bad round
+                log.exception("pruning erasure notices failed")
+            else:
+                if failing:
+                    log.warning("pruning erasure notices works again")
+                failing = False
+                if pruned:
+                    log.info("deleted %d expired erasure notices", pruned)
+            await asyncio.sleep(self.every_seconds)
