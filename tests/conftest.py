@@ -91,6 +91,9 @@ def empty_database_url(postgres_server: str) -> Iterator[str]:
         yield url
 
 
+SYNTHETIC = TransactionColumns(customer="customer", time="time", amount="amount", invoice="invoice")
+
+
 def synthetic_transactions(path: Path, customers: int = 400, seed: int = 7) -> Path:
     """Transactions of four kinds of customer (recent big spenders, lapsed, one-off, regulars)."""
     rng = np.random.default_rng(seed)
@@ -124,12 +127,24 @@ def rfm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small RFM model fitted on synthetic transactions (fast, and its segments are clear-cut)."""
     root = tmp_path_factory.mktemp("rfm")
     data = synthetic_transactions(root / "transactions.csv")
+    return train_transactions(data, SYNTHETIC, out_dir=root / "models", k=4, version="test-rfm-k4")
+
+
+@pytest.fixture(scope="session")
+def rfm_model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another RFM model (other customers, k=5): a genuine candidate to replace test-rfm-k4."""
+    root = tmp_path_factory.mktemp("rfm-b")
+    data = synthetic_transactions(root / "transactions.csv", customers=480, seed=11)
+    return train_transactions(data, SYNTHETIC, out_dir=root / "models", k=5, version="test-rfm-k5")
+
+
+@pytest.fixture(scope="session")
+def rfm_model_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test-rfm-k4 trained again under another version name: the same model, segment for segment."""
+    root = tmp_path_factory.mktemp("rfm-twin")
+    data = synthetic_transactions(root / "transactions.csv")
     return train_transactions(
-        data,
-        TransactionColumns(customer="customer", time="time", amount="amount", invoice="invoice"),
-        out_dir=root / "models",
-        k=4,
-        version="test-rfm-k4",
+        data, SYNTHETIC, out_dir=root / "models", k=4, version="test-rfm-k4-twin"
     )
 
 

@@ -9,13 +9,6 @@ again), so it is set once per deployment, like a database password.
 from __future__ import annotations
 
 import hmac
-import logging
-
-log = logging.getLogger(__name__)
-
-# Only for the embedded-SQLite quickstart, which runs on one laptop: a real deployment must set
-# SEGMENTS_ERASURE_KEY (create_app refuses to start on PostgreSQL without it).
-QUICKSTART_KEY = "quickstart-erasure-key-not-secret"
 
 
 class IdHasher:

@@ -11,7 +11,7 @@ normalised identifier, so the normalisation must be exactly what they do on thei
   the dots removed; that is not an audience upload.)
 - Phone: parsed and validated with `phonenumbers`, then formatted as E.164. The platforms differ
   here: Google hashes E.164 with its plus (``+16505551212``), Meta hashes digits only with the
-  country code (``16505551212``). `phone_sha256` is Google's form and `meta_phone_sha256` Meta's.
+  country code (``16505551212``). `phone_hashes` gives both.
 
 Raw identifiers are personal data: `IdentifierError` says what is wrong without ever repeating the
 value, so it can be logged and returned to clients as it is.
@@ -110,11 +110,8 @@ def email_sha256(raw: str) -> str:
     return sha256_hex(normalise_email(raw))
 
 
-def phone_sha256(raw: str, default_region: str | None = None) -> str:
-    """The hash Google Customer Match matches phone numbers on: E.164 with its leading +."""
-    return sha256_hex(normalise_phone(raw, default_region))
-
-
-def meta_phone_sha256(raw: str, default_region: str | None = None) -> str:
-    """The hash Meta matches phone numbers on: E.164 digits without the + (``16505551212``)."""
-    return sha256_hex(normalise_phone(raw, default_region).removeprefix("+"))
+def phone_hashes(raw: str, default_region: str | None = None) -> tuple[str, str]:
+    """The hashes the platforms match phone numbers on: Google Customer Match's of E.164 with
+    its leading + (``+16505551212``), and Meta's of the digits alone (``16505551212``)."""
+    e164 = normalise_phone(raw, default_region)
+    return sha256_hex(e164), sha256_hex(e164.removeprefix("+"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.audience.consent import Purpose
-from app.audience.identifiers import IdentifierError, normalise_email, normalise_phone, sha256_hex
+from app.audience.identifiers import IdentifierError, email_sha256, phone_hashes
 from app.errors import Problem
 
 PROFILE_FIELDS = frozenset({"email", "phone", "consent"})
@@ -100,7 +100,7 @@ def _profile(
             problems.append(Problem(f"{where}email", "must be a string (an e-mail address)"))
         else:
             try:
-                email = sha256_hex(normalise_email(raw))
+                email = email_sha256(raw)
             except IdentifierError as exc:
                 problems.append(Problem(f"{where}email", exc.problem))
     if customer.get("phone") is not None:
@@ -109,11 +109,9 @@ def _profile(
             problems.append(Problem(f"{where}phone", "must be a string (a phone number)"))
         else:
             try:
-                e164 = normalise_phone(raw, default_region)
+                phone, phone_digits = phone_hashes(raw, default_region)
             except IdentifierError as exc:
                 problems.append(Problem(f"{where}phone", exc.problem))
-            else:
-                phone, phone_digits = sha256_hex(e164), sha256_hex(e164.removeprefix("+"))
     consent: dict[str, bool | None] = {}
     raw_consent = customer.get("consent")
     if raw_consent is not None:

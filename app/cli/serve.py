@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import psycopg
 import typer
 from pydantic import SecretStr
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -137,11 +136,12 @@ def _check_before_start(settings: Settings, host: str, port: int) -> None:
         fail(problems)
 
 
-# the server's answers that are the configuration's fault, not a passing outage
+# what the server says when the configuration is at fault, not a passing outage (libpq gives
+# connection failures no SQLSTATE, only the server's message)
 _REFUSALS = {
-    "3D000": "the database {database} does not exist on that server: create it, or fix DATABASE_URL",
-    "28P01": "the server refused the user or password of DATABASE_URL",
-    "28000": "the server does not let this user connect to {database} (pg_hba.conf)",
+    "does not exist": "DATABASE_URL names a database or user that does not exist on that server",
+    "password authentication failed": "the server refused the user or password of DATABASE_URL",
+    "no pg_hba.conf entry": "the server does not let this user connect from here (pg_hba.conf)",
 }
 
 
@@ -156,10 +156,12 @@ def _database_problems(settings: Settings) -> list[str]:
         with engine.connect() as conn:
             ping(conn)
     except OperationalError as exc:
-        cause = exc.orig
-        code = cause.sqlstate if isinstance(cause, psycopg.Error) else None
-        if code in _REFUSALS:
-            return [_REFUSALS[code].format(database=settings.database.database)]
+        said = str(exc.orig)
+        for phrase, problem in _REFUSALS.items():
+            if phrase in said:
+                # the server's own words name the database or user, never the password
+                detail = said.rsplit("FATAL:", 1)[-1].strip().splitlines()[0]
+                return [f"{problem}: {detail}"]
         err.print(
             "[yellow]warning:[/yellow] the database does not answer yet; the service starts "
             "and serves once it does (see /readyz)"

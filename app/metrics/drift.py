@@ -77,10 +77,6 @@ class DriftFigures:
     segment_js_distance: float
     features: dict[str, FeatureDrift]
 
-    @property
-    def feature_psi(self) -> dict[str, float]:
-        return {name: f.psi for name, f in self.features.items()}
-
 
 def drift_figures(
     baseline: DriftBaseline, sample: Sequence[tuple[str, Mapping[str, Any]]]

@@ -14,8 +14,6 @@ import pyarrow.parquet as pq
 from app.scoring.model import SegmentModel
 from app.tables import iter_table
 
-SEGMENT_COLUMNS = ["segment_id", "segment_key", "segment_name", "distance", "confidence"]
-
 
 class OfflineInputError(ValueError):
     """Rows that cannot be scored: names the file's row numbers and what is wrong."""
