@@ -29,8 +29,8 @@ lint: $(VENV)/.test
 model: $(VENV)/.serve  ## retrain the default model from the committed Online Retail data
 	rm -rf models/$(DEFAULT_MODEL) && $(BIN)/segments train transactions $(TRAIN_DATA) --customer CustomerID --time InvoiceDate --quantity Quantity --price UnitPrice --invoice InvoiceNo --k-range 5-7 --version $(DEFAULT_MODEL) --out models && echo $(DEFAULT_MODEL) > models/DEFAULT
 
-bench: $(VENV)/.test  ## real servers under wrk (Debian's wrk package), PostgreSQL on 127.0.0.1; writes bench/RESULTS.md
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) && $(BIN)/python bench/run.py
+bench: $(VENV)/.test  ## real servers under wrk, PostgreSQL on 127.0.0.1; writes bench/RESULTS.md (BEFORE=REV: also that commit, alternating)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) && $(BIN)/python bench/run.py $(if $(BEFORE),--before $(BEFORE))
 
 lock:  ## re-pin after editing pyproject.toml (needs uv: pip install uv); the service image, make serve, make test
 	uv pip compile pyproject.toml -q --python-version 3.11 -o requirements.lock && uv pip compile pyproject.toml -q --python-version 3.11 --extra embedded --extra chart -o requirements-local.lock && uv pip compile pyproject.toml -q --python-version 3.11 --extra embedded --extra chart --extra test -o requirements-test.lock

@@ -17,28 +17,22 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
-from alembic import command
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.store.migrate import alembic_config  # noqa: E402
 from bench.run import (  # noqa: E402
-    BIN,
-    SERVER_CPU,
     Run,
     bench_database,
-    free_port,
     real_customers,
+    server,
+    worktree,
     write_bodies,
     write_section,
     wrk,
@@ -49,52 +43,6 @@ SCENARIOS = [  # (name, body, path, connections, rows per request)
     ("single persisted c=64", "single", "/v1/assignments", 64, 1),
     ("batch 1000 persisted c=4", "batch1000", "/v1/assignments/batch", 4, 1000),
 ]
-
-
-@contextmanager
-def serve(tree: Path, database_url: str) -> Iterator[str]:
-    """`segments serve` of the code in `tree` (its own app package and models) on CPU 0."""
-    port = free_port()
-    command = [
-        "taskset", "-c", SERVER_CPU, str(BIN / "python"), "-c",
-        "from app.cli import main; main()", "serve", "--port", str(port),
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "SEGMENTS_LOG_LEVEL": "warning",
-        "SEGMENTS_ALLOW_ANONYMOUS": "true",
-        "SEGMENTS_ERASURE_KEY": "bench-erasure-key",
-    }
-    process = subprocess.Popen(command, cwd=tree, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _up(base):
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the server of {tree} did not start")
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _up(base: str) -> bool:
-    try:
-        httpx2.get(f"{base}/healthz", timeout=1)
-    except httpx2.TransportError:
-        return False
-    return True
-
-
-def migrate_back(tree: Path, database_url: str) -> None:
-    """Take a database migrated by this tree down to the schema the other tree expects."""
-    code = "from app.store.migrate import head_revision; print(head_revision())"  # the old head
-    old_head = subprocess.run(
-        [str(BIN / "python"), "-c", code], cwd=tree, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    command.downgrade(alembic_config(database_url), old_head)
 
 
 def with_audience_fields(body: Path, out: Path) -> Path:
@@ -121,46 +69,35 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     runs: dict[str, list[Run]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        before = folder / "before"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(before), args.before],
-            cwd=ROOT, check=True, capture_output=True,
-        )  # fmt: skip
-        try:
-            bodies = write_bodies(folder, real_customers())
-            bodies["single+audience"] = with_audience_fields(
-                bodies["single"], folder / "single-audience.json"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        worktree(args.before, Path(tmp)) as before,
+        bench_database(args.admin_url, before) as old_db,
+        bench_database(args.admin_url) as new_db,
+        server("ours", old_db, tree=before) as (old, _),
+        server("ours", new_db) as (new, _),
+    ):
+        bodies = write_bodies(Path(tmp), real_customers())
+        for body in ("single", "batch1000"):
+            bodies[f"{body}+audience"] = with_audience_fields(
+                bodies[body], Path(tmp) / f"{body}-audience.json"
             )
-            bodies["batch1000+audience"] = with_audience_fields(
-                bodies["batch1000"], folder / "batch1000-audience.json"
-            )
-            with bench_database(args.admin_url) as old_db, bench_database(args.admin_url) as new_db:
-                migrate_back(before, old_db)
-                with serve(before, old_db) as old, serve(ROOT, new_db) as new:
-                    for repeat in range(args.repeats):
-                        for name, body, path, connections, _ in SCENARIOS:
-                            for label, base in (("before", old), ("now", new)):
-                                run = wrk(
-                                    base + path, connections, args.duration, bodies[body], True
-                                )
-                                runs.setdefault(f"{name} [{label}]", []).append(run)
-                            audience_body = bodies[f"{body}+audience"]
-                            run = wrk(base + path, connections, args.duration, audience_body, True)
-                            runs.setdefault(f"{name} [now, consent+email]", []).append(run)
-                        print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
-                    # 10,000 tombstones standing: every write checks against them
-                    ids = [f"erased-{i}" for i in range(10_000)]
-                    httpx2.post(f"{new}/v1/erasures", json={"customer_ids": ids}, timeout=60)
-                    for _ in range(args.repeats):
-                        for name, body, path, connections, _ in SCENARIOS:
-                            run = wrk(new + path, connections, args.duration, bodies[body], True)
-                            runs.setdefault(f"{name} [now, 10k tombstones]", []).append(run)
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False
-            )
+        for repeat in range(args.repeats):
+            for name, body, path, connections, _ in SCENARIOS:
+                for label, base in (("before", old), ("now", new)):
+                    run = wrk(base + path, connections, args.duration, bodies[body], True)
+                    runs.setdefault(f"{name} [{label}]", []).append(run)
+                audience_body = bodies[f"{body}+audience"]
+                run = wrk(new + path, connections, args.duration, audience_body, True)
+                runs.setdefault(f"{name} [now, consent+email]", []).append(run)
+            print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+        # 10,000 tombstones standing: every write checks against them
+        ids = [f"erased-{i}" for i in range(10_000)]
+        httpx2.post(f"{new}/v1/erasures", json={"customer_ids": ids}, timeout=60)
+        for _ in range(args.repeats):
+            for name, body, path, connections, _ in SCENARIOS:
+                run = wrk(new + path, connections, args.duration, bodies[body], True)
+                runs.setdefault(f"{name} [now, 10k tombstones]", []).append(run)
     report(args, runs, time.monotonic() - started)
 
 

@@ -4,6 +4,10 @@ Each server runs as a real uvicorn process pinned to CPU 0; wrk runs pinned to C
 to it over loopback. PostgreSQL (the persisted scenarios) is not pinned. Every scenario is
 repeated and reported as the median with the spread; bench/RESULTS.md gets the tables and the
 ratios the issue asks for. Bounded: each wrk run lasts --duration seconds.
+
+With `--before REV` (`make bench BEFORE=REV`) the service of commit REV runs beside this tree's,
+each on its own fresh database, and every scenario of ours alternates between the two run by
+run, so both see the same machine noise: the report then says how each figure moved.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.audience.erasure import IdHasher  # noqa: E402
-from app.store.migrate import upgrade  # noqa: E402
 from app.tables import read_table  # noqa: E402
 from app.training.rfm import TransactionColumns, compute_rfm  # noqa: E402
 
@@ -76,9 +79,10 @@ def free_port() -> int:
 
 @contextmanager
 def server(
-    kind: str, database_url: str, extra_env: dict[str, str] | None = None
+    kind: str, database_url: str, extra_env: dict[str, str] | None = None, tree: Path = ROOT
 ) -> Iterator[tuple[str, int]]:
-    """Start one server process on CPU 0; yields (base url, pid)."""
+    """Start one server process on CPU 0; yields (base url, pid). `ours` kinds run the service
+    of the code in `tree` (this one, or an earlier commit's worktree)."""
     port = free_port()
     uvicorn = [
         str(BIN / "uvicorn"),
@@ -90,18 +94,12 @@ def server(
         "--log-level",
         "warning",
     ]
+    # run from the tree, so `app` is that tree's package (cwd comes first on sys.path)
+    segments = [str(BIN / "python"), "-c", "from app.cli import main; main()"]
+    serve = [*segments, "serve", "--host", "127.0.0.1", "--port", str(port)]
     command = {
-        "ours": [str(BIN / "segments"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        "ours, 2 workers": [
-            str(BIN / "segments"),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
+        "ours": serve,
+        "ours, 2 workers": [*serve, "--workers", "2"],
         "baseline": [*uvicorn, "--factory", "bench.baseline_app:create_app"],
         "bare": [*uvicorn, "bench.bare_app:app"],
     }[kind]
@@ -113,7 +111,7 @@ def server(
         "SEGMENTS_ERASURE_KEY": "bench-erasure-key",
         **(extra_env or {}),
     }
-    process = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], cwd=ROOT, env=env)
+    process = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], cwd=tree, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -124,7 +122,7 @@ def server(
             except httpx2.TransportError:
                 time.sleep(0.2)
         else:
-            raise RuntimeError(f"{kind} server did not start")
+            raise RuntimeError(f"{kind} server of {tree} did not start")
         yield base, process.pid
     finally:
         process.terminate()
@@ -217,14 +215,16 @@ def write_bodies(folder: Path, customers: pd.DataFrame) -> dict[str, Path]:
 
 
 @contextmanager
-def bench_database(admin_url: str) -> Iterator[str]:
+def bench_database(admin_url: str, tree: Path = ROOT) -> Iterator[str]:
+    """A fresh database, migrated by the code in `tree` (each commit by its own migrations)."""
     base = make_url(admin_url).set(drivername="postgresql+psycopg")
     name = f"segments_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = base.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
+    migrate = "import sys; from app.store.migrate import upgrade; upgrade(sys.argv[1])"
+    subprocess.run([str(BIN / "python"), "-c", migrate, url], cwd=tree, check=True)
     try:
         yield url
     finally:
@@ -233,10 +233,45 @@ def bench_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+@contextmanager
+def worktree(revision: str, folder: Path) -> Iterator[Path]:
+    """A checkout of `revision` in `folder` (removed afterwards)."""
+    path = folder / "before"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), revision],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
+
+
+# ours, measured on this tree and (with --before) on the earlier commit, run by run in turn:
+# (name, path, connections, body, rows per request, a new customer per request)
+OURS = [
+    *(
+        (f"single scored c={c}", "/v1/assignments?persist=false", c, "single", 1, True)
+        for c in (1, 16, 64)
+    ),
+    *((f"single persisted c={c}", "/v1/assignments", c, "single", 1, True) for c in (1, 16, 64)),
+    *(
+        (f"batch {size} {how}", f"/v1/assignments/batch{query}", 1, f"batch{size}", size, False)
+        for size in (1000, 10_000)
+        for how, query in (("scored", "?persist=false"), ("persisted", ""))
+    ),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--before", help="a commit whose service runs beside this tree's (e.g. HEAD~1)"
+    )
     parser.add_argument(
         "--database",
         default=os.environ.get(
@@ -250,120 +285,95 @@ def main() -> None:
 
     scenarios: dict[str, Scenario] = {}
     memory: dict[str, tuple[float, float]] = {}
+    labels = ["ours"] + ([f"ours @ {args.before}"] if args.before else [])
 
     def measure(
-        key: str,
-        server_kind: str,
-        base: str,
+        name: str,
+        servers: dict[str, str],
         path: str,
         connections: int,
         body: Path | None,
         rows: int = 1,
         vary: bool = False,
     ) -> None:
-        scenario = scenarios.setdefault(key, Scenario(key, server_kind, rows))
-        wrk(base + path, connections, 2, body, vary)  # warm-up, not counted
+        """`name` on each server (label -> base URL), their runs alternating."""
+        for label, base in servers.items():
+            scenarios.setdefault(f"{name} [{label}]", Scenario(f"{name} [{label}]", label, rows))
+            wrk(base + path, connections, 2, body, vary)  # warm-up, not counted
         for _ in range(args.repeats):
-            scenario.runs.append(wrk(base + path, connections, args.duration, body, vary))
-        print(
-            f"{key:<44} {scenario.median('requests_per_second'):>10,.0f} req/s  p50 {scenario.median('p50_ms'):.3f} ms  p99 {scenario.median('p99_ms'):.3f} ms",
-            flush=True,
-        )
+            for label, base in servers.items():
+                run = wrk(base + path, connections, args.duration, body, vary)
+                scenarios[f"{name} [{label}]"].runs.append(run)
+        for label in servers:
+            s = scenarios[f"{name} [{label}]"]
+            print(
+                f"{s.name:<52} {s.median('requests_per_second'):>10,.0f} req/s  "
+                f"p50 {s.median('p50_ms'):.3f} ms  p99 {s.median('p99_ms'):.3f} ms",
+                flush=True,
+            )
 
     customers = real_customers()
     started = time.time()
-    with tempfile.TemporaryDirectory() as folder, bench_database(args.database) as database_url:
-        bodies = write_bodies(Path(folder), customers)
-        for kind in ("bare", "baseline", "ours"):
-            with server(kind, database_url) as (base, pid):
-                for c in (1, 16, 64):
-                    measure(
-                        f"single scored c={c} [{kind}]",
-                        kind,
-                        base,
-                        "/v1/assignments?persist=false",
-                        c,
-                        bodies["single"],
-                        vary=True,
-                    )
-                if kind == "bare":
-                    continue
-                for c in (1, 16, 64):
-                    measure(
-                        f"single persisted c={c} [{kind}]",
-                        kind,
-                        base,
-                        "/v1/assignments",
-                        c,
-                        bodies["single"],
-                        vary=True,
-                    )
-                for size in (1000, 10_000):
-                    measure(
-                        f"batch {size} scored [{kind}]",
-                        kind,
-                        base,
-                        "/v1/assignments/batch?persist=false",
-                        1,
-                        bodies[f"batch{size}"],
-                        rows=size,
-                    )
-                    measure(
-                        f"batch {size} persisted [{kind}]",
-                        kind,
-                        base,
-                        "/v1/assignments/batch",
-                        1,
-                        bodies[f"batch{size}"],
-                        rows=size,
-                    )
-                if kind == "ours":
-                    segments = httpx2.get(f"{base}/v1/segments").json()["segments"]
-                    biggest = max(segments, key=lambda s: s["share"])["key"]
-                    measure(
-                        f"audience page of 1000 c=16 [{kind}]",
-                        kind,
-                        base,
-                        f"/v1/segments/{biggest}/members?limit=1000",
-                        16,
-                        None,
-                    )
+    with ExitStack() as context:
+        folder = Path(context.enter_context(tempfile.TemporaryDirectory()))
+        trees = {"ours": ROOT}
+        if args.before:
+            trees[labels[1]] = context.enter_context(worktree(args.before, folder))
+        databases = {
+            label: context.enter_context(bench_database(args.database, tree))
+            for label, tree in trees.items()
+        }
+        bodies = write_bodies(folder, customers)
+        for kind in ("bare", "baseline"):
+            with server(kind, databases["ours"]) as (base, pid):
+                for name, path, c, body, rows, vary in OURS:
+                    if kind == "bare" and not name.startswith("single scored"):
+                        continue
+                    measure(name, {kind: base}, path, c, bodies[body], rows, vary)
                 memory[kind] = rss_mb(pid)
+        with ExitStack() as running:
+            started_servers = {
+                label: running.enter_context(server("ours", databases[label], tree=tree))
+                for label, tree in trees.items()
+            }
+            servers = {label: base for label, (base, _) in started_servers.items()}
+            for name, path, c, body, rows, vary in OURS:
+                measure(name, servers, path, c, bodies[body], rows, vary)
+            segments = httpx2.get(f"{servers['ours']}/v1/segments").json()["segments"]
+            biggest = max(segments, key=lambda s: s["share"])["key"]
+            measure(
+                "audience page of 1000 c=16",
+                servers,
+                f"/v1/segments/{biggest}/members?limit=1000",
+                16,
+                None,
+            )
+            memory |= {label: rss_mb(pid) for label, (_, pid) in started_servers.items()}
         # workers per core: two worker processes sharing the one server core
-        with server("ours, 2 workers", database_url) as (base, _):
-            measure(
-                "single scored c=64 [ours, 2 workers on 1 core]",
-                "ours, 2 workers",
-                base,
-                "/v1/assignments?persist=false",
-                64,
-                bodies["single"],
-                vary=True,
-            )
-            measure(
-                "single persisted c=64 [ours, 2 workers on 1 core]",
-                "ours, 2 workers",
-                base,
-                "/v1/assignments",
-                64,
-                bodies["single"],
-                vary=True,
-            )
+        with ExitStack() as running:
+            servers = {
+                f"{label}, 2 workers on 1 core": running.enter_context(
+                    server("ours, 2 workers", databases[label], tree=tree)
+                )[0]
+                for label, tree in trees.items()
+            }
+            for name in ("single scored c=64", "single persisted c=64"):
+                path = "/v1/assignments" + ("?persist=false" if "scored" in name else "")
+                measure(name, servers, path, 64, bodies["single"], vary=True)
         # garbage collector: the same 1,000-row batches with gc.freeze off (CPython defaults)
-        with server("ours", database_url, {"SEGMENTS_GC_FREEZE": "false"}) as (base, _):
+        with server("ours", databases["ours"], {"SEGMENTS_GC_FREEZE": "false"}) as (base, _):
             measure(
-                "batch 1000 scored, gc untuned [ours]",
-                "ours",
-                base,
+                "batch 1000 scored, gc untuned",
+                {"ours": base},
                 "/v1/assignments/batch?persist=false",
                 1,
                 bodies["batch1000"],
                 rows=1000,
             )
-        write_ms = database_write_ms(database_url, bodies["batch10000"])
+        write_ms = database_write_ms(databases["ours"], bodies["batch10000"])
         print(f"storing 10,000 assignments, no HTTP: median {write_ms:.0f} ms", flush=True)
     elapsed = time.time() - started
-    write_report(args, scenarios, memory, elapsed, write_ms)
+    write_report(args, scenarios, memory, elapsed, write_ms, labels)
 
 
 def database_write_ms(database_url: str, body: Path, repeats: int = 5) -> float:
@@ -409,6 +419,7 @@ def write_report(
     memory: dict[str, tuple[float, float]],
     elapsed: float,
     write_ms: float,
+    labels: list[str],
 ) -> None:
     def rps(key: str) -> float:
         return scenarios[key].median("requests_per_second") * scenarios[key].rows
@@ -427,7 +438,8 @@ def write_report(
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `make bench` (`python bench/run.py --duration {args.duration} --repeats {args.repeats}`) on "
+        f"Written by `make bench` (`python bench/run.py --duration {args.duration} --repeats {args.repeats}"
+        f"{f' --before {args.before}' if args.before else ''}`) on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, in {elapsed / 60:.0f} minutes.",
         "",
         f"- Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, {postgres}.",
@@ -542,8 +554,42 @@ def write_report(
         "| --- | ---: | --- |",
     ]
     lines += [f"| {name} | {value:.2f} | {target} |" for name, value, target in checks]
+    if len(labels) > 1:
+        lines += before_and_now(scenarios, labels[1], labels[0])
     args.out.write_text("\n".join(lines) + "\n" + kept_sections(args.out))
     print(f"wrote {args.out}")
+
+
+def before_and_now(scenarios: dict[str, Scenario], before: str, now: str) -> list[str]:
+    """Each of our figures against the same run's figure for the earlier commit."""
+    lines = [
+        "",
+        f"## This tree against {before.removeprefix('ours @ ')}, alternating run by run",
+        "",
+        "Throughput ratio now / before (1.00 = unchanged; above is faster); latency ratios "
+        "before / now (above 1 = lower latency now).",
+        "",
+        "| scenario | req/s before | req/s now | req/s now/before | p50 before/now | p99 before/now |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lowest = (float("inf"), "")
+    for key, scenario in scenarios.items():
+        if not key.endswith(f"[{now}]") and f"[{now}, " not in key:
+            continue
+        earlier = scenarios.get(key.replace(f"[{now}", f"[{before}", 1))
+        if earlier is None or not earlier.median("requests_per_second"):
+            continue
+        ratio = scenario.median("requests_per_second") / earlier.median("requests_per_second")
+        lowest = min(lowest, (ratio, key))
+        lines.append(
+            f"| {key.replace(f' [{now}]', '').replace(f'[{now}, ', '[')} "
+            f"| {earlier.median('requests_per_second'):,.0f} "
+            f"| {scenario.median('requests_per_second'):,.0f} | {ratio:.2f} "
+            f"| {earlier.median('p50_ms') / scenario.median('p50_ms'):.2f} "
+            f"| {earlier.median('p99_ms') / scenario.median('p99_ms'):.2f} |"
+        )
+    lines += ["", f"Lowest throughput ratio: {lowest[0]:.2f} ({lowest[1]}); target >= 0.95."]
+    return lines
 
 
 def kept_sections(path: Path) -> str:

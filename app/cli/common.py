@@ -11,6 +11,7 @@ from typing import NoReturn, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.exc import OperationalError
 
 from app.errors import AppError
 from app.settings import ConfigurationError, Settings
@@ -82,6 +83,10 @@ def errors_as_messages() -> Iterator[None]:
         yield
     except ConfigurationError as exc:
         fail(exc.problems)
+    except OperationalError as exc:
+        # the server's own words (which name host, database and user, never a password)
+        said = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        fail([f"the database cannot be used: {said}"])
     except (
         AppError,
         ArtifactError,
