@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import phonenumbers
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -44,7 +45,7 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(default=10_000, ge=1, description="most customers in one batch request")
     max_body_bytes: int = Field(
-        default=16 * 1024 * 1024, ge=1024, description="largest request body accepted"
+        default=16 * 1024 * 1024, ge=1024, description="largest request body accepted, in bytes"
     )
     drift_window: int = Field(
         default=10_000, ge=10, description="recent assignments the live drift figures cover"
@@ -58,7 +59,12 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         default=5_000, ge=100, description="longest a statement may run (PostgreSQL)"
     )
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="database connections each worker process keeps in its pool; as many again "
+        "may be opened for a burst, so up to twice this per process",
+    )
     db_pool_timeout: float = Field(
         default=2.0, gt=0, description="seconds to wait for a pooled connection"
     )
@@ -89,7 +95,7 @@ class Settings(BaseSettings):
     )
     model_activate_on_start: bool = Field(
         default=False,
-        description="activate model_dir's model once at `segments serve` launch even if the "
+        description="activate SEGMENTS_MODEL_DIR's model once at `segments serve` launch even if the "
         "registry has another active (`--model DIR` implies it); otherwise the registry's "
         "active version wins. A process started otherwise (plain uvicorn) honours it at its "
         "own start",
@@ -127,7 +133,8 @@ class Settings(BaseSettings):
         default=3600.0,
         gt=0,
         le=86_400,
-        description="how often each worker deletes erasure notices past erasure_notice_days",
+        description="how often each worker deletes erasure notices past "
+        "SEGMENTS_ERASURE_NOTICE_DAYS",
     )
     erasure_key: SecretStr = Field(
         default=SecretStr(""),
@@ -145,7 +152,10 @@ class Settings(BaseSettings):
     gc_freeze: bool = Field(
         default=True, description="freeze start-up objects out of the garbage collector"
     )
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info",
+        description="level of uvicorn's and the service's own logs under `segments serve`",
+    )
     worker_healthcheck_seconds: int = Field(
         default=30,
         ge=1,
@@ -171,6 +181,11 @@ class Settings(BaseSettings):
                 "to use the embedded PostgreSQL"
             )
         return url
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
 
     @field_validator("phone_default_region")
     @classmethod

@@ -24,7 +24,7 @@ from app.api.schemas import (
 from app.auth.guard import requires
 from app.auth.keys import Scope
 from app.errors import ModelNotFound
-from app.lifecycle.compare import DEFAULT_SAMPLE, MAX_SAMPLE
+from app.lifecycle.compare import DEFAULT_SAMPLE, MAX_SAMPLE, MIN_SAMPLE
 from app.lifecycle.registry import ACTIVE, Activation
 from app.runtime import Runtime
 from app.scoring.manifest import Manifest
@@ -32,7 +32,9 @@ from app.store.registry import RegisteredModel
 from app.store.tables import ModelStatus
 
 router = APIRouter(responses=ERROR_RESPONSES)
-Sample = Annotated[int, Query(ge=100, le=MAX_SAMPLE, description="stored customers compared")]
+Sample = Annotated[
+    int, Query(ge=MIN_SAMPLE, le=MAX_SAMPLE, description="stored customers compared")
+]
 
 
 def _model_out(manifest: Manifest, registered: RegisteredModel | None) -> dict[str, object]:

@@ -18,7 +18,13 @@ import typer
 from rich.table import Table
 
 from app.cli.common import database, err, errors_as_messages, load_settings, out
-from app.lifecycle.compare import DEFAULT_SAMPLE, Comparison, checked_features
+from app.lifecycle.compare import (
+    DEFAULT_SAMPLE,
+    MAX_SAMPLE,
+    MIN_SAMPLE,
+    Comparison,
+    checked_features,
+)
 from app.lifecycle.registry import AgreementTooLow, ModelRegistry
 from app.scoring.artifact import load_artifact
 from app.store.engine import make_engine
@@ -87,7 +93,8 @@ def activate(
     version: Annotated[str, typer.Argument(help="a registered version")],
     min_agreement: MinAgreement = None,
     sample: Annotated[
-        int, typer.Option("--sample", min=1, help="stored customers compared")
+        int,
+        typer.Option("--sample", min=MIN_SAMPLE, max=MAX_SAMPLE, help="stored customers compared"),
     ] = DEFAULT_SAMPLE,
     allow_schema_change: Annotated[
         bool, typer.Option("--allow-schema-change", help="the new model takes other features")
@@ -146,7 +153,8 @@ def compare_command(
         ),
     ] = None,
     sample: Annotated[
-        int, typer.Option("--sample", min=1, help="stored customers compared")
+        int,
+        typer.Option("--sample", min=MIN_SAMPLE, max=MAX_SAMPLE, help="stored customers compared"),
     ] = DEFAULT_SAMPLE,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the report as JSON")

@@ -22,7 +22,7 @@ from app.scoring.offline import OfflineInputError, feature_frame
 from app.store import history
 
 DEFAULT_SAMPLE = 20_000  # stored customers a comparison scores unless asked for more
-MAX_SAMPLE = 200_000
+MIN_SAMPLE, MAX_SAMPLE = 100, 200_000  # the bounds both doors take
 
 
 @dataclass(frozen=True)
