@@ -18,7 +18,7 @@ $(VENV)/.test: requirements-test.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-test.lock && $(BIN)/pip install -q --no-deps -e . && touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## migrate and serve the default model on 127.0.0.1:$(PORT) (embedded PostgreSQL unless DATABASE_URL)
-	$(BIN)/segments migrate && $(BIN)/segments serve --host 127.0.0.1 --port $(PORT)
+	$(BIN)/segments serve --migrate --host 127.0.0.1 --port $(PORT)
 
 test: $(VENV)/.test  ## the whole suite, on TEST_DATABASE_URL's PostgreSQL or an embedded one
 	$(BIN)/pytest

@@ -18,7 +18,6 @@ from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.audience.erasure import IdHasher
 from app.auth.guard import Guard, scope_alternatives
-from app.auth.keys import parse_key_config
 from app.errors import AppError
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.registry import ModelRegistry
@@ -35,17 +34,18 @@ from app.service.assignments import AssignmentService, AssignmentWriter
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService, NoticePruner
 from app.service.store import OPERATIONS, Store
-from app.settings import ConfigurationError, Settings
+from app.settings import Settings
+from app.startup import check_settings
 from app.store.engine import make_engine
 from app.store.group_commit import GroupCommitter
-from app.store.migrate import head_revision
 
 log = logging.getLogger("app")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; the model is loaded and verified when the lifespan starts.
-    Settings it cannot run with raise ConfigurationError, naming every problem."""
+    Settings it cannot run with raise ConfigurationError, naming every problem
+    (app.startup.check_settings)."""
     settings = settings or Settings()
     guard = check_settings(settings)
 
@@ -58,13 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # first, then the group committer writes what is queued, then the engine goes.
         async with AsyncExitStack() as running:
             running.callback(engine.dispose)
-            store = Store(engine, schema_head=head_revision())
+            store = Store(engine)
             registry = ModelRegistry(engine)
             models = ModelHolder(
                 _bootstrap(registry, configured, settings.model_activate_on_start),
                 known_segment_names=_known_segment_names(registry),
             )
-            writer = AssignmentWriter(store, IdHasher(settings.erasure_key.get_secret_value()))
+            id_hash = IdHasher(settings.erasure_key.get_secret_value())
+            writer = AssignmentWriter(store, id_hash)
             committer = GroupCommitter(
                 writer.write,
                 settings.group_commit_max_rows,
@@ -98,11 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     phone_region=settings.phone_default_region,
                 ),
                 audiences=AudienceService(models, store, max_exports=settings.max_exports),
-                erasure=ErasureService(
-                    store,
-                    IdHasher(settings.erasure_key.get_secret_value()),
-                    notice_days=settings.erasure_notice_days,
-                ),
+                erasure=ErasureService(store, id_hash, notice_days=settings.erasure_notice_days),
                 registry=registry,
                 watcher=watcher,
                 store=store,
@@ -136,40 +133,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer)
     return app
-
-
-def check_settings(settings: Settings) -> Guard:
-    """What refuses to start before anything starts, every problem at once (ConfigurationError,
-    each with its fix): no database, a bad key entry, no keys without SEGMENTS_ALLOW_ANONYMOUS,
-    no erasure key. Returns the key guard."""
-    problems = []
-    if settings.database_url is None:
-        problems.append(
-            "DATABASE_URL is not set: `segments serve` starts the embedded PostgreSQL itself, "
-            "but a server started otherwise (plain uvicorn) needs DATABASE_URL"
-        )
-    guard = Guard.open_to_all()
-    try:
-        guard = Guard(parse_key_config(settings.api_key_config()))
-    except (ValueError, OSError) as exc:
-        problems.append(f"API keys: {exc}")
-    else:
-        if guard.open and not settings.allow_anonymous:
-            problems.append(
-                "no API keys are configured: set SEGMENTS_API_KEYS (or SEGMENTS_API_KEYS_FILE) "
-                "to entries made by `segments keys create`, or SEGMENTS_ALLOW_ANONYMOUS=true to "
-                "serve without them"
-            )
-    if not settings.erasure_key.get_secret_value():
-        problems.append(
-            "SEGMENTS_ERASURE_KEY is not set: erasure tombstones are keyed hashes of customer "
-            "ids, and the service needs its own secret key for them (any long random string, "
-            "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`, kept in a "
-            "Secret and never changed: a new key forgets every tombstone)"
-        )
-    if problems:
-        raise ConfigurationError(problems)
-    return guard
 
 
 def _bootstrap(registry: ModelRegistry, configured: SegmentModel, activate: bool) -> SegmentModel:

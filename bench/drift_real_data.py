@@ -15,10 +15,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.datafiles import normalise_ids, read_table  # noqa: E402
 from app.metrics.evaluation import population_drift  # noqa: E402
 from app.scoring.model import SegmentModel  # noqa: E402
 from app.settings import DEFAULT_MODELS_DIR  # noqa: E402
-from app.tables import normalise_ids, read_table  # noqa: E402
 from app.training.rfm import TransactionColumns, compute_rfm  # noqa: E402
 
 

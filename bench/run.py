@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.audience.erasure import IdHasher  # noqa: E402
-from app.tables import read_table  # noqa: E402
+from app.datafiles import read_table  # noqa: E402
 from app.training.rfm import TransactionColumns, compute_rfm  # noqa: E402
 
 SERVER_CPU = "0"
@@ -386,7 +386,7 @@ def database_write_ms(database_url: str, body: Path, repeats: int = 5) -> float:
     from app.store.engine import make_engine
 
     engine = make_engine(Settings().with_database(database_url))
-    writer = AssignmentWriter(Store(engine, schema_head=None), IdHasher("bench-erasure-key"))
+    writer = AssignmentWriter(Store(engine), IdHasher("bench-erasure-key"))
     model = SegmentModel.load(DEFAULT_MODELS_DIR)
     customers = json.loads(body.read_text())["customers"]
     valid, _ = model.validator.customers(customers, "customers")

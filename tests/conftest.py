@@ -187,7 +187,7 @@ def store_on(database_url: str) -> Iterator[Store]:
     """The service's Store on the test database (its engine disposed afterwards)."""
     engine = create_engine(database_url)
     try:
-        yield Store(engine, schema_head=None)
+        yield Store(engine)
     finally:
         engine.dispose()
 
@@ -262,7 +262,7 @@ ONLINE_RETAIL = PROJECT_ROOT / "data" / "online-retail" / "online_retail.csv.gz"
 @pytest.fixture(scope="session")
 def online_retail_rfm() -> pd.DataFrame:
     """The real customers the default model was trained on, as RFM features."""
-    from app.tables import read_table
+    from app.datafiles import read_table
     from app.training.rfm import compute_rfm
 
     columns = TransactionColumns(

@@ -97,7 +97,7 @@ def test_layers_point_down() -> None:
     # the services know nothing of HTTP, the lifecycle nothing of the services
     assert "api" not in graph["service"]
     assert "service" not in graph["lifecycle"]
-    # training and scoring share app.tables rather than importing one another's modules
+    # training and scoring share app.datafiles rather than importing one another's modules
     assert "training" not in graph["scoring"]
 
 

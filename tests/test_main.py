@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import pytest
 from starlette.testclient import TestClient
 
 from app.lifecycle.watcher import ModelWatcher
 from app.main import create_app
+from app.service.assignments import AssignmentWriter
 from app.service.erasure import NoticePruner
 from app.settings import Settings
-from app.store.group_commit import GroupCommitter
+from app.store.assignments import AssignmentBatch
 from tests.conftest import clear_tables, count_rows
 
 CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
@@ -18,26 +22,34 @@ CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
 def test_a_failing_close_never_skips_draining_the_committer(
     settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The background tasks stop in one AsyncExitStack: when the watcher's and the pruner's
-    close() fail, the group committer still writes what is queued, and the failure surfaces."""
+    """The background tasks stop in one AsyncExitStack. Two assignments are in the group
+    committer when the service shuts down (one being written, held until the shutdown starts,
+    one queued behind it); the watcher's and the pruner's close() fail; both are stored all
+    the same, and the failure still surfaces."""
     clear_tables(database_url)
-    drained: list[int] = []
-    close = GroupCommitter.close
+    writing, shutting_down = threading.Event(), threading.Event()
+    write = AssignmentWriter.write
 
-    async def recorded_close(self: GroupCommitter) -> None:
-        await close(self)
-        drained.append(count_rows(database_url, "assignments"))
+    def write_once_shutdown_begins(
+        self: AssignmentWriter, batch: AssignmentBatch, operation: str = "assign"
+    ) -> None:
+        writing.set()
+        shutting_down.wait(timeout=10)
+        write(self, batch, operation)
 
     async def broken_close(self: object) -> None:
+        shutting_down.set()
         raise RuntimeError(f"{type(self).__name__} failed to stop")
 
-    monkeypatch.setattr(GroupCommitter, "close", recorded_close)
+    monkeypatch.setattr(AssignmentWriter, "write", write_once_shutdown_begins)
     monkeypatch.setattr(NoticePruner, "close", broken_close)
     monkeypatch.setattr(ModelWatcher, "close", broken_close)
-    with (
-        pytest.raises(RuntimeError, match="failed to stop"),
-        TestClient(create_app(settings)) as client,
-    ):
-        body = {"customer_id": "last-word", "features": CHAMPION}
-        assert client.post("/v1/assignments", json=body).status_code == 200
-    assert drained == [1]
+    stopping = pytest.raises(RuntimeError, match="failed to stop")
+    with stopping, TestClient(create_app(settings)) as client:
+        service = client.app_state["runtime"].assignments
+        assert client.portal is not None
+        for customer in ("first", "queued"):
+            body = {"customer_id": customer, "features": CHAMPION}
+            client.portal.start_task_soon(functools.partial(service.assign_one, body, persist=True))
+            assert writing.wait(timeout=10)  # the first is being written: the next queues
+    assert count_rows(database_url, "assignments") == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.servers import free_port, stop, tail, wait_until_ready
+from tests.servers import free_port, processes, stop, tail, wait_until_ready
 
 pytestmark = pytest.mark.slow
 SEGMENTS = Path(sys.executable).with_name("segments")
@@ -29,17 +29,7 @@ def _environment() -> dict[str, str]:
 
 def _postgres_processes(data: Path) -> list[int]:
     """The processes of a PostgreSQL server whose data folder is `data`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile
-            continue
-        if str(data).encode() in command and any(b"postgres" in part for part in command[:1]):
-            found.append(int(entry.name))
-    return found
+    return processes(lambda _, command: b"postgres" in command[0] and str(data).encode() in command)
 
 
 @contextmanager

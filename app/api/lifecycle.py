@@ -7,6 +7,7 @@ from typing import Annotated, Any, cast
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.deps import (
     RuntimeDep,
@@ -67,9 +68,11 @@ def _details(manifest: Manifest) -> dict[str, Any]:
 
 
 def _find_registered(runtime: Runtime, version: str) -> RegisteredModel | None:
+    """The registry's row of the served version; None if it is not registered, or if the store
+    does not answer (the model in memory still describes itself)."""
     try:
         return runtime.registry.get(version)
-    except ModelNotFound:
+    except (ModelNotFound, SQLAlchemyError):
         return None
 
 
@@ -224,7 +227,7 @@ def _adopted(runtime: Runtime, activation: Activation) -> ActivationOut:
     shadow = runtime.models.shadow
     if shadow is not None and shadow.version == model.version:
         runtime.watcher.adopt_shadow(None)  # activating the shadow ends its shadowing
-    registered = runtime.registry.get(model.version)
+    registered = runtime.store.call(lambda: runtime.registry.get(model.version))
     return ActivationOut(
         active=ModelOut.model_validate(_model_out(registered.manifest, registered)),
         previous=activation.previous,

@@ -1,15 +1,19 @@
 """The `segments` command: train, serve, migrate, score, drift, export, models, keys.
 
 Each command parses its options, calls what app/ does (the same operations the HTTP routes
-call), and prints; expected failures are one red line and exit status 2."""
+call), and prints. Expected failures are one red line (or a short list) and exit status 2; a
+gate that says no (`models activate --min-agreement`, `models compare --min-agreement`) exits
+with 1, as a failed check does."""
 
 from __future__ import annotations
 
 import typer
 
-from app.cli.data import drift, export_audience, score
+from app.cli.drift import drift
+from app.cli.export import export_audience
 from app.cli.keys import keys_cli
 from app.cli.models import models_cli
+from app.cli.score import score
 from app.cli.serve import migrate, serve
 from app.cli.train import train_cli
 

@@ -6,15 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import OperationalError
 
 from app.errors import AppError
 from app.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 err = Console(stderr=True)
 out = Console()
@@ -26,7 +30,12 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        fail([f"{_variable(error['loc'])}: {error['msg']}" for error in exc.errors()])
+        fail(setting_problems(exc))
+
+
+def setting_problems(invalid: ValidationError) -> list[str]:
+    """Each invalid setting, named by its environment variable."""
+    return [f"{_variable(error['loc'])}: {error['msg']}" for error in invalid.errors()]
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:
@@ -62,8 +71,8 @@ def database(settings: Settings, *, announce: bool = False) -> Iterator[Settings
             state = "started" if server.started else "already running"
             err.print(
                 f"embedded PostgreSQL {server.server_version} ({state}): data in "
-                f"{server.folder}, reached through its Unix socket only; it stops with this "
-                "command. Set DATABASE_URL to use another server.",
+                f"{server.folder}, reached through its Unix socket only; it stops when the "
+                "last command using it ends. Set DATABASE_URL to use another server.",
                 highlight=False,
             )
         yield settings.with_database(server.url)
@@ -73,11 +82,11 @@ def database(settings: Settings, *, announce: bool = False) -> Iterator[Settings
 def errors_as_messages() -> Iterator[None]:
     """Expected failures (bad files, bad artifacts, bad options, refusals) become one red line
     and exit 2."""
+    from app.datafiles import TableError
     from app.scoring.artifact import ArtifactError
     from app.scoring.offline import OfflineInputError
     from app.store.embedded import EmbeddedError
     from app.store.migrate import OldMigrationChain
-    from app.tables import TableError
 
     try:
         yield
@@ -111,3 +120,19 @@ def choice(kind: type[Choice], value: str, option: str, exclude: Choice | None =
     raise typer.BadParameter(
         f"{value!r} is not one of {', '.join(m.value for m in allowed)}", param_hint=option
     )
+
+
+def progress_bar(label: str) -> Progress:
+    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    return Progress(*columns, console=err, transient=True)
+
+
+@contextmanager
+def engine_of(settings: Settings) -> Iterator[Engine]:
+    from app.store.engine import make_engine
+
+    engine = make_engine(settings)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from app.cli.common import database, err, errors_as_messages, load_settings, out
+from app.datafiles import read_table
 from app.lifecycle.compare import (
     DEFAULT_SAMPLE,
     MAX_SAMPLE,
@@ -28,7 +29,6 @@ from app.lifecycle.compare import (
 from app.lifecycle.registry import AgreementTooLow, ModelRegistry
 from app.scoring.artifact import load_artifact
 from app.store.engine import make_engine
-from app.tables import read_table
 
 models_cli = typer.Typer(
     help="The model registry: register, list, compare, shadow, activate, roll back.",

@@ -8,27 +8,31 @@ key, the database, the port) is reported together, in a few lines, before any wo
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import SecretStr
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
-from app.cli.common import database, err, errors_as_messages, fail, load_settings
+from app import startup
+from app.cli.common import (
+    database,
+    err,
+    errors_as_messages,
+    fail,
+    load_settings,
+    setting_problems,
+)
 from app.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
     from app.scoring.artifact import Artifact
-
-log = logging.getLogger(__name__)
 
 
 def serve(
@@ -40,25 +44,30 @@ def serve(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="worker processes sharing the port")
     ] = 1,
+    migrate_first: Annotated[
+        bool,
+        typer.Option(
+            "--migrate",
+            help="apply the migrations before serving (always done on the embedded PostgreSQL, "
+            "which no one else migrates; a deployment runs `segments migrate` as its own step)",
+        ),
+    ] = False,
 ) -> None:
     """Serve the HTTP API with uvicorn (on the embedded PostgreSQL unless DATABASE_URL is set)."""
     import uvicorn
 
-    from app.scoring.artifact import load_artifact
+    from app.store.migrate import upgrade
 
     if model is not None:
         os.environ["SEGMENTS_MODEL_DIR"] = str(model.resolve())
-    configured = load_settings()
-    with errors_as_messages():
-        artifact = load_artifact(configured.model_dir)  # refuse a bad model before workers start
+    configured, artifact = _settings_and_model(model)
     embedded = configured.database_url is None
     with errors_as_messages(), database(configured, announce=True) as settings:
         if embedded:
-            settings = _quick_start(settings)
-            from app.store.migrate import upgrade
-
-            upgrade(settings.database.render_as_string(hide_password=False))
+            settings = startup.quick_start(settings, host)
         _check_before_start(settings, host, port)
+        if embedded or migrate_first:
+            upgrade(settings.database.render_as_string(hide_password=False))
         # the workers (other processes, or this one re-reading the environment) see what the
         # checks passed: the database the embedded server gives, and the quick start's defaults
         os.environ["DATABASE_URL"] = settings.database.render_as_string(hide_password=False)
@@ -78,20 +87,25 @@ def serve(
         # on the way out (and Ctrl-C ends quietly, without click's "Aborted!")
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop_signal, lambda number, _: sys.exit(128 + number))
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=settings.log_level,
-            log_config=_log_config(settings.log_level),
-            access_log=False,
-            proxy_headers=False,
-            # a worker that does not answer the supervisor's ping in time is killed and
-            # restarted; uvicorn's 5 s kills workers still importing on a throttled CPU
-            timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
-        )
+        try:
+            uvicorn.run(
+                "app.main:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level=settings.log_level,
+                log_config=_log_config(settings.log_level),
+                access_log=False,
+                proxy_headers=False,
+                # a worker that does not answer the supervisor's ping in time is killed and
+                # restarted; uvicorn's 5 s kills workers still importing on a throttled CPU
+                timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
+            )
+        finally:
+            # shut down already: another Ctrl-C must not cut the database's stop short
+            for stop_signal in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(stop_signal, signal.SIG_IGN)
 
 
 def migrate() -> None:
@@ -103,72 +117,47 @@ def migrate() -> None:
     err.print("[green]database schema is up to date[/green]")
 
 
-def _quick_start(settings: Settings) -> Settings:
-    """The embedded quick start's defaults: its own erasure key (kept beside its data) unless
-    one is set, and no API keys needed (the server listens on 127.0.0.1 by default, and the
-    service says loudly that it is open)."""
-    from app.store.embedded import embedded_erasure_key
+def _settings_and_model(model: Path | None) -> tuple[Settings, Artifact]:
+    """The settings and the model to serve, or every problem with either at once (exit 2)."""
+    from app.scoring.artifact import ArtifactError, load_artifact
+    from app.settings import DEFAULT_MODELS_DIR
 
-    updates: dict[str, Any] = {}
-    if not settings.erasure_key.get_secret_value():
-        updates["erasure_key"] = SecretStr(embedded_erasure_key(settings.embedded_dir))
-    if not settings.api_key_config().strip():
-        updates["allow_anonymous"] = True
-    return settings.model_copy(update=updates)
+    problems: list[str] = []
+    try:
+        settings: Settings | None = Settings()
+    except ValidationError as exc:
+        settings = None
+        problems += setting_problems(exc)
+    try:
+        model_dir = settings.model_dir if settings is not None else model or DEFAULT_MODELS_DIR
+        artifact = load_artifact(model_dir)  # refuse a bad model before any worker starts
+    except ArtifactError as exc:
+        problems.append(str(exc))
+    if settings is None or problems:
+        fail(problems)
+    return settings, artifact
 
 
 def _check_before_start(settings: Settings, host: str, port: int) -> None:
     """What the workers would refuse to start with, plus the database and the port, reported
     together (exit 2) before anything starts or switches the fleet's model."""
-    from app.main import check_settings
-
     problems = []
     try:
-        check_settings(settings)
+        startup.check_settings(settings)
     except ConfigurationError as exc:
         problems += exc.problems
-    problems += _database_problems(settings)
-    try:
-        socket.create_server((host, port)).close()
-    except OSError as exc:
-        problems.append(f"cannot listen on {host}:{port}: {exc.strerror}")
-    if problems:
-        fail(problems)
-
-
-# what the server says when the configuration is at fault, not a passing outage (libpq gives
-# connection failures no SQLSTATE, only the server's message)
-_REFUSALS = {
-    "does not exist": "DATABASE_URL names a database or user that does not exist on that server",
-    "password authentication failed": "the server refused the user or password of DATABASE_URL",
-    "no pg_hba.conf entry": "the server does not let this user connect from here (pg_hba.conf)",
-}
-
-
-def _database_problems(settings: Settings) -> list[str]:
-    """A database the service can never use (unknown, wrong credentials) is a start-up
-    problem; one that does not answer yet is not: the service starts, says so in /readyz, and
-    serves once it answers."""
-    from app.store.engine import make_engine, ping
-
-    engine = make_engine(settings.model_copy(update={"db_pool_size": 1}))
-    try:
-        with engine.connect() as conn:
-            ping(conn)
-    except OperationalError as exc:
-        said = str(exc.orig)
-        for phrase, problem in _REFUSALS.items():
-            if phrase in said:
-                # the server's own words name the database or user, never the password
-                detail = said.rsplit("FATAL:", 1)[-1].strip().splitlines()[0]
-                return [f"{problem}: {detail}"]
+    problem, answered = startup.database_problem(settings)
+    if problem is not None:
+        problems.append(problem)
+    elif not answered:
         err.print(
             "[yellow]warning:[/yellow] the database does not answer yet; the service starts "
             "and serves once it does (see /readyz)"
         )
-    finally:
-        engine.dispose()
-    return []
+    if (busy := startup.port_problem(host, port)) is not None:
+        problems.append(busy)
+    if problems:
+        fail(problems)
 
 
 def _activate_at_launch(settings: Settings, artifact: Artifact) -> None:

@@ -59,13 +59,12 @@ def _previous(reference: str | None) -> SegmentModel | None:
     (app.lifecycle.registry.ModelRegistry.resolve, as `segments models compare` does)."""
     if reference is None:
         return None
-    from app.lifecycle.registry import ModelRegistry
-    from app.scoring.model import SegmentModel
+    from app.errors import AppError
+    from app.lifecycle.registry import ModelRegistry, model_folder
     from app.store.engine import make_engine
 
-    if Path(reference).is_dir():
-        return SegmentModel.load(Path(reference))
-    from app.errors import AppError
+    if (local := model_folder(reference)) is not None:
+        return local  # no database needed for a folder
 
     with database(load_settings()) as settings:
         engine = make_engine(settings)

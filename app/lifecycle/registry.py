@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 ACTIVE, SHADOW = "active", "shadow"  # model references naming the registry's current choice
 
 
+def model_folder(reference: str) -> SegmentModel | None:
+    """The model of the folder `reference` names, if it names a folder on this machine."""
+    path = Path(reference)
+    return SegmentModel.load(path) if path.is_dir() else None
+
+
 class AgreementTooLow(ModelRefused):
     """The activation gate said no: too few stored customers would keep their segment."""
 
@@ -115,8 +121,8 @@ class ModelRegistry:
     def resolve(self, reference: str, *, folders: bool = False) -> SegmentModel:
         """The model a reference names: a registered version, `active` or `shadow` (the
         registry's), or with `folders` (the CLI, never HTTP) a model folder on this machine."""
-        if folders and Path(reference).is_dir():
-            return SegmentModel.load(Path(reference))
+        if folders and (local := model_folder(reference)) is not None:
+            return local
         if reference in {ACTIVE, SHADOW}:
             served = self.served()
             pair = served.active if reference == ACTIVE else served.shadow
@@ -168,6 +174,14 @@ class ModelRegistry:
         with self.engine.begin() as conn:
             store.lock(conn)
             served = store.served(conn)
+            if comparison is not None and (served.active or ("",))[0] != comparison.old_version:
+                # another activation landed while the gate compared: its verdict is stale
+                raise ModelRefused(
+                    f"Not activated: the active version changed while {version} was compared "
+                    f"with {comparison.old_version}; compare and activate again.",
+                    "the active version changed during the comparison",
+                    loc="min_agreement",
+                )
             if served.active is not None and served.active[0] != version:
                 active = store.find(conn, served.active[0])
                 assert active is not None

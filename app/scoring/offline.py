@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from app.datafiles import iter_table
 from app.scoring.model import SegmentModel
-from app.tables import iter_table
 
 
 class OfflineInputError(ValueError):

@@ -95,7 +95,7 @@ class AssignmentService:
             # at 64 connections on one core some connections starved: p99 ~220 ms against
             # ~25 ms with it, and throughput rose ~15% (wrk, bench/post.lua, persist=false, c=64).
             await asyncio.sleep(0)
-        self.count(batch)
+        _count(batch)
         return batch
 
     def assign_batch(self, payload: Any, *, persist: bool) -> AssignmentBatch:
@@ -110,21 +110,13 @@ class AssignmentService:
         batch = self._score(model, valid, profiles, mode="batch")
         if persist:
             self._writer.write(batch, "assign_batch")
-        self.count(batch)
+        _count(batch)
         return batch
 
     def _score_single(self, model: SegmentModel, payload: Any) -> AssignmentBatch:
         customers, profiles = self._profiles([payload], prefix="")
         valid = _validate(model, customers, prefix="")
         return self._score(model, valid, profiles, mode="single")
-
-    @staticmethod
-    def count(batch: AssignmentBatch) -> None:
-        """Count assignments per segment once they are final (stored, or scored only)."""
-        for (version, key), number in Counter(
-            zip(batch.model_versions, batch.segment_keys, strict=True)
-        ).items():
-            ASSIGNMENTS.labels(version, key).inc(number)
 
     def _profiles(
         self, customers: Sequence[Any], *, prefix: str
@@ -197,6 +189,14 @@ class AssignmentService:
         if not rows:
             raise CustomerNotFound(customer_id)
         return rows
+
+
+def _count(batch: AssignmentBatch) -> None:
+    """Count assignments per segment once they are final (stored, or scored only)."""
+    for (version, key), number in Counter(
+        zip(batch.model_versions, batch.segment_keys, strict=True)
+    ).items():
+        ASSIGNMENTS.labels(version, key).inc(number)
 
 
 def _validate(model: SegmentModel, customers: Sequence[Any], *, prefix: str) -> ValidBatch:

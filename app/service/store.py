@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.errors import StoreUnavailable
 from app.metrics.registry import STORE_FAILURES
 from app.store.engine import ping
-from app.store.migrate import schema_revision
+from app.store.migrate import head_revision, schema_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -24,9 +24,11 @@ OPERATIONS = ("assign", "assign_batch", "lookup", "export", "erase", "models")
 
 
 class Store:
-    def __init__(self, engine: Engine, *, schema_head: str | None) -> None:
+    """Lives with the services, not in app/store: it counts outages in metrics and speaks in
+    the services' errors, which the store itself must not know of."""
+
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.schema_head = schema_head  # the migration this code expects, for readiness
 
     @contextmanager
     def transaction(self, operation: str, *, writing: bool = False) -> Iterator[Connection]:
@@ -60,9 +62,10 @@ class Store:
         except (OperationalError, InterfaceError, PoolTimeout, DBAPIError) as exc:
             log.warning("store not ready: %s", exc)
             return "the database does not answer (connection refused or timed out)"
-        if self.schema_head is not None and revision != self.schema_head:
+        expected = head_revision()  # the migration this code ships
+        if revision != expected:
             return (
-                f"the database schema is at {revision or 'nothing'}, not {self.schema_head}: "
+                f"the database schema is at {revision or 'nothing'}, not {expected}: "
                 "run `segments migrate`"
             )
         return None

@@ -174,7 +174,6 @@ _INCOMING_COLUMNS = """customer_id varchar, segment_id integer, segment_key varc
     model_version varchar, distance float8, confidence float8, assigned_at timestamptz,
     email_sha256 varchar, phone_sha256 varchar, phone_digits_sha256 varchar,
     consent_personalization boolean, consent_advertising boolean, id_hash varchar"""
-_E, _C = FeedEvent, Cause  # the feed's vocabulary, spelled out in the merge below
 _EVENT_COLUMNS = """customer_id, segment_id, segment_key, event, model_version, confidence,
     occurred_at, cause, advertising, personalization"""
 _NEWER = "memberships.assigned_at <= excluded.assigned_at"
@@ -249,25 +248,25 @@ _MERGE_MEMBERSHIPS = text(
            cause, advertising, personalization
     FROM (
         SELECT customer_id, old_segment_id AS segment_id, old_segment_key AS segment_key,
-               '{_E.EXITED}' AS event, model_version, confidence, assigned_at AS occurred_at,
-               '{_C.ASSIGNMENT}' AS cause, was_advertising AS advertising,
+               '{FeedEvent.EXITED}' AS event, model_version, confidence, assigned_at AS occurred_at,
+               '{Cause.ASSIGNMENT}' AS cause, was_advertising AS advertising,
                was_personalization AS personalization, 0 AS position
         FROM moves WHERE known AND NOT stayed AND (was_advertising OR was_personalization)
         UNION ALL
-        SELECT customer_id, segment_id, segment_key, '{_E.EXITED}', model_version, confidence,
-               assigned_at, '{_C.CONSENT}', was_advertising AND NOT advertising,
+        SELECT customer_id, segment_id, segment_key, '{FeedEvent.EXITED}', model_version, confidence,
+               assigned_at, '{Cause.CONSENT}', was_advertising AND NOT advertising,
                was_personalization AND NOT personalization, 0
         FROM moves WHERE stayed AND ((was_advertising AND NOT advertising)
                                      OR (was_personalization AND NOT personalization))
         UNION ALL
-        SELECT customer_id, segment_id, segment_key, '{_E.ENTERED}', model_version, confidence,
-               assigned_at, '{_C.CONSENT}', advertising AND NOT was_advertising,
+        SELECT customer_id, segment_id, segment_key, '{FeedEvent.ENTERED}', model_version, confidence,
+               assigned_at, '{Cause.CONSENT}', advertising AND NOT was_advertising,
                personalization AND NOT was_personalization, 1
         FROM moves WHERE stayed AND ((advertising AND NOT was_advertising)
                                      OR (personalization AND NOT was_personalization))
         UNION ALL
-        SELECT customer_id, segment_id, segment_key, '{_E.ENTERED}', model_version, confidence,
-               assigned_at, '{_C.ASSIGNMENT}', advertising, personalization, 1
+        SELECT customer_id, segment_id, segment_key, '{FeedEvent.ENTERED}', model_version, confidence,
+               assigned_at, '{Cause.ASSIGNMENT}', advertising, personalization, 1
         FROM moves WHERE NOT stayed AND (advertising OR personalization)
     ) AS changes
     ORDER BY customer_id, position

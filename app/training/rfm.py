@@ -8,7 +8,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from app.tables import TableError, normalise_ids
+from app.datafiles import TableError, normalise_ids
 
 RFM_FEATURES = ("recency_days", "frequency", "monetary")
 

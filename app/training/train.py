@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from app.datafiles import TableError, normalise_ids, read_table, sha256_of
 from app.scoring.artifact import write_artifact
 from app.scoring.manifest import TrainingData
 from app.scoring.model import SegmentModel
-from app.tables import TableError, normalise_ids, read_table, sha256_of
 from app.training.fit import DEFAULT_K_RANGE, FeaturePlan, fit_model
 from app.training.rfm import TransactionColumns, compute_rfm
 

@@ -1,7 +1,7 @@
 """The whole schema, on PostgreSQL alone: assignments, memberships (with the consent rule as
 generated columns), the change feed, erasure tombstones and audit, the model registry.
 
-The first migration of a new chain. The earlier chain, which also served SQLite, was replaced
+The first migration of a new chain. The earlier chain, written for two SQL dialects, was replaced
 before the service ran in production anywhere; a database migrated by it is refused by
 `segments migrate` with the advice to drop it and migrate again.
 

@@ -91,7 +91,7 @@ def test_erasure_removes_the_customers_events(client: TestClient) -> None:
 
 def test_ids_freed_by_an_erasure_are_never_handed_out_again(client: TestClient) -> None:
     """A consumer's cursor may have passed the newest events when they are erased: the next
-    event must still come after it (SQLite reused such ids until its table got AUTOINCREMENT)."""
+    event must still come after it (ids come from a sequence, never reused)."""
     assign(client, "a", CHAMPION)
     assign(client, "b", CHAMPION)
     cursor = client.get("/v1/changes", params=EVERYONE).json()["next_cursor"]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import clear_tables
 from tests.lifecycle.test_registry import CHAMPION, LAPSED, segments_cli
-from tests.servers import segments_server
+from tests.servers import processes, segments_server
 
 pytestmark = pytest.mark.slow
 
@@ -124,18 +124,9 @@ def test_activate_rollback_and_activate_again_under_load_fail_no_request(
 
 def _workers_of(server_pid: int) -> list[int]:
     """uvicorn's worker processes: the server's children started by multiprocessing's spawn."""
-    workers = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if parent == server_pid and b"spawn_main" in command:
-            workers.append(int(entry.name))
-    return workers
+    return processes(
+        lambda parent, command: parent == server_pid and any(b"spawn_main" in c for c in command)
+    )
 
 
 def test_a_worker_uvicorn_restarts_does_not_undo_an_activation(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from app.datafiles import normalise_ids, read_table
 from app.metrics.evaluation import population_drift
 from app.scoring.model import SegmentModel
-from app.tables import normalise_ids, read_table
 from tests.conftest import DEFAULT_MODELS, ONLINE_RETAIL
 
 

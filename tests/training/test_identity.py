@@ -11,13 +11,13 @@ from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.datafiles import read_table
 from app.errors import ModelNotFound, ModelRefused
 from app.lifecycle.compare import compare
 from app.lifecycle.registry import ModelRegistry
 from app.scoring.artifact import load_artifact, write_artifact
 from app.scoring.manifest import Manifest
 from app.scoring.model import SegmentModel
-from app.tables import read_table
 from app.training.fit import fit_model
 from app.training.identity import Matching, carry_identities
 from app.training.naming import RFM_ARCHETYPES

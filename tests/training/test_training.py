@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.datafiles import TableError
 from app.scoring.artifact import load_artifact
 from app.scoring.model import SegmentModel
-from app.tables import TableError
 from app.training.rfm import TransactionColumns, compute_rfm
 from tests.conftest import BANK_CLIENTS, synthetic_transactions
 

@@ -1,5 +1,6 @@
-"""Reading the tables we train on, score offline and compare models with: CSV (optionally
-gzipped) or Parquet. Neutral ground: training, scoring and the lifecycle all read tables."""
+"""Reading the data files we train on, score offline and compare models with: CSV (optionally
+gzipped) or Parquet. Neutral ground: training, scoring and the lifecycle all read them.
+(The database's tables are app/store/tables.py.)"""
 
 from __future__ import annotations
 
