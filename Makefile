@@ -27,7 +27,7 @@ lint: $(VENV)/.test
 	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/mypy app tests bench
 
 model: $(VENV)/.serve  ## retrain the default model from the committed Online Retail data
-	rm -rf models/$(DEFAULT_MODEL) && $(BIN)/segments train transactions $(TRAIN_DATA) --customer CustomerID --time InvoiceDate --quantity Quantity --price UnitPrice --invoice InvoiceNo --k-range 5-7 --version $(DEFAULT_MODEL) --out models && echo $(DEFAULT_MODEL) > models/DEFAULT
+	rm -rf models/$(DEFAULT_MODEL) && $(BIN)/segments train transactions $(TRAIN_DATA) --customer CustomerID --time InvoiceDate --quantity Quantity --price UnitPrice --invoice InvoiceNo --currency GBP --k-range 5-7 --version $(DEFAULT_MODEL) --out models && echo $(DEFAULT_MODEL) > models/DEFAULT
 
 bench: $(VENV)/.test  ## real servers under wrk, PostgreSQL on 127.0.0.1; writes bench/RESULTS.md (BEFORE=REV: also that commit, alternating)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) && $(BIN)/python bench/run.py $(if $(BEFORE),--before $(BEFORE))

@@ -41,10 +41,10 @@ class InvalidFeatures(AppError):
 
 
 class BatchTooLarge(AppError):
-    def __init__(self, rows: int, limit: int) -> None:
+    def __init__(self, rows: int, limit: int, field: str = "customers") -> None:
         super().__init__(
-            f"The batch has {rows} customers; send at most {limit} per request (split it).",
-            [Problem("customers", f"has {rows} items, more than {limit}")],
+            f"The batch has {rows} {field}; send at most {limit} per request (split it).",
+            [Problem(field, f"has {rows} items, more than {limit}")],
             413,
             "batch_too_large",
         )
@@ -150,6 +150,18 @@ class InvalidBody(AppError):
             [Problem("body", problem)],
             422,
             "invalid_input",
+        )
+
+
+class EventsUnsupported(AppError):
+    def __init__(self, version: str) -> None:
+        super().__init__(
+            f"The active model {version} is not an RFM model: it takes features purchase events "
+            "cannot give. Send its features with POST /v1/assignments instead, or activate an "
+            "RFM model (segments train transactions).",
+            [Problem("events", f"model {version} does not take recency, frequency and monetary")],
+            409,
+            "events_unsupported",
         )
 
 

@@ -10,14 +10,16 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api import assignments, audiences, erasure, lifecycle, operations
+from app.api import assignments, audiences, erasure, events, lifecycle, operations
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.audience.erasure import IdHasher
 from app.auth.guard import Guard, scope_alternatives
+from app.clock import Clock, SystemClock
 from app.errors import AppError
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.registry import ModelRegistry
@@ -33,20 +35,23 @@ from app.scoring.model import SegmentModel
 from app.service.assignments import AssignmentService, AssignmentWriter
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService, NoticePruner
+from app.service.events import EventBatch, EventService, EventsOutcome, EventWriter
 from app.service.store import OPERATIONS, Store
 from app.settings import Settings
 from app.startup import check_settings
+from app.store.assignments import AssignmentRow
 from app.store.engine import make_engine
 from app.store.group_commit import GroupCommitter
 
 log = logging.getLogger("app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     """Build the service; the model is loaded and verified when the lifespan starts.
     Settings it cannot run with raise ConfigurationError, naming every problem
-    (app.startup.check_settings)."""
+    (app.startup.check_settings). `clock` is what it reads "now" from (tests set one)."""
     settings = settings or Settings()
+    clock = clock or SystemClock()
     guard = check_settings(settings)
 
     @asynccontextmanager
@@ -59,15 +64,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as running:
             running.callback(engine.dispose)
             store = Store(engine)
-            registry = ModelRegistry(engine)
+            registry = ModelRegistry(engine, clock)
             models = ModelHolder(
                 _bootstrap(registry, configured, settings.model_activate_on_start),
                 known_segment_names=_known_segment_names(registry),
             )
             id_hash = IdHasher(settings.erasure_key.get_secret_value())
             writer = AssignmentWriter(store, id_hash)
-            committer = GroupCommitter(
-                writer.write,
+            committer: GroupCommitter[AssignmentRow, None] = GroupCommitter(
+                writer.write_rows,
                 settings.group_commit_max_rows,
                 settings.group_commit_wait_ms / 1000,
                 on_commit=GROUP_COMMIT_ROWS.observe,
@@ -75,6 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             committer.start()
             running.push_async_callback(committer.close)
             shadow = ShadowScorer(models, settings.shadow_flush_ms / 1000)
+            event_writer = EventWriter(models, store, writer, shadow, clock)
+            event_committer: GroupCommitter[EventBatch, EventsOutcome] = GroupCommitter(
+                event_writer.write,
+                settings.group_commit_max_rows,
+                settings.group_commit_wait_ms / 1000,
+            )
+            event_committer.start()
+            running.push_async_callback(event_committer.close)
             watcher = ModelWatcher(registry, models, poll_seconds=settings.model_poll_seconds)
             await watcher.check()  # a shadow set before this start is picked up at once
             shadow.start()
@@ -82,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.start()
             running.push_async_callback(watcher.close)
             pruner = NoticePruner(
-                store, settings.erasure_notice_days, settings.erasure_prune_seconds
+                store, settings.erasure_notice_days, settings.erasure_prune_seconds, clock
             )
             pruner.start()
             running.push_async_callback(pruner.close)
@@ -95,15 +108,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     writer,
                     committer,
                     shadow,
+                    clock=clock,
                     max_batch=settings.max_batch,
                     phone_region=settings.phone_default_region,
                 ),
                 audiences=AudienceService(models, store, max_exports=settings.max_exports),
-                erasure=ErasureService(store, id_hash, notice_days=settings.erasure_notice_days),
+                erasure=ErasureService(
+                    store, id_hash, notice_days=settings.erasure_notice_days, clock=clock
+                ),
+                events=EventService(
+                    models,
+                    event_writer,
+                    event_committer,
+                    clock,
+                    max_batch=settings.max_batch,
+                    phone_region=settings.phone_default_region,
+                ),
                 registry=registry,
                 watcher=watcher,
                 store=store,
-                live_registry=_live_metrics(settings, models, engine),
+                live_registry=_live_metrics(settings, models, engine, clock),
+                clock=clock,
                 guard=guard,
             )
             _announce(guard, models.model)
@@ -121,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )
-    for module in (assignments, audiences, erasure, lifecycle, operations):
+    for module in (assignments, events, audiences, erasure, lifecycle, operations):
         app.include_router(module.router)
     generate_openapi = app.openapi  # FastAPI's, which caches the document it builds
 
@@ -159,7 +184,9 @@ def _known_segment_names(registry: ModelRegistry) -> dict[str, str]:
         return {}
 
 
-def _live_metrics(settings: Settings, models: ModelHolder, engine: Any) -> CollectorRegistry:
+def _live_metrics(
+    settings: Settings, models: ModelHolder, engine: Engine, clock: Clock
+) -> CollectorRegistry:
     """The gauges computed at scrape time: model info and drift over the shared store."""
     live = CollectorRegistry()
     live.register(
@@ -176,6 +203,7 @@ def _live_metrics(settings: Settings, models: ModelHolder, engine: Any) -> Colle
                 if w.strip()
             ],
             settings.drift_max_rows,
+            clock,
         )
     )
     return live

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from app.auth.guard import Guard
+from app.clock import Clock
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.registry import ModelRegistry
 from app.lifecycle.watcher import ModelWatcher
 from app.service.assignments import AssignmentService
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService
+from app.service.events import EventService
 from app.service.store import Store
 from app.settings import Settings
 
@@ -25,8 +27,10 @@ class Runtime:
     assignments: AssignmentService
     audiences: AudienceService
     erasure: ErasureService
+    events: EventService
     registry: ModelRegistry
     watcher: ModelWatcher
     store: Store
     live_registry: CollectorRegistry
     guard: Guard
+    clock: Clock

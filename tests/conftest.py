@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from app.audience.erasure import IdHasher
+from app.clock import SystemClock
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.shadow import ShadowScorer
 from app.main import create_app
@@ -25,6 +26,7 @@ from app.scoring.model import SegmentModel
 from app.service.assignments import AssignmentService, AssignmentWriter
 from app.service.store import Store
 from app.settings import PROJECT_ROOT, Settings
+from app.store.assignments import AssignmentRow
 from app.store.embedded import embedded_database
 from app.store.group_commit import GroupCommitter
 from app.store.migrate import upgrade
@@ -171,6 +173,9 @@ CLEARED_TABLES = (
     "model_versions",
     "erasure_tombstones",
     "erasure_audit",
+    "purchase_events",
+    "customer_orders",
+    "customer_activity",
 )
 
 
@@ -201,9 +206,17 @@ def assignment_service(
     with store_on(database_url) as store:
         models = ModelHolder(SegmentModel.load(model_dir))
         writer = AssignmentWriter(store, TEST_ID_HASH)
-        committer = GroupCommitter(writer.write, max_rows=1, max_wait_seconds=0)
+        committer: GroupCommitter[AssignmentRow, None] = GroupCommitter(
+            writer.write_rows, max_rows=1, max_wait_seconds=0
+        )
         yield AssignmentService(
-            models, store, writer, committer, ShadowScorer(models), max_batch=max_batch
+            models,
+            store,
+            writer,
+            committer,
+            ShadowScorer(models),
+            clock=SystemClock(),
+            max_batch=max_batch,
         )
 
 

@@ -63,7 +63,7 @@ def _persist(request: Request) -> bool:
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-def _assignments_json(batch: AssignmentBatch, names: Mapping[str, str]) -> list[str]:
+def assignments_json(batch: AssignmentBatch, names: Mapping[str, str]) -> list[str]:
     """Each assignment as JSON text, written directly: building 10,000 nested dicts for orjson
     cost more than scoring them. Every value is a number we made, an escaped string, or JSON
     produced by orjson, so the text is always valid JSON (tested against the response model)."""
@@ -101,7 +101,7 @@ async def assign(request: Request) -> Response:
     payload = parse_json(await request.body())
     batch = await runtime.assignments.assign_one(payload, persist=persist)
     return Response(
-        _assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
+        assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
     )
 
 
@@ -121,7 +121,7 @@ async def assign_batch(request: Request) -> Response:
     def work() -> str:
         batch = runtime.assignments.assign_batch(parse_json(raw), persist=persist)
         version = encode_json_string(batch.model_versions[0])
-        rows = ",".join(_assignments_json(batch, runtime.models.segment_names))
+        rows = ",".join(assignments_json(batch, runtime.models.segment_names))
         return '{"model_version":' + version + ',"assignments":[' + rows + "]}"
 
     return Response(await run_in_threadpool(work), media_type="application/json")
@@ -139,7 +139,7 @@ def current_segment(
     the purpose: 404 consent_withheld otherwise."""
     batch = AssignmentBatch.of_rows([runtime.assignments.current(customer_id, purpose)])
     return Response(
-        _assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
+        assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
     )
 
 
@@ -156,7 +156,7 @@ def customer_history(
 ) -> Response:
     """The customer's stored assignments, newest first."""
     batch = AssignmentBatch.of_rows(runtime.assignments.history(customer_id, limit))
-    rows = ",".join(_assignments_json(batch, runtime.models.segment_names))
+    rows = ",".join(assignments_json(batch, runtime.models.segment_names))
     return Response('{"assignments":[' + rows + "]}", media_type="application/json")
 
 

@@ -39,8 +39,9 @@ router = APIRouter(responses=ERROR_RESPONSES)
 )
 def erase_customer(customer_id: CustomerIdPath, runtime: RuntimeDep, key: AdminKey) -> Response:
     """Erase everything stored about the customer: history, membership, hashed identifiers,
-    consent and change events. A tombstone (a keyed hash of the id) then keeps their later
-    assignments from being stored, and an audit row records what went and which key asked."""
+    consent, change events, purchase events and their aggregates. A tombstone (a keyed hash of
+    the id) then keeps their later assignments and events from being stored, and an audit row
+    records what went and which key asked."""
     (erasure,) = runtime.erasure.erase([customer_id], key.name)
     if not erasure.found:
         raise NothingErased(customer_id, erasure.already_erased)
@@ -70,6 +71,7 @@ async def erase_customers(request: Request, runtime: RuntimeDep, key: AdminKey) 
                     "assignments": e.assignments,
                     "memberships": e.memberships,
                     "events": e.events,
+                    "purchase_events": e.purchase_events,
                 }
                 for e in erasures
             ],
@@ -139,6 +141,7 @@ def erasure_audit(customer_id: CustomerIdPath, runtime: RuntimeDep) -> Response:
                     "assignments": r["assignments"],
                     "memberships": r["memberships"],
                     "events": r["events"],
+                    "purchase_events": r["purchase_events"],
                     "api_key": r["api_key"],
                     "at": utc_timestamp(r["occurred_at"]),
                 }

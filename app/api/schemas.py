@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -90,6 +90,39 @@ class BatchIn(BaseModel):
     )
 
 
+class EventIn(BaseModel):
+    """A purchase (or return): documents the request; the service validates it
+    (app.service.event_input) for speed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(
+        max_length=128, description="your id for the event: a repeat is acknowledged and ignored"
+    )
+    customer_id: str = Field(pattern=CUSTOMER_ID_PATTERN, max_length=128, examples=["12347"])
+    occurred_at: datetime = Field(description="when it happened (RFC 3339, with a time zone)")
+    amount: float = Field(description="its value in the model's currency (GET /v1/models/active)")
+    type: Literal["order", "return"] = Field(
+        description="returns, cancellations (a negative amount, an order id starting with C) "
+        "are stored but do not count, as in training"
+    )
+    order_id: str | None = Field(
+        default=None, max_length=128, description="lines of one order count as one purchase"
+    )
+    currency: str | None = Field(
+        default=None, pattern=r"^[A-Za-z]{3}$", description="must be the model's if sent"
+    )
+    email: str | None = None
+    phone: str | None = None
+    consent: ConsentIn | None = None
+
+
+class EventsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(min_length=1, description="at most SEGMENTS_MAX_BATCH events")
+
+
 class SegmentRef(BaseModel):
     id: int
     key: str
@@ -112,6 +145,23 @@ class AssignmentOut(BaseModel):
 class BatchOut(BaseModel):
     model_version: str
     assignments: list[AssignmentOut]
+
+
+class EventCounts(BaseModel):
+    stored: int = Field(description="events stored now")
+    duplicate: int = Field(description="event ids stored before (retries): ignored")
+    suppressed: int = Field(description="events of erased customers: acknowledged, not stored")
+
+
+class EventsOut(BaseModel):
+    model_version: str
+    customers: list[AssignmentOut] = Field(
+        description="each customer of the events once, with their segment now"
+    )
+    events: EventCounts
+    unscored: list[str] = Field(
+        description="customers with no purchase that counts yet (say, only returns)"
+    )
 
 
 class HistoryOut(BaseModel):
@@ -199,6 +249,7 @@ class ErasureOut(BaseModel):
     assignments: int = Field(description="history rows deleted")
     memberships: int = Field(description="membership rows (with hashes and consent) deleted")
     events: int = Field(description="change-feed events deleted")
+    purchase_events: int = Field(description="purchase events deleted, with their aggregates")
 
 
 class ErasuresOut(BaseModel):
@@ -212,6 +263,7 @@ class AuditOut(BaseModel):
     assignments: int
     memberships: int
     events: int
+    purchase_events: int
     api_key: str = Field(description="the name of the key that asked")
     at: datetime
 

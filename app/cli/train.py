@@ -101,6 +101,13 @@ def train_transactions(
     version: VersionOption = None,
     seed: SeedOption = 0,
     previous: PreviousOption = None,
+    currency: Annotated[
+        str | None,
+        typer.Option(
+            "--currency",
+            help="ISO 4217 code of the amounts (e.g. GBP): purchase events in another are refused",
+        ),
+    ] = None,
 ) -> None:
     """Train on transactions: RFM features per customer, then KMeans."""
     from app.training.rfm import TransactionColumns
@@ -118,6 +125,7 @@ def train_transactions(
             version=version,
             seed=seed,
             previous=_previous(previous),
+            currency=currency.upper() if currency else None,
         )
     _report(path)
 

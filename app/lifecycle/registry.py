@@ -20,6 +20,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Engine
 
+from app.clock import Clock, SystemClock
 from app.errors import ModelNotFound, ModelRefused
 from app.lifecycle.compare import DEFAULT_SAMPLE, Comparison, compare, stored_features
 from app.scoring.artifact import Artifact, ArtifactError, verify_artifact
@@ -63,8 +64,9 @@ class Activation:
 
 
 class ModelRegistry:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
         self.engine = engine
+        self._clock = clock or SystemClock()
 
     def register(self, artifact: Artifact) -> RegisteredModel:
         """Add a verified artifact as a candidate; registering the same artifact again is a no-op."""
@@ -81,6 +83,7 @@ class ModelRegistry:
                     manifest=orjson.loads(manifest.model_dump_json()),
                     artifact=artifact.blob,
                     source=artifact.source,
+                    now=self._clock.now(),
                 )
                 existing = store.find(conn, manifest.version)
                 assert existing is not None
@@ -187,7 +190,7 @@ class ModelRegistry:
                 assert active is not None
                 if not allow_schema_change:
                     _check_same_schema(active.manifest, model.manifest)
-            previous = store.make_active(conn, version)
+            previous = store.make_active(conn, version, self._clock.now())
         if previous is not None:
             log.info("activated model %s (was %s)", version, previous)
         return Activation(model, previous, comparison)
@@ -234,7 +237,7 @@ class ModelRegistry:
         if served.active is None or (activate and served.active[0] != configured.version):
             with self.engine.begin() as conn:
                 store.lock(conn)
-                store.make_active(conn, configured.version)
+                store.make_active(conn, configured.version, self._clock.now())
             return configured
         if served.active[0] == configured.version:
             return configured

@@ -12,13 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.clock import Clock, SystemClock
 from app.metrics.drift import DriftFigures, drift_figures
 from app.scoring.model import SegmentModel
 from app.store import history
@@ -39,7 +40,9 @@ class LiveCollector(Collector):
         min_samples: int,
         time_windows: Sequence[tuple[str, timedelta]] = (),
         max_rows: int = 50_000,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._model = model
         self._shadow = shadow
         self._engine = engine
@@ -64,7 +67,7 @@ class LiveCollector(Collector):
                     sample = history.recent_assignments(conn, model.version, self._window)
                 else:
                     span = dict(self._time_windows)[window]
-                    since = datetime.now(UTC) - span
+                    since = self._clock.now() - span
                     # a busy day can hold millions: the newest max_rows of it stand for the window
                     sample = history.recent_assignments(
                         conn, model.version, self._max_rows, since=since

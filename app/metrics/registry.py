@@ -67,6 +67,12 @@ SUPPRESSED_ASSIGNMENTS = Counter(
     "segment_assignments_suppressed",
     "Assignments scored but not stored because the customer was erased (a tombstone stands).",
 )
+EVENTS = Counter(
+    "segment_events",
+    "Purchase events received, by outcome: stored; duplicate (an event id stored before: a "
+    "retry); suppressed (the customer is erased, so nothing of theirs is stored).",
+    ["outcome"],
+)
 STORE_FAILURES = Counter(
     "segment_store_failures",
     "Requests that could not store their assignments because the database was unavailable.",

@@ -94,6 +94,9 @@ class TrainingData(_Strict):
     rows: int
     customers: int
     as_of: str | None = None
+    # ISO 4217 code of the amounts a transactions model was trained on: purchase events in
+    # another currency are refused (their spend would not mean what training's did)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     options: dict[str, str | int | float | None] = {}
 
 

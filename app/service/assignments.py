@@ -9,14 +9,16 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import anyio
 import numpy as np
+from sqlalchemy import Connection
 
 from app.audience.consent import Purpose
 from app.audience.profile import CustomerProfile, split_profiles
+from app.clock import Clock
 from app.errors import (
     BatchTooLarge,
     ConsentWithheld,
@@ -36,6 +38,7 @@ from app.scoring.model import SegmentModel
 from app.scoring.validation import ValidBatch, require_customer_id
 from app.service.store import Store
 from app.store.assignments import AssignmentBatch, AssignmentRow, IdHash, store_batch
+from app.store.erasure import erased_among
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_membership, customer_history
 
@@ -50,10 +53,23 @@ class AssignmentWriter:
 
     def write(self, batch: AssignmentBatch, operation: str = "assign") -> None:
         with self._store.transaction(operation, writing=True) as conn:
-            suppressed = store_batch(conn, batch, self._id_hash)
+            self.store(conn, batch)
+
+    def write_rows(self, rows: list[AssignmentRow]) -> list[None]:
+        """Single assignments committed together (the group committer's write)."""
+        self.write(AssignmentBatch.of_rows(rows))
+        return [None] * len(rows)
+
+    def erased_among(self, conn: Connection, customer_ids: Sequence[str]) -> set[str]:
+        """Those of the customers erased (a tombstone stands), in the caller's transaction."""
+        return erased_among(conn, customer_ids, self._id_hash)
+
+    def store(self, conn: Connection, batch: AssignmentBatch) -> set[str]:
+        """Store the batch in the caller's transaction; returns the erased customers' ids."""
+        suppressed = set(store_batch(conn, batch, self._id_hash))
         if suppressed:
-            erased = set(suppressed)
-            SUPPRESSED_ASSIGNMENTS.inc(sum(1 for c in batch.customer_ids if c in erased))
+            SUPPRESSED_ASSIGNMENTS.inc(sum(1 for c in batch.customer_ids if c in suppressed))
+        return suppressed
 
 
 class AssignmentService:
@@ -62,13 +78,15 @@ class AssignmentService:
         models: ModelHolder,
         store: Store,
         writer: AssignmentWriter,
-        committer: GroupCommitter,
+        committer: GroupCommitter[AssignmentRow, None],
         shadow: ShadowScorer,
         *,
+        clock: Clock,
         max_batch: int,
         phone_region: str | None = None,
     ) -> None:
         self.models = models
+        self._clock = clock
         self._store = store
         self._writer = writer
         self._committer = committer  # single assignments, committed together under load
@@ -95,7 +113,7 @@ class AssignmentService:
             # at 64 connections on one core some connections starved: p99 ~220 ms against
             # ~25 ms with it, and throughput rose ~15% (wrk, bench/post.lua, persist=false, c=64).
             await asyncio.sleep(0)
-        _count(batch)
+        count_assignments(batch)
         return batch
 
     def assign_batch(self, payload: Any, *, persist: bool) -> AssignmentBatch:
@@ -110,7 +128,7 @@ class AssignmentService:
         batch = self._score(model, valid, profiles, mode="batch")
         if persist:
             self._writer.write(batch, "assign_batch")
-        _count(batch)
+        count_assignments(batch)
         return batch
 
     def _score_single(self, model: SegmentModel, payload: Any) -> AssignmentBatch:
@@ -140,26 +158,7 @@ class AssignmentService:
         *,
         mode: str,
     ) -> AssignmentBatch:
-        started = time.perf_counter()
-        scores = model.score_arrays(valid.numeric, valid.categorical)
-        INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
-        for feature, unknown in model.unknown_categories(valid.categorical).items():
-            UNKNOWN_CATEGORIES.labels(model.version, feature).inc(unknown)
-        rows = len(valid.customer_ids)
-        clusters = scores.clusters.tolist()
-        keys = [model.segment_keys_by_cluster[c] for c in clusters]
-        self._shadow.offer(valid, model, keys)
-        return AssignmentBatch(
-            customer_ids=valid.customer_ids,
-            segment_ids=[model.segment_ids_by_cluster[c] for c in clusters],
-            segment_keys=keys,
-            model_versions=[model.version] * rows,
-            distances=np.round(scores.distances, 6).tolist(),
-            confidences=np.round(scores.confidences, 6).tolist(),
-            features=valid.features,
-            assigned_at=[datetime.now(UTC)] * rows,
-            profiles=profiles,
-        )
+        return score(model, valid, profiles, mode=mode, now=self._clock.now(), shadow=self._shadow)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -191,7 +190,39 @@ class AssignmentService:
         return rows
 
 
-def _count(batch: AssignmentBatch) -> None:
+def score(
+    model: SegmentModel,
+    valid: ValidBatch,
+    profiles: Sequence[CustomerProfile | None] | None,
+    *,
+    mode: str,
+    now: datetime,
+    shadow: ShadowScorer,
+) -> AssignmentBatch:
+    """The validated customers' assignments by `model` at `now` (offered to the shadow too)."""
+    started = time.perf_counter()
+    scores = model.score_arrays(valid.numeric, valid.categorical)
+    INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
+    for feature, unknown in model.unknown_categories(valid.categorical).items():
+        UNKNOWN_CATEGORIES.labels(model.version, feature).inc(unknown)
+    rows = len(valid.customer_ids)
+    clusters = scores.clusters.tolist()
+    keys = [model.segment_keys_by_cluster[c] for c in clusters]
+    shadow.offer(valid, model, keys)
+    return AssignmentBatch(
+        customer_ids=valid.customer_ids,
+        segment_ids=[model.segment_ids_by_cluster[c] for c in clusters],
+        segment_keys=keys,
+        model_versions=[model.version] * rows,
+        distances=np.round(scores.distances, 6).tolist(),
+        confidences=np.round(scores.confidences, 6).tolist(),
+        features=valid.features,
+        assigned_at=[now] * rows,
+        profiles=profiles,
+    )
+
+
+def count_assignments(batch: AssignmentBatch) -> None:
     """Count assignments per segment once they are final (stored, or scored only)."""
     for (version, key), number in Counter(
         zip(batch.model_versions, batch.segment_keys, strict=True)

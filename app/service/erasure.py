@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.clock import Clock
 from app.errors import NotErased
 from app.scoring.validation import require_customer_id
 from app.service.store import Store
@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 class ErasureService:
-    def __init__(self, store: Store, id_hash: IdHash, *, notice_days: int) -> None:
+    def __init__(self, store: Store, id_hash: IdHash, *, notice_days: int, clock: Clock) -> None:
         self._store = store
+        self._clock = clock
         self._id_hash = id_hash  # names erased customers in tombstones (app.audience.erasure)
         self._notice_days = notice_days  # how long feeds announce an erasure
 
@@ -46,14 +47,14 @@ class ErasureService:
             require_customer_id(customer_id)
         with self._store.transaction("erase", writing=True) as conn:
             return erase_customers(
-                conn, customer_ids, self._id_hash, api_key, datetime.now(UTC), self._notice_days
+                conn, customer_ids, self._id_hash, api_key, self._clock.now(), self._notice_days
             )
 
     def restore(self, customer_id: str, api_key: str) -> None:
         """Lift the customer's tombstone: their assignments are stored again from now on."""
         require_customer_id(customer_id)
         with self._store.transaction("erase", writing=True) as conn:
-            if not restore_customer(conn, customer_id, self._id_hash, api_key, datetime.now(UTC)):
+            if not restore_customer(conn, customer_id, self._id_hash, api_key, self._clock.now()):
                 raise NotErased(customer_id)
 
     def audit(self, customer_id: str) -> list[dict[str, Any]]:
@@ -63,8 +64,9 @@ class ErasureService:
 
 
 class NoticePruner:
-    def __init__(self, store: Store, notice_days: int, every_seconds: float) -> None:
+    def __init__(self, store: Store, notice_days: int, every_seconds: float, clock: Clock) -> None:
         self.store = store
+        self.clock = clock
         self.notice_days = notice_days
         self.every_seconds = every_seconds
         self._task: asyncio.Task[None] | None = None
@@ -72,7 +74,7 @@ class NoticePruner:
     def prune(self) -> int:
         """Delete the notices past their window now; how many went."""
         with self.store.engine.begin() as conn:
-            return prune_erasure_notices(conn, datetime.now(UTC), self.notice_days)
+            return prune_erasure_notices(conn, self.clock.now(), self.notice_days)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="notice-pruner")

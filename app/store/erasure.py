@@ -21,6 +21,7 @@ from app.store.assignments import (
     memberships,
     tombstones,
 )
+from app.store.events import forget
 from app.store.tables import Cause, ErasureAction, FeedEvent
 
 
@@ -31,12 +32,13 @@ class Erasure:
     customer_id: str
     assignments: int
     memberships: int
-    events: int
+    events: int  # change-feed events
+    purchase_events: int
     already_erased: bool
 
     @property
     def found(self) -> bool:
-        return bool(self.assignments or self.memberships or self.events)
+        return bool(self.assignments or self.memberships or self.events or self.purchase_events)
 
 
 def erase_customers(
@@ -82,6 +84,7 @@ def erase_customers(
             (membership_events, (membership_events.c.cause != Cause.ERASURE,)),
         )
     }
+    purchases = forget(conn, ids)  # purchase events, orders and aggregates
     prune_erasure_notices(conn, now, notice_days)
     # under the lock: a concurrent erasure of the same id committed before `standing` was read
     new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
@@ -93,6 +96,7 @@ def erase_customers(
             counts["assignments"][customer_id],
             counts["memberships"][customer_id],
             counts["membership_events"][customer_id],
+            purchases.get(customer_id, 0),
             hashes[customer_id] in standing,
         )
         for customer_id in ids
@@ -106,6 +110,7 @@ def erase_customers(
                 "assignments": e.assignments,
                 "memberships": e.memberships,
                 "events": e.events,
+                "purchase_events": e.purchase_events,
                 "api_key": api_key,
                 "occurred_at": now,
             }
@@ -157,6 +162,18 @@ def prune_erasure_notices(conn: Connection, now: datetime, notice_days: int) -> 
             membership_events.c.cause == Cause.ERASURE, membership_events.c.occurred_at < before
         )
     ).rowcount
+
+
+def erased_among(conn: Connection, customer_ids: Sequence[str], id_hash: IdHash) -> set[str]:
+    """Those of the customers a tombstone stands for, checked under the membership lock that
+    erasure holds too: an erasure either committed before (and is seen) or waits for the caller's
+    commit (and then deletes what it wrote)."""
+    hashes = {id_hash(customer_id): customer_id for customer_id in customer_ids}
+    lock_memberships(conn)
+    standing = conn.execute(
+        select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(list(hashes)))
+    ).scalars()
+    return {hashes[h] for h in standing}
 
 
 def restore_customer(

@@ -1,33 +1,37 @@
-"""Group commit: concurrent single assignments written together, each answered once committed.
+"""Group commit: concurrent single requests written together, each answered once committed.
 
-One writer drains the queue: when it is idle a row is written at once (no added latency at low
-load); while it is writing, new rows wait and go together in the next transaction, up to
+One writer drains the queue: when it is idle an item is written at once (no added latency at low
+load); while it is writing, new items wait and go together in the next transaction, up to
 `max_rows`. So under load one commit carries many requests, and "200" still means "stored".
-A failed write fails exactly the requests whose rows it carried.
+A failed write fails exactly the requests whose items it carried. Used for single assignments
+(items: assignment rows) and single purchase events (items: the events of one request, each
+answered with what its commit made of them).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
-from app.store.assignments import AssignmentBatch, AssignmentRow
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
-class GroupCommitter:
+class GroupCommitter(Generic[Item, Result]):
     def __init__(
         self,
-        write: Callable[[AssignmentBatch], None],
+        write: Callable[[list[Item]], Sequence[Result]],
         max_rows: int,
         max_wait_seconds: float,
         *,
         on_commit: Callable[[int], None] = lambda rows: None,
     ) -> None:
-        self._write = write
+        self._write = write  # writes the items in one transaction: one result per item
         self._max_rows = max_rows
         self._max_wait = max_wait_seconds
-        self._on_commit = on_commit  # told each committed group's row count (for a metric)
-        self._pending: list[tuple[AssignmentRow, asyncio.Future[None]]] = []
+        self._on_commit = on_commit  # told each committed group's size (for a metric)
+        self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -35,15 +39,15 @@ class GroupCommitter:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
 
-    async def submit(self, row: AssignmentRow) -> None:
-        """Queue the row and return once it is committed; raises what the write raised."""
+    async def submit(self, item: Item) -> Result:
+        """Queue the item; return its result once committed, or raise what the write raised."""
         if self._task is None or self._closing:
             raise RuntimeError("the group committer is not running")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, done))
+        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
         self._wakeup.set()
         # shielded: a client that disconnects does not cancel a write others share
-        await asyncio.shield(done)
+        return await asyncio.shield(done)
 
     async def close(self) -> None:
         """Write what is queued, then stop."""
@@ -65,16 +69,15 @@ class GroupCommitter:
             elif self._closing:
                 return
 
-    async def _commit(self, taken: list[tuple[AssignmentRow, asyncio.Future[None]]]) -> None:
-        batch = AssignmentBatch.of_rows([row for row, _ in taken])
+    async def _commit(self, taken: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
-            await asyncio.to_thread(self._write, batch)
+            results = await asyncio.to_thread(self._write, [item for item, _ in taken])
         except Exception as exc:
             for _, done in taken:
                 if not done.done():
                     done.set_exception(exc)
         else:
             self._on_commit(len(taken))
-            for _, done in taken:
+            for (_, done), result in zip(taken, results, strict=True):
                 if not done.done():
-                    done.set_result(None)
+                    done.set_result(result)

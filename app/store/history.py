@@ -48,6 +48,17 @@ def current_membership(conn: Connection, customer_id: str) -> StoredMembership |
     return StoredMembership(assignment, frozenset(p for p in Purpose if row[p.value]))
 
 
+def current_assignments(conn: Connection, customer_ids: list[str]) -> dict[str, AssignmentRow]:
+    """The current membership of those of the customers who have one (without profiles)."""
+    query = select(*(memberships.c[name] for name in MEMBERSHIP_COLUMNS)).where(
+        memberships.c.customer_id.in_(customer_ids)
+    )
+    return {
+        row["customer_id"]: AssignmentRow(features={}, **row)
+        for row in conn.execute(query).mappings()
+    }
+
+
 def customer_history(conn: Connection, customer_id: str, limit: int) -> list[AssignmentRow]:
     """The customer's assignments, newest first (the order membership follows)."""
     query = (

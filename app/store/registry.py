@@ -8,7 +8,7 @@ operators activating at once are serialised rather than failing on the unique in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, func, select, update
@@ -63,6 +63,7 @@ def insert(
     manifest: dict[str, Any],
     artifact: bytes,
     source: str,
+    now: datetime,
 ) -> None:
     conn.execute(
         model_versions.insert().values(
@@ -74,7 +75,7 @@ def insert(
             status=ModelStatus.CANDIDATE,
             shadow=False,
             source=source[:1024],
-            created_at=datetime.now(UTC),
+            created_at=now,
         )
     )
 
@@ -120,9 +121,8 @@ def served(conn: Connection) -> ServedVersions:
     return ServedVersions(active, shadow)
 
 
-def make_active(conn: Connection, version: str) -> str | None:
+def make_active(conn: Connection, version: str, now: datetime) -> str | None:
     """Retire the active version and activate `version` (no longer shadow); returns the retired one."""
-    now = datetime.now(UTC)
     previous = conn.execute(
         select(model_versions.c.version).where(model_versions.c.status == ModelStatus.ACTIVE)
     ).scalar()

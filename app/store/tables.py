@@ -1,10 +1,11 @@
 """The database schema: every assignment ever made, each customer's current membership (with
-consent and hashed identifiers), the change feed, erasure tombstones and their audit trail, and
-the registry of model versions."""
+consent and hashed identifiers), the change feed, purchase events and the aggregates kept from
+them, erasure tombstones and their audit trail, and the registry of model versions."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     false,
     text,
@@ -184,6 +186,61 @@ class MembershipEvent(Base):
     )
 
 
+class EventType(StrEnum):
+    ORDER = "order"
+    RETURN = "return"
+
+
+class PurchaseEvent(Base):
+    """A purchase (or return) event as the caller sent it, once per event id: a retry of the same
+    id is acknowledged and ignored. `counted` says whether it counts towards the customer's
+    aggregates (app.training.rfm.is_purchase: cancellations and returns do not)."""
+
+    __tablename__ = "purchase_events"
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    amount: Mapped[float] = mapped_column(Float)
+    type: Mapped[EventType] = mapped_column(String(8))
+    order_id: Mapped[str | None] = mapped_column(String(128))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    counted: Mapped[bool] = mapped_column(Boolean)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(_one_of("type", EventType), name="type"),
+        # erasure finds a customer's events
+        Index("ix_purchase_events_customer_id", "customer_id"),
+    )
+
+
+class CustomerOrder(Base):
+    """The distinct orders a customer's counted events belong to (app.training.rfm.order_key):
+    an order counts once however many of its lines arrive, in whatever order."""
+
+    __tablename__ = "customer_orders"
+
+    customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    order_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class CustomerActivity(Base):
+    """Each customer's purchase aggregates, kept with every event batch in the same transaction.
+    Each update is commutative (least, greatest, sums), so events may arrive late and out of
+    order; the features as of any day follow from these (app.training.rfm.rfm_features)."""
+
+    __tablename__ = "customer_activity"
+
+    customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    first_purchase_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_purchase_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    orders: Mapped[int] = mapped_column(Integer)
+    # exact: the sum of the amounts as the decimals they print as (app.training.rfm.exact_amount)
+    spend: Mapped[Decimal] = mapped_column(Numeric)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ErasureTombstone(Base):
     """An erased customer, by a keyed hash of their id (no personal data): while it stands their
     assignments are scored but not stored, so a replayed old batch cannot bring them back."""
@@ -211,6 +268,9 @@ class ErasureAudit(Base):
     assignments: Mapped[int] = mapped_column(Integer, doc="history rows deleted")
     memberships: Mapped[int] = mapped_column(Integer, doc="membership rows (with hashes) deleted")
     events: Mapped[int] = mapped_column(Integer, doc="change-feed events deleted")
+    purchase_events: Mapped[int] = mapped_column(
+        Integer, server_default="0", doc="purchase events deleted (with their aggregates)"
+    )
     api_key: Mapped[str] = mapped_column(String(64), doc="the name of the key that asked")
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -1,9 +1,21 @@
-"""Per-customer RFM features (recency, frequency, monetary value) from a table of transactions."""
+"""Per-customer RFM features (recency, frequency, monetary value) from transactions.
+
+The one definition of the features, used by training (`compute_rfm`, over a table) and by the
+service (app.service.events, over the aggregates PostgreSQL keeps from purchase events):
+
+- which transactions count (`is_purchase`): not a cancellation or return (a negative amount, an
+  order id starting with C, or a return event);
+- what makes an order (`order_key`): its order id, else its moment;
+- how amounts add up (`exact_amount`): as the decimals they print as, so a sum is the same
+  wherever and in whatever order it is taken;
+- the features of a customer's aggregates as of a day (`rfm_features`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import numpy as np
 import pandas as pd
@@ -11,6 +23,32 @@ import pandas as pd
 from app.datafiles import TableError, normalise_ids
 
 RFM_FEATURES = ("recency_days", "frequency", "monetary")
+CENT = Decimal("0.01")
+
+
+def is_purchase(amount: float, order: str | None, kind: str = "order") -> bool:
+    """Whether a transaction counts: cancellations and returns do not (training drops them)."""
+    return kind == "order" and amount >= 0 and not (order or "").upper().startswith("C")
+
+
+def order_key(order: str | None, moment: datetime) -> str:
+    """What makes transactions one order: the order id, else the moment (without order ids,
+    each distinct moment is an order)."""
+    return order if order else moment.isoformat()
+
+
+def exact_amount(amount: float) -> Decimal:
+    """An amount as the decimal it prints as (2.55, not 2.54999…): sums of these are exact."""
+    return Decimal(repr(float(amount)))
+
+
+def rfm_features(
+    last_purchase: date, orders: int, spend: Decimal, as_of: date
+) -> tuple[float, int, float]:
+    """(recency_days, frequency, monetary) of a customer's aggregates as of a day: whole days
+    since the day of the last purchase, distinct orders, spend rounded to the cent."""
+    recency = max((as_of - last_purchase).days, 0)
+    return float(recency), orders, float(spend.quantize(CENT, ROUND_HALF_EVEN))
 
 
 @dataclass(frozen=True)
@@ -46,7 +84,7 @@ def compute_rfm(
 
     recency_days: whole days from the customer's last purchase to `as_of` (default: the day after
     the last transaction); frequency: distinct orders (invoices, or distinct timestamps without an
-    invoice column); monetary: total spend of the kept rows.
+    invoice column); monetary: total spend of the kept rows. The rules are the module's.
     """
     frame = pd.DataFrame({"customer": normalise_ids(raw[cols.customer])})
     frame["time"] = _parse_times(raw[cols.time])
@@ -58,9 +96,9 @@ def compute_rfm(
         quantity = pd.to_numeric(raw[cols.quantity], errors="coerce")
         frame["amount"] = quantity * pd.to_numeric(raw[cols.price], errors="coerce")
     if cols.invoice is not None:
-        frame["order"] = raw[cols.invoice].astype("string").str.strip()
+        frame["order_id"] = raw[cols.invoice].astype("string").str.strip()
     else:
-        frame["order"] = frame["time"].astype("string")
+        frame["order_id"] = pd.Series(pd.NA, index=raw.index, dtype="string")
 
     dropped: dict[str, int] = {}
 
@@ -71,26 +109,34 @@ def compute_rfm(
 
     drop(frame["customer"].isna() | (frame["customer"] == ""), "no_customer")
     drop(frame["time"].isna() | frame["amount"].isna(), "unparseable")
-    cancelled = frame["amount"] < 0
-    if cols.invoice is not None:
-        cancelled |= frame["order"].str.upper().str.startswith("C").fillna(False)
-    drop(cancelled, "cancellation_or_return")
+    order_ids = frame["order_id"].astype(object).where(frame["order_id"].notna(), None).tolist()
+    counted = [is_purchase(a, o) for a, o in zip(frame["amount"].tolist(), order_ids, strict=True)]
+    drop(~pd.Series(counted, index=frame.index, dtype=bool), "cancellation_or_return")
     if frame.empty:
         raise TableError("no usable transactions left after dropping cancellations and blanks")
 
     reference = as_of or (frame["time"].max().date() + timedelta(days=1))
     drop(frame["time"].dt.date > reference, "after_as_of")
-    grouped = frame.groupby("customer", sort=True)
-    last = grouped["time"].max()
-    recency = (pd.Timestamp(reference) - last.dt.normalize()).dt.days.clip(lower=0)
+    # the aggregates the service keeps per customer from purchase events, then the features
+    last: dict[str, datetime] = {}
+    orders: dict[str, set[str]] = {}
+    spend: dict[str, Decimal] = {}
+    for customer, when, amount, order in zip(
+        frame["customer"].tolist(),
+        frame["time"].dt.to_pydatetime(),
+        frame["amount"].tolist(),
+        frame["order_id"].astype(object).where(frame["order_id"].notna(), None).tolist(),
+        strict=True,
+    ):
+        last[customer] = max(last.get(customer, when), when)
+        orders.setdefault(customer, set()).add(order_key(order, when))
+        spend[customer] = spend.get(customer, Decimal(0)) + exact_amount(amount)
+    customers = sorted(last)
     features = pd.DataFrame(
-        {
-            "recency_days": recency.astype(np.float64),
-            "frequency": grouped["order"].nunique().astype(np.int64),
-            "monetary": grouped["amount"].sum().round(2).astype(np.float64),
-        }
-    )
-    features.index.name = "customer_id"
+        [rfm_features(last[c].date(), len(orders[c]), spend[c], reference) for c in customers],
+        index=pd.Index(customers, name="customer_id"),
+        columns=list(RFM_FEATURES),
+    ).astype({"recency_days": np.float64, "frequency": np.int64, "monetary": np.float64})
     return RfmResult(features, reference, len(frame), dropped)
 
 

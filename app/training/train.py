@@ -43,6 +43,7 @@ def train_transactions(
     version: str | None = None,
     seed: int = 0,
     previous: SegmentModel | None = None,
+    currency: str | None = None,
 ) -> Path:
     """Compute RFM per customer from transactions, fit, and write the artifact; returns its folder.
 
@@ -57,6 +58,7 @@ def train_transactions(
         rows=len(raw),
         customers=len(rfm.features),
         as_of=rfm.as_of.isoformat(),
+        currency=currency,
         options={
             "customer": columns.customer,
             "time": columns.time,

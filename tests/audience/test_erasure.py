@@ -226,6 +226,7 @@ def test_bulk_erasure_of_ten_thousand_ids(admin: TestClient, database_url: str) 
         "assignments": 1,
         "memberships": 1,
         "events": 1,
+        "purchase_events": 0,
     }
     assert body["customers"][-1]["found"] is False
     assert count_rows(database_url, "memberships") == 1  # only "kept"

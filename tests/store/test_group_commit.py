@@ -24,9 +24,9 @@ def test_concurrent_rows_share_commits_and_all_land(database_url: str) -> None:
     commits: list[int] = []
     counted: list[int] = []
 
-    def write(batch):  # type: ignore[no-untyped-def]
-        writer.write(batch)  # the real write, to the real database
-        commits.append(len(batch))
+    def write(rows: list[AssignmentRow]) -> list[None]:
+        commits.append(len(rows))
+        return writer.write_rows(rows)  # the real write, to the real database
 
     async def scenario() -> None:
         committer = GroupCommitter(write, max_rows=64, max_wait_seconds=0, on_commit=counted.append)
@@ -50,7 +50,7 @@ def test_a_failed_commit_fails_exactly_its_requests(
     clear_tables(database_url)
 
     async def scenario() -> list[BaseException | None]:
-        committer = GroupCommitter(writer.write, max_rows=3, max_wait_seconds=0)
+        committer = GroupCommitter(writer.write_rows, max_rows=3, max_wait_seconds=0)
         committer.start()
         rows = [_row("a0"), _row("x" * 200), _row("a2"), _row("b0"), _row("b1"), _row("b2")]
         results = await asyncio.gather(*(committer.submit(r) for r in rows), return_exceptions=True)

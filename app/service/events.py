@@ -1,0 +1,246 @@
+"""Behaviour in, segments out: purchase events update each customer's aggregates and re-score them.
+
+One transaction per write: the new events are stored (a retried event id is acknowledged and
+ignored), the customers' aggregates grow with the ones that count, their features are computed
+from the aggregates as of the clock's day by the same code training uses (app.training.rfm),
+the active model scores them, and the assignments, memberships and feed events are stored as
+assignments are. The answer comes after the commit. Customers with an erasure tombstone get
+nothing stored: their events of this write are deleted again in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from app.audience.profile import CustomerProfile
+from app.clock import Clock
+from app.errors import EventsUnsupported
+from app.lifecycle.holder import ModelHolder
+from app.lifecycle.shadow import ShadowScorer
+from app.metrics.registry import EVENTS
+from app.scoring.model import SegmentModel
+from app.service.assignments import AssignmentWriter, count_assignments, score
+from app.service.event_input import parse_events
+from app.service.store import Store
+from app.store.assignments import AssignmentBatch, AssignmentRow
+from app.store.events import Activity, PurchaseRow, activity_of, forget, record_events
+from app.store.group_commit import GroupCommitter
+from app.store.history import current_assignments
+from app.training.rfm import RFM_FEATURES, rfm_features
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """The events of one request, with each one's hashed identifiers and consent."""
+
+    rows: list[PurchaseRow]
+    profiles: list[CustomerProfile | None]
+
+
+@dataclass(frozen=True)
+class EventsOutcome:
+    model_version: str
+    assignments: AssignmentBatch  # each scored customer once, in the order first named
+    stored: int  # events stored now
+    duplicate: int  # events stored before (retries)
+    suppressed: int  # events of erased customers: acknowledged, not stored
+    unscored: list[str]  # customers with no purchase that counts yet (say, only returns)
+
+
+class EventWriter:
+    """Writes event batches (from one request, or several committed together)."""
+
+    def __init__(
+        self,
+        models: ModelHolder,
+        store: Store,
+        assignments: AssignmentWriter,
+        shadow: ShadowScorer,
+        clock: Clock,
+    ) -> None:
+        self._models = models
+        self._store = store
+        self._assignments = assignments
+        self._shadow = shadow
+        self._clock = clock
+
+    def write(self, batches: list[EventBatch]) -> list[EventsOutcome]:
+        """Store the batches in one transaction; one outcome per batch.
+
+        Only customers the new events change are re-scored: those with a new purchase that
+        counts, or new identifiers or consent. A retry changes nothing and stores nothing
+        more: its customers are answered with the segment stored for them.
+        """
+        model = self._models.model
+        now = self._clock.now()
+        first = _first_of_each_id(row for batch in batches for row in batch.rows)
+        rows = list(first.values())
+        customers = list(dict.fromkeys(row.customer_id for row in rows))
+        profiles = _profiles(batches, first)
+        with self._store.transaction("events", writing=True) as conn:
+            stored = record_events(conn, rows, now)
+            changed = {
+                row.customer_id
+                for row in rows
+                if row.event_id in stored and (row.counted or row.customer_id in profiles)
+            }
+            activity = activity_of(conn, customers)
+            scored = _assignments(
+                model,
+                {c: a for c, a in activity.items() if c in changed},
+                profiles,
+                now,
+                self._shadow,
+            )
+            suppressed = self._assignments.store(conn, scored)
+            # customers with new events but nothing scored (returns, no purchase yet) are
+            # checked too: an erased customer's events are never kept
+            unscored = {r.customer_id for r in rows if r.event_id in stored} - set(
+                scored.customer_ids
+            )
+            if unscored:
+                suppressed |= self._assignments.erased_among(conn, sorted(unscored))
+            if suppressed:
+                forget(conn, sorted(suppressed))
+            answers = current_assignments(conn, [c for c in customers if c not in changed])
+        scored = _without(scored, suppressed)
+        count_assignments(scored)
+        answers |= {c: scored.row(i) for i, c in enumerate(scored.customer_ids)}
+        outcomes = [
+            _outcome(model, batch, first, answers, stored, suppressed, activity)
+            for batch in batches
+        ]
+        for outcome in outcomes:
+            EVENTS.labels("stored").inc(outcome.stored)
+            EVENTS.labels("duplicate").inc(outcome.duplicate)
+            EVENTS.labels("suppressed").inc(outcome.suppressed)
+        return outcomes
+
+
+class EventService:
+    def __init__(
+        self,
+        models: ModelHolder,
+        writer: EventWriter,
+        committer: GroupCommitter[EventBatch, EventsOutcome],
+        clock: Clock,
+        *,
+        max_batch: int,
+        phone_region: str | None = None,
+    ) -> None:
+        self.models = models
+        self._writer = writer
+        self._committer = committer  # single events, committed together under load
+        self._clock = clock
+        self._max_batch = max_batch
+        self._phone_region = phone_region
+
+    async def ingest(self, payload: Any) -> EventsOutcome:
+        """Store a `{"events": [...]}` body and re-score its customers; all or nothing."""
+        batch = self._parse(payload)
+        if len(batch.rows) == 1:
+            return await self._committer.submit(batch)
+        return (await anyio.to_thread.run_sync(self._writer.write, [batch]))[0]
+
+    def _parse(self, payload: Any) -> EventBatch:
+        model = self.models.model
+        if model.manifest.kind != "rfm" or set(model.feature_names) != set(RFM_FEATURES):
+            raise EventsUnsupported(model.version)
+        parsed = parse_events(
+            payload,
+            now=self._clock.now(),
+            max_batch=self._max_batch,
+            currency=model.manifest.training_data.currency,
+            phone_region=self._phone_region,
+        )
+        return EventBatch(parsed.rows, parsed.profiles)
+
+
+def _first_of_each_id(rows: Iterable[PurchaseRow]) -> dict[str, PurchaseRow]:
+    """Each event id's first row: a batch (or two requests committed together) may repeat one."""
+    first: dict[str, PurchaseRow] = {}
+    for row in rows:
+        first.setdefault(row.event_id, row)
+    return first
+
+
+def _profiles(
+    batches: Sequence[EventBatch], first: dict[str, PurchaseRow]
+) -> dict[str, CustomerProfile]:
+    """Each customer's identifiers and consent from the events stored now: what the latest event
+    sent wins, field by field (a flag not sent keeps the one sent before)."""
+    merged: dict[str, CustomerProfile] = {}
+    pairs = [
+        (row, profile)
+        for batch in batches
+        for row, profile in zip(batch.rows, batch.profiles, strict=True)
+        if profile is not None and first[row.event_id] is row
+    ]
+    for row, profile in sorted(pairs, key=lambda pair: pair[0].occurred_at):
+        merged[row.customer_id] = profile.merged_over(merged.get(row.customer_id))
+    return merged
+
+
+def _assignments(
+    model: SegmentModel,
+    activity: dict[str, Activity],
+    profiles: dict[str, CustomerProfile],
+    now: datetime,
+    shadow: ShadowScorer,
+) -> AssignmentBatch:
+    """The customers' assignments from their features as of `now`'s day."""
+    records = []
+    for customer_id, aggregates in activity.items():
+        recency, frequency, monetary = rfm_features(
+            aggregates.last_purchase_at.date(), aggregates.orders, aggregates.spend, now.date()
+        )
+        features = {"recency_days": recency, "frequency": frequency, "monetary": monetary}
+        records.append({"customer_id": customer_id, "features": features})
+    valid, _ = model.validator.customers(records, "customers")
+    if valid is None:  # features outside the model's ranges: score those that are within
+        records = [r for r in records if not model.validator.features(r["features"], "")]
+        valid, _ = model.validator.customers(records, "customers")
+    if valid is None or not valid.customer_ids:
+        return AssignmentBatch([], [], [], [], [], [], [], [])
+    return score(
+        model,
+        valid,
+        [profiles.get(c) for c in valid.customer_ids] if profiles else None,
+        mode="batch",
+        now=now,
+        shadow=shadow,
+    )
+
+
+def _without(batch: AssignmentBatch, customers: set[str]) -> AssignmentBatch:
+    if not customers:
+        return batch
+    keep = [i for i, c in enumerate(batch.customer_ids) if c not in customers]
+    return AssignmentBatch.of_rows([batch.row(i) for i in keep])
+
+
+def _outcome(
+    model: SegmentModel,
+    batch: EventBatch,
+    first: dict[str, PurchaseRow],
+    answers: dict[str, AssignmentRow],
+    stored: set[str],
+    suppressed: set[str],
+    activity: dict[str, Activity],
+) -> EventsOutcome:
+    customers = list(dict.fromkeys(row.customer_id for row in batch.rows))
+    kept = [row for row in batch.rows if row.customer_id not in suppressed]
+    new = sum(1 for row in kept if row.event_id in stored and first[row.event_id] is row)
+    return EventsOutcome(
+        model_version=model.version,
+        assignments=AssignmentBatch.of_rows([answers[c] for c in customers if c in answers]),
+        stored=new,
+        duplicate=len(kept) - new,
+        suppressed=len(batch.rows) - len(kept),
+        unscored=[c for c in customers if c not in answers and c not in suppressed],
+    )
