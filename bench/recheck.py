@@ -114,7 +114,7 @@ def report(
         )
     text = "\n".join(lines)
     print(text)
-    write_section(ROOT / "bench" / "RESULTS.md", "recheck", text)
+    write_section(ROOT / "bench" / "RESULTS.md", f"recheck_{args.before}", text)
 
 
 if __name__ == "__main__":
