@@ -28,7 +28,7 @@ from app.lifecycle.watcher import ModelWatcher
 from app.metrics.history import parse_span
 from app.metrics.live import LiveCollector
 from app.metrics.middleware import RequestTimer
-from app.metrics.registry import ASSIGNMENTS, GROUP_COMMIT_ROWS, STORE_FAILURES
+from app.metrics.registry import ASSIGNMENTS, EVENTS, GROUP_COMMIT_ROWS, STORE_FAILURES
 from app.runtime import Runtime
 from app.scoring.artifact import ArtifactError
 from app.scoring.model import SegmentModel
@@ -228,3 +228,5 @@ def _announce(guard: Guard, model: SegmentModel) -> None:
         ASSIGNMENTS.labels(model.version, segment.key)
     for operation in OPERATIONS:
         STORE_FAILURES.labels(operation)
+    for outcome in ("stored", "duplicate", "suppressed"):
+        EVENTS.labels(outcome)
