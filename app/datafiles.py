@@ -1,9 +1,11 @@
-"""Reading the data files we train on, score offline and compare models with: CSV (optionally
-gzipped) or Parquet. Neutral ground: training, scoring and the lifecycle all read them.
-(The database's tables are app/store/tables.py.)"""
+"""Reading the data files we train on, score offline, ingest and compare models with: CSV
+(comma, semicolon, tab or pipe separated, optionally gzipped) or Parquet. Neutral ground:
+training, scoring and the lifecycle all read them. (The database's tables are
+app/store/tables.py.)"""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,9 @@ def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     if is_parquet(path):
         frame = pd.read_parquet(path, columns=columns)
     else:
-        frame = pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=True)
+        frame = pd.read_csv(
+            path, sep=csv_separator(path), usecols=columns, dtype=str, keep_default_na=True
+        )
     _require_columns(path, frame, columns)
     return frame
 
@@ -41,7 +45,22 @@ def iter_table(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         for batch in parquet.iter_batches(batch_size=chunk_rows):
             yield batch.to_pandas()
     else:
-        yield from pd.read_csv(path, dtype=str, chunksize=chunk_rows)
+        yield from pd.read_csv(path, sep=csv_separator(path), dtype=str, chunksize=chunk_rows)
+
+
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def csv_separator(path: Path) -> str:
+    """The CSV's separator, from its header line: the one of SEPARATORS it holds most of (a
+    header with none is one column: comma). Spreadsheets in much of Europe write semicolons,
+    database exports often tabs."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as handle:
+        header = handle.readline(1 << 16)
+    counts = {separator: header.count(separator) for separator in SEPARATORS}
+    best = max(SEPARATORS, key=counts.__getitem__)
+    return best if counts[best] else ","
 
 
 def count_rows(path: Path) -> int | None:

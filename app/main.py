@@ -28,7 +28,7 @@ from app.lifecycle.watcher import ModelWatcher
 from app.metrics.history import parse_span
 from app.metrics.live import LiveCollector
 from app.metrics.middleware import RequestTimer
-from app.metrics.registry import ASSIGNMENTS, EVENTS, GROUP_COMMIT_ROWS, STORE_FAILURES
+from app.metrics.registry import ASSIGNMENTS, EVENTS, GROUP_COMMIT_ROWS, REFRESHED, STORE_FAILURES
 from app.runtime import Runtime
 from app.scoring.artifact import ArtifactError
 from app.scoring.model import SegmentModel
@@ -36,12 +36,14 @@ from app.service.assignments import AssignmentService, AssignmentWriter
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService, NoticePruner
 from app.service.events import EventBatch, EventService, EventsOutcome, EventWriter
+from app.service.refresher import Refresher
 from app.service.store import OPERATIONS, Store
 from app.settings import Settings
 from app.startup import check_settings
 from app.store.assignments import AssignmentRow
 from app.store.engine import make_engine
 from app.store.group_commit import GroupCommitter
+from app.store.tables import Cause
 
 log = logging.getLogger("app")
 
@@ -99,6 +101,17 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             )
             pruner.start()
             running.push_async_callback(pruner.close)
+            refresher = Refresher(
+                models,
+                store,
+                writer,
+                shadow,
+                clock,
+                every_seconds=settings.refresh_seconds,
+                chunk=settings.refresh_chunk,
+            )
+            refresher.start()
+            running.push_async_callback(refresher.close)
             runtime = Runtime(
                 settings=settings,
                 models=models,
@@ -124,6 +137,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                     max_batch=settings.max_batch,
                     phone_region=settings.phone_default_region,
                 ),
+                refresher=refresher,
                 registry=registry,
                 watcher=watcher,
                 store=store,
@@ -230,3 +244,5 @@ def _announce(guard: Guard, model: SegmentModel) -> None:
         STORE_FAILURES.labels(operation)
     for outcome in ("stored", "duplicate", "suppressed"):
         EVENTS.labels(outcome)
+    for cause in (Cause.TIME, Cause.MODEL, Cause.ASSIGNMENT):
+        REFRESHED.labels(cause.value)

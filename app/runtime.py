@@ -16,6 +16,7 @@ from app.service.assignments import AssignmentService
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService
 from app.service.events import EventService
+from app.service.refresher import Refresher
 from app.service.store import Store
 from app.settings import Settings
 
@@ -28,6 +29,7 @@ class Runtime:
     audiences: AudienceService
     erasure: ErasureService
     events: EventService
+    refresher: Refresher
     registry: ModelRegistry
     watcher: ModelWatcher
     store: Store

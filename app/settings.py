@@ -136,6 +136,19 @@ class Settings(BaseSettings):
         description="how often each worker deletes erasure notices past "
         "SEGMENTS_ERASURE_NOTICE_DAYS",
     )
+    refresh_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="how often each worker re-scores the customers whose segment time has "
+        "changed (recency grows): no membership is staler than this plus one round's work",
+    )
+    refresh_chunk: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="customers the refresher re-scores per transaction",
+    )
     erasure_key: SecretStr = Field(
         default=SecretStr(""),
         description="secret key of the keyed hash erasure tombstones name customers by; "

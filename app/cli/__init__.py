@@ -1,4 +1,4 @@
-"""The `segments` command: train, serve, migrate, score, drift, export, models, keys.
+"""The `segments` command: train, serve, migrate, ingest, score, drift, export, models, keys.
 
 Each command parses its options, calls what app/ does (the same operations the HTTP routes
 call), and prints. Expected failures are one red line (or a short list) and exit status 2; a
@@ -11,6 +11,7 @@ import typer
 
 from app.cli.drift import drift
 from app.cli.export import export_audience
+from app.cli.ingest import ingest_cli
 from app.cli.keys import keys_cli
 from app.cli.models import models_cli
 from app.cli.score import score
@@ -23,6 +24,7 @@ cli = typer.Typer(
 cli.add_typer(train_cli, name="train")
 cli.command()(serve)
 cli.command()(migrate)
+cli.add_typer(ingest_cli, name="ingest")
 cli.command()(score)
 cli.command()(drift)
 cli.command("export")(export_audience)

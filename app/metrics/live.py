@@ -1,4 +1,5 @@
-"""Gauges computed when Prometheus scrapes: model info and drift over the shared store.
+"""Gauges computed when Prometheus scrapes: model info, drift and the refreshers' lag, over the
+shared store.
 
 Drift is computed from the stored assignments, where every worker's and every replica's
 traffic meets, so the figure is the same whichever process answers the scrape. Two kinds of
@@ -22,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.clock import Clock, SystemClock
 from app.metrics.drift import DriftFigures, drift_figures
 from app.scoring.model import SegmentModel
-from app.store import history
+from app.store import events, history
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,27 @@ class LiveCollector(Collector):
             shadow_info.add_metric([shadow.version, model.version], 1.0)
         yield shadow_info
         try:
+            yield from self._refresh_families()
             yield from self._count_window(model)
             yield from self._time_window_families(model)
         except SQLAlchemyError as exc:
             log.warning("drift not computed, the store is unavailable: %s", exc.__class__.__name__)
+
+    def _refresh_families(self) -> Iterator[GaugeMetricFamily]:
+        """How far the refreshers are behind, fleet-wide (from the store, like drift)."""
+        now = self._clock.now()
+        with self._engine.connect() as conn:
+            due, earliest = events.due_summary(conn, now)
+        yield GaugeMetricFamily(
+            "segment_customers_due",
+            "Customers whose segment time has changed and who are not re-scored yet.",
+            value=due,
+        )
+        yield GaugeMetricFamily(
+            "segment_refresh_lag_seconds",
+            "How long the most overdue customer has waited to be re-scored (0: none due).",
+            value=(now - earliest).total_seconds() if earliest is not None else 0.0,
+        )
 
     def _count_window(self, model: SegmentModel) -> Iterator[GaugeMetricFamily]:
         figures = self.drift(COUNT_WINDOW)

@@ -73,6 +73,17 @@ EVENTS = Counter(
     "retry); suppressed (the customer is erased, so nothing of theirs is stored).",
     ["outcome"],
 )
+REFRESHED = Counter(
+    "segment_refreshed_customers",
+    "Customers the refreshers re-scored, by cause: time (their recency moved them), model (a "
+    "model switch), assignment (behaviour loaded in bulk).",
+    ["cause"],
+)
+REFRESH_DURATION = Histogram(
+    "segment_refresh_duration_seconds",
+    "How long one refresher round took to re-score every customer due (rounds with any).",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
 STORE_FAILURES = Counter(
     "segment_store_failures",
     "Requests that could not store their assignments because the database was unavailable.",

@@ -166,6 +166,42 @@ class CompiledScorer:
         runner_up = ordered[:, 1] if ordered.shape[1] > 1 else ordered[:, 0]
         return clusters, np.sqrt(ordered[:, 0]), np.sqrt(runner_up)
 
+    def crossing(
+        self, numeric: np.ndarray, categorical: Sequence[Sequence[str]], feature: int
+    ) -> np.ndarray:
+        """For each row, the value of numeric input `feature` (moved up, everything else fixed)
+        at which the nearest centre first changes; inf if it never does.
+
+        Along one input the model-space point moves on a line: only that feature's column
+        changes, monotonically (log1p and scaling are increasing). On that line each centre's
+        argmin term ||c||^2 - 2 x.c is linear in the column's value s, so centre k overtakes the
+        current centre j at s = (a_k - a_j) / (2 (c_k - c_j)), where only centres further
+        along the axis (c_k > c_j) can overtake; the nearest crossing is the minimum. The
+        caller checks the answer with the scorer itself: at the boundary, rounding decides.
+        """
+        columns = [c for c in self._numeric if c.feature == feature]
+        if len(columns) != 1:
+            raise UnsupportedPipeline(f"numeric input {feature} is not exactly one model column")
+        column = columns[0]
+        space = self.transform(numeric.copy(), categorical)
+        partial = self._center_sq - 2.0 * (space @ self._centers_t)  # (rows, centres)
+        current = np.argmin(partial, axis=1)
+        along = self._centers[:, column.out]  # each centre's coordinate on the moving axis
+        s_now = space[:, column.out]
+        # a_k: the partial term without the moving column's share, so P_k(s) = a_k - 2 s c_k
+        offsets = partial + 2.0 * s_now[:, None] * along[None, :]
+        rows = np.arange(len(current))
+        gain = along[None, :] - along[current][:, None]  # > 0: centre k lies further along
+        with np.errstate(divide="ignore", invalid="ignore"):
+            meets = (offsets - offsets[rows, current][:, None]) / (2.0 * gain)
+        meets = np.where(gain > 0, meets, np.inf)
+        s_cross = np.maximum(meets.min(axis=1), s_now)
+        inputs = s_cross * column.scale + column.mean
+        if column.log1p:
+            with np.errstate(over="ignore"):
+                inputs = np.expm1(inputs)
+        return np.where(np.isfinite(s_cross), inputs, np.inf)
+
 
 def _unpack_numeric(transformer: object) -> tuple[bool, StandardScaler | None]:
     """(uses log1p, the scaler) for StandardScaler or Pipeline(log1p FunctionTransformer, StandardScaler)."""

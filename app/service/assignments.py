@@ -41,6 +41,7 @@ from app.store.assignments import AssignmentBatch, AssignmentRow, IdHash, store_
 from app.store.erasure import erased_among
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_membership, customer_history
+from app.store.tables import Cause
 
 
 class AssignmentWriter:
@@ -64,9 +65,11 @@ class AssignmentWriter:
         """Those of the customers erased (a tombstone stands), in the caller's transaction."""
         return erased_among(conn, customer_ids, self._id_hash)
 
-    def store(self, conn: Connection, batch: AssignmentBatch) -> set[str]:
+    def store(
+        self, conn: Connection, batch: AssignmentBatch, cause: Cause = Cause.ASSIGNMENT
+    ) -> set[str]:
         """Store the batch in the caller's transaction; returns the erased customers' ids."""
-        suppressed = set(store_batch(conn, batch, self._id_hash))
+        suppressed = set(store_batch(conn, batch, self._id_hash, cause))
         if suppressed:
             SUPPRESSED_ASSIGNMENTS.inc(sum(1 for c in batch.customer_ids if c in suppressed))
         return suppressed

@@ -4,7 +4,8 @@ One transaction per write: the new events are stored (a retried event id is ackn
 ignored), the customers' aggregates grow with the ones that count, their features are computed
 from the aggregates as of the clock's day by the same code training uses (app.training.rfm),
 the active model scores them, and the assignments, memberships and feed events are stored as
-assignments are. The answer comes after the commit. Customers with an erasure tombstone get
+assignments are, with each customer's due time (when time alone next changes their segment:
+app.service.refresher re-scores them then). The answer comes after the commit. Customers with an erasure tombstone get
 nothing stored: their events of this write are deleted again in the same transaction.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -24,14 +24,14 @@ from app.lifecycle.holder import ModelHolder
 from app.lifecycle.shadow import ShadowScorer
 from app.metrics.registry import EVENTS
 from app.scoring.model import SegmentModel
-from app.service.assignments import AssignmentWriter, count_assignments, score
+from app.service.activity import follows_purchases, rescore
+from app.service.assignments import AssignmentWriter, count_assignments
 from app.service.event_input import parse_events
 from app.service.store import Store
 from app.store.assignments import AssignmentBatch, AssignmentRow
-from app.store.events import Activity, PurchaseRow, activity_of, forget, record_events
+from app.store.events import Activity, PurchaseRow, activity_of, forget, record_events, set_due
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_assignments
-from app.training.rfm import RFM_FEATURES, rfm_features
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,16 @@ class EventWriter:
                 if row.event_id in stored and (row.counted or row.customer_id in profiles)
             }
             activity = activity_of(conn, customers)
-            scored = _assignments(
+            rescored = rescore(
                 model,
                 {c: a for c, a in activity.items() if c in changed},
                 profiles,
                 now,
                 self._shadow,
             )
+            scored = rescored.assignments
             suppressed = self._assignments.store(conn, scored)
+            set_due(conn, rescored.due)
             # customers with new events but nothing scored (returns, no purchase yet) are
             # checked too: an erased customer's events are never kept
             unscored = {r.customer_id for r in rows if r.event_id in stored} - set(
@@ -149,7 +151,7 @@ class EventService:
 
     def _parse(self, payload: Any) -> EventBatch:
         model = self.models.model
-        if model.manifest.kind != "rfm" or set(model.feature_names) != set(RFM_FEATURES):
+        if not follows_purchases(model):
             raise EventsUnsupported(model.version)
         parsed = parse_events(
             payload,
@@ -184,37 +186,6 @@ def _profiles(
     for row, profile in sorted(pairs, key=lambda pair: pair[0].occurred_at):
         merged[row.customer_id] = profile.merged_over(merged.get(row.customer_id))
     return merged
-
-
-def _assignments(
-    model: SegmentModel,
-    activity: dict[str, Activity],
-    profiles: dict[str, CustomerProfile],
-    now: datetime,
-    shadow: ShadowScorer,
-) -> AssignmentBatch:
-    """The customers' assignments from their features as of `now`'s day."""
-    records = []
-    for customer_id, aggregates in activity.items():
-        recency, frequency, monetary = rfm_features(
-            aggregates.last_purchase_at.date(), aggregates.orders, aggregates.spend, now.date()
-        )
-        features = {"recency_days": recency, "frequency": frequency, "monetary": monetary}
-        records.append({"customer_id": customer_id, "features": features})
-    valid, _ = model.validator.customers(records, "customers")
-    if valid is None:  # features outside the model's ranges: score those that are within
-        records = [r for r in records if not model.validator.features(r["features"], "")]
-        valid, _ = model.validator.customers(records, "customers")
-    if valid is None or not valid.customer_ids:
-        return AssignmentBatch([], [], [], [], [], [], [], [])
-    return score(
-        model,
-        valid,
-        [profiles.get(c) for c in valid.customer_ids] if profiles else None,
-        mode="batch",
-        now=now,
-        shadow=shadow,
-    )
 
 
 def _without(batch: AssignmentBatch, customers: set[str]) -> AssignmentBatch:

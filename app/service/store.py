@@ -20,7 +20,16 @@ from app.store.migrate import head_revision, schema_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-OPERATIONS = ("assign", "assign_batch", "events", "lookup", "export", "erase", "models")
+OPERATIONS = (
+    "assign",
+    "assign_batch",
+    "events",
+    "refresh",
+    "lookup",
+    "export",
+    "erase",
+    "models",
+)
 
 
 class Store:

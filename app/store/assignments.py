@@ -13,11 +13,10 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-import psycopg
 from sqlalchemy import Connection, Table, func, select, text
-from sqlalchemy.exc import DBAPIError
 
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
+from app.store.copying import copy_in, copy_text
 from app.store.tables import (
     Assignment,
     Cause,
@@ -147,9 +146,13 @@ class AssignmentBatch:
         ]
 
 
-def store_batch(conn: Connection, batch: AssignmentBatch, id_hash: IdHash) -> list[str]:
+def store_batch(
+    conn: Connection, batch: AssignmentBatch, id_hash: IdHash, cause: Cause = Cause.ASSIGNMENT
+) -> list[str]:
     """Append every assignment to the history and update each customer's membership, except for
-    customers with an erasure tombstone (their rows are dropped). Returns those customers' ids."""
+    customers with an erasure tombstone (their rows are dropped). Moves to another segment are
+    feed events with `cause` (an assignment, time passing, a model switch). Returns the erased
+    customers' ids."""
     if not len(batch):
         return []
     members = batch.latest_memberships()
@@ -161,7 +164,9 @@ def store_batch(conn: Connection, batch: AssignmentBatch, id_hash: IdHash) -> li
     # history COPY above stays concurrent; only this merge is serialised.
     lock_memberships(conn)
     return list(
-        conn.execute(_MERGE_MEMBERSHIPS, {"rows": orjson.dumps(members).decode()}).scalars()
+        conn.execute(
+            _MERGE_MEMBERSHIPS, {"rows": orjson.dumps(members).decode(), "cause": cause.value}
+        ).scalars()
     )
 
 
@@ -195,7 +200,8 @@ _MEMBERSHIP_UPDATE = ",\n".join(
 # - the memberships are upserted, keeping entered_at while the segment stays the same;
 # - events are appended for each purpose's audience (the memberships' generated `advertising`
 #   and `personalization` columns, app.store.tables): a customer who moved exits the old
-#   segment in the feeds they were in and enters the new one in the feeds they are now in; one
+#   segment in the feeds they were in and enters the new one in the feeds they are now in (with
+#   the caller's cause: an assignment, time, a model switch); one
 #   who stayed but whose consent changed enters or exits that purpose's feed (cause consent).
 #   A re-assignment to the same segment is no event. This statement is the only writer of
 #   assignment and consent events.
@@ -249,7 +255,7 @@ _MERGE_MEMBERSHIPS = text(
     FROM (
         SELECT customer_id, old_segment_id AS segment_id, old_segment_key AS segment_key,
                '{FeedEvent.EXITED}' AS event, model_version, confidence, assigned_at AS occurred_at,
-               '{Cause.ASSIGNMENT}' AS cause, was_advertising AS advertising,
+               CAST(:cause AS varchar) AS cause, was_advertising AS advertising,
                was_personalization AS personalization, 0 AS position
         FROM moves WHERE known AND NOT stayed AND (was_advertising OR was_personalization)
         UNION ALL
@@ -266,7 +272,7 @@ _MERGE_MEMBERSHIPS = text(
                                      OR (personalization AND NOT was_personalization))
         UNION ALL
         SELECT customer_id, segment_id, segment_key, '{FeedEvent.ENTERED}', model_version, confidence,
-               assigned_at, '{Cause.ASSIGNMENT}', advertising, personalization, 1
+               assigned_at, CAST(:cause AS varchar), advertising, personalization, 1
         FROM moves WHERE NOT stayed AND (advertising OR personalization)
     ) AS changes
     ORDER BY customer_id, position
@@ -279,27 +285,12 @@ MEMBERSHIP_LOCK = 7_291_104_416
 
 
 def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:
-    driver = conn.connection.driver_connection
-    assert driver is not None
     stamps = {moment: moment.isoformat() for moment in set(batch.assigned_at)}
     history = "".join(
-        f"{_copy_text(c)}\t{i}\t{k}\t{v}\t{d!r}\t{f!r}\t{_copy_text(orjson.dumps(x).decode())}\t{stamps[t]}\n"
+        f"{copy_text(c)}\t{i}\t{k}\t{v}\t{d!r}\t{f!r}\t{copy_text(orjson.dumps(x).decode())}\t{stamps[t]}\n"
         for c, i, k, v, d, f, x, t in batch.rows()
     )
-    try:
-        with driver.cursor() as cursor, cursor.copy(_COPY_HISTORY) as copy:
-            copy.write(history)
-    except psycopg.Error as exc:
-        # COPY bypasses SQLAlchemy's statement execution: wrap the driver's error the way
-        # SQLAlchemy would (DataError, OperationalError …) so callers handle one family
-        raise DBAPIError.instance(
-            _COPY_HISTORY, None, exc, psycopg.Error, dialect=conn.dialect
-        ) from exc
-
-
-def _copy_text(value: str) -> str:
-    """A text value in COPY's text format: backslash escaped (ids carry no tabs or newlines)."""
-    return value.replace("\\", "\\\\") if "\\" in value else value
+    copy_in(conn, _COPY_HISTORY, history)
 
 
 def lock_memberships(conn: Connection) -> None:

@@ -21,7 +21,7 @@ from app.store.assignments import (
     memberships,
     tombstones,
 )
-from app.store.events import forget
+from app.store.events import forget, lock_activity
 from app.store.tables import Cause, ErasureAction, FeedEvent
 
 
@@ -61,6 +61,7 @@ def erase_customers(
     erasure, or by app.service.erasure.NoticePruner's timer, whichever comes first)."""
     ids = list(dict.fromkeys(customer_ids))
     hashes = {customer_id: id_hash(customer_id) for customer_id in ids}
+    lock_activity(conn, ids)  # before the membership lock, as event writers and the refresher
     lock_memberships(conn)
     if notice_days > 0:  # before the membership goes
         _write_erasure_notices(conn, ids, now)

@@ -132,6 +132,8 @@ class Cause(StrEnum):
     ASSIGNMENT = "assignment"  # the customer moved to another segment
     CONSENT = "consent"  # they joined or left a purpose's audience while staying in the segment
     ERASURE = "erasure"  # they were erased: the feed's last word on them
+    TIME = "time"  # time passed: their recency grew and the model now puts them elsewhere
+    MODEL = "model"  # a newly activated model put them elsewhere (re-scored on activation)
 
 
 class MembershipEvent(Base):
@@ -239,6 +241,18 @@ class CustomerActivity(Base):
     # exact: the sum of the amounts as the decimals they print as (app.training.rfm.exact_amount)
     spend: Mapped[Decimal] = mapped_column(Numeric)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # when the customer's segment next changes if they buy nothing more (recency grows): the
+    # refresher re-scores them then (app.service.refresher); NULL: time alone never moves them
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # why they are due when it is not time: behaviour loaded in bulk and not scored yet
+    # (`segments ingest`: cause assignment), or a model switch (cause model); NULL: time
+    due_cause: Mapped[Cause | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        CheckConstraint("due_cause IN ('assignment', 'model')", name="due_cause"),
+        # the refresher's claim: the due customers, most overdue first
+        Index("ix_customer_activity_due_at", "due_at", postgresql_where=text("due_at IS NOT NULL")),
+    )
 
 
 class ErasureTombstone(Base):

@@ -87,7 +87,7 @@ def compute_rfm(
     invoice column); monetary: total spend of the kept rows. The rules are the module's.
     """
     frame = pd.DataFrame({"customer": normalise_ids(raw[cols.customer])})
-    frame["time"] = _parse_times(raw[cols.time])
+    frame["time"] = parse_times(raw[cols.time])
     if cols.amount is not None:
         frame["amount"] = pd.to_numeric(raw[cols.amount], errors="coerce")
     else:
@@ -140,8 +140,9 @@ def compute_rfm(
     return RfmResult(features, reference, len(frame), dropped)
 
 
-def _parse_times(values: pd.Series) -> pd.Series:
-    """ISO timestamps, with or without a time of day; other spellings parsed one by one."""
+def parse_times(values: pd.Series) -> pd.Series:
+    """ISO timestamps, with or without a time of day; other spellings parsed one by one (the
+    way training reads a transactions file's times, and `segments ingest` too)."""
     parsed = pd.to_datetime(values, format="ISO8601", errors="coerce")
     if parsed.isna().sum() > values.isna().sum():
         parsed = pd.to_datetime(values, format="mixed", errors="coerce")

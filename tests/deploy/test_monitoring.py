@@ -63,6 +63,7 @@ EXPECTED_ALERTS = {
     "SegmentLatencyP99High": ("10m", "warning", "> 0.05"),
     "SegmentErrorRatioHigh": ("10m", "critical", "> 0.01"),
     "SegmentStoreFailures": ("5m", "critical", "segment_store_failures_total"),
+    "SegmentRefreshBehind": ("10m", "warning", "segment_refresh_lag_seconds"),
     "SegmentServiceDown": ("2m", "critical", "up{"),
     "SegmentNoAssignments": ("30m", "warning", "segment_assignments_total"),
     "SegmentModelLoadFailed": (None, "critical", 'segment_model_loads_total{outcome="failed"}'),

@@ -1,0 +1,76 @@
+"""Segments from purchase aggregates: each customer's features as of a moment, their assignment,
+and when time alone would next change it. Used by every path that re-scores from aggregates:
+new events (app.service.events) and time passing (app.service.refresher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+
+from app.audience.profile import CustomerProfile
+from app.lifecycle.shadow import ShadowScorer
+from app.scoring.horizon import days_until_change
+from app.scoring.model import SegmentModel
+from app.service.assignments import score
+from app.store.assignments import AssignmentBatch
+from app.store.events import Activity
+from app.training.rfm import RFM_FEATURES, rfm_features
+
+EMPTY = AssignmentBatch([], [], [], [], [], [], [], [])
+
+
+def follows_purchases(model: SegmentModel) -> bool:
+    """Whether the model's features are the RFM features purchase events maintain."""
+    return model.manifest.kind == "rfm" and set(model.feature_names) == set(RFM_FEATURES)
+
+
+@dataclass(frozen=True)
+class Rescored:
+    assignments: AssignmentBatch
+    # for every customer given: when their segment next changes with time alone (None: never,
+    # or not scored because their features are outside the model's ranges)
+    due: dict[str, datetime | None]
+
+
+def rescore(
+    model: SegmentModel,
+    activity: Mapping[str, Activity],
+    profiles: Mapping[str, CustomerProfile],
+    now: datetime,
+    shadow: ShadowScorer,
+) -> Rescored:
+    """The customers' assignments from their features as of `now`'s day (UTC)."""
+    today = now.astimezone(UTC).date()
+    records = []
+    for customer_id, aggregates in activity.items():
+        recency, frequency, monetary = rfm_features(
+            aggregates.last_purchase_at.astimezone(UTC).date(),
+            aggregates.orders,
+            aggregates.spend,
+            today,
+        )
+        features = {"recency_days": recency, "frequency": frequency, "monetary": monetary}
+        records.append({"customer_id": customer_id, "features": features})
+    due: dict[str, datetime | None] = dict.fromkeys(activity)
+    valid, _ = model.validator.customers(records, "customers")
+    if valid is None:  # features outside the model's ranges: score those that are within
+        records = [r for r in records if not model.validator.features(r["features"], "")]
+        valid, _ = model.validator.customers(records, "customers")
+    if valid is None or not valid.customer_ids:
+        return Rescored(EMPTY, due)
+    midnight = datetime.combine(today, time(), UTC)
+    for customer_id, days in zip(
+        valid.customer_ids, days_until_change(model, valid.numeric), strict=True
+    ):
+        due[customer_id] = None if days is None else midnight + timedelta(days=days)
+    assignments = score(
+        model,
+        valid,
+        [profiles.get(c) for c in valid.customer_ids] if profiles else None,
+        mode="batch",
+        now=now,
+        shadow=shadow,
+    )
+    return Rescored(assignments, due)
