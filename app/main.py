@@ -191,7 +191,7 @@ def _bootstrap(registry: ModelRegistry, configured: SegmentModel, activate: bool
     return configured
 
 
-def _known_segment_names(registry: ModelRegistry) -> dict[str, str]:
+def _known_segment_names(registry: ModelRegistry) -> dict[str, dict[str, str]]:
     try:
         return registry.known_segment_names()
     except SQLAlchemyError:

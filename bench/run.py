@@ -199,6 +199,16 @@ def write_bodies(folder: Path, customers: pd.DataFrame) -> dict[str, Path]:
     bodies: dict[str, object] = {
         "single": {"customer_id": "__ID__", "features": features(records[0])}
     }
+    # a recent order (the service refuses times ahead of its clock): amounts in GBP, as the
+    # default model's; "__ID__" makes every request's event ids (and single customers) new
+    order = {"occurred_at": "2026-12-01T10:15:00Z", "amount": 84.5, "type": "order"}
+    bodies["event"] = {"events": [{"event_id": "__ID__", "customer_id": "__ID__", **order}]}
+    bodies["events1000"] = {
+        "events": [
+            {"event_id": f"__ID__-{i}", "customer_id": f"b{i}", "order_id": f"__ID__-{i}", **order}
+            for i in range(1000)
+        ]
+    }
     for size in (1000, 10_000):
         bodies[f"batch{size}"] = {
             "customers": [
@@ -262,6 +272,10 @@ OURS = [
         for size in (1000, 10_000)
         for how, query in (("scored", "?persist=false"), ("persisted", ""))
     ),
+    # purchase events: each single event a new customer (stored, aggregates kept, re-scored,
+    # membership and feed written); each batch 1,000 new orders of the same 1,000 customers
+    *((f"single event c={c}", "/v1/events", c, "event", 1, True) for c in (1, 16)),
+    ("events batch 1000", "/v1/events", 1, "events1000", 1000, True),
 ]
 
 
@@ -511,6 +525,21 @@ def write_report(
             "batch 10,000 persisted: ours / baseline scored-only",
             ratio("batch 10000 persisted [ours]", "batch 10000 scored [baseline]"),
             ">= 2",
+        ),
+        (
+            "single event, c=16: ours / single persisted assignment c=16",
+            ratio("single event c=16 [ours]", "single persisted c=16 [ours]"),
+            ">= 0.60",
+        ),
+        (
+            "single event, c=16: ours / baseline's usual-way event endpoint",
+            ratio("single event c=16 [ours]", "single event c=16 [baseline]"),
+            ">= 10",
+        ),
+        (
+            "events batch 1,000: ours / persisted assignment batch 1,000 (rows/s)",
+            ratio("events batch 1000 [ours]", "batch 1000 persisted [ours]"),
+            "(reported)",
         ),
         (
             "batch 1,000 scored: p99 / p50",

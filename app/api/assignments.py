@@ -4,7 +4,6 @@ Thin wrappers that call app.service and shape its answers."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from json.encoder import encode_basestring as encode_json_string
 from typing import Annotated, Any
 
@@ -33,6 +32,7 @@ from app.api.schemas import (
 from app.auth.guard import requires
 from app.auth.keys import Scope
 from app.errors import InvalidFeatures, Problem
+from app.lifecycle.holder import SegmentNames
 from app.runtime import Runtime
 from app.store.assignments import AssignmentBatch
 
@@ -63,20 +63,22 @@ def _persist(request: Request) -> bool:
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-def assignments_json(batch: AssignmentBatch, names: Mapping[str, str]) -> list[str]:
+def assignments_json(batch: AssignmentBatch, names: SegmentNames) -> list[str]:
     """Each assignment as JSON text, written directly: building 10,000 nested dicts for orjson
     cost more than scoring them. Every value is a number we made, an escaped string, or JSON
     produced by orjson, so the text is always valid JSON (tested against the response model)."""
     stamp = {moment: f'"{utc_timestamp(moment)}"' for moment in set(batch.assigned_at)}
     segment = {
-        (segment_id, key): orjson.dumps(
-            {"id": segment_id, "key": key, "name": names.get(key, key)}
+        (version, segment_id, key): orjson.dumps(
+            {"id": segment_id, "key": key, "name": names.name(version, key)}
         ).decode()
-        for segment_id, key in set(zip(batch.segment_ids, batch.segment_keys, strict=True))
+        for version, segment_id, key in set(
+            zip(batch.model_versions, batch.segment_ids, batch.segment_keys, strict=True)
+        )
     }
     version = {v: encode_json_string(v) for v in set(batch.model_versions)}
     return [
-        f'{{"customer_id":{encode_json_string(customer_id)},"segment":{segment[segment_id, key]},'
+        f'{{"customer_id":{encode_json_string(customer_id)},"segment":{segment[model_version, segment_id, key]},'
         f'"model_version":{version[model_version]},"distance":{distance!r},"confidence":{confidence!r},'
         f'"assigned_at":{stamp[moment]}}}'
         for customer_id, segment_id, key, model_version, distance, confidence, _, moment in batch.rows()

@@ -118,7 +118,7 @@ def _changes(
                     "segment": {
                         "id": c.segment_id,
                         "key": c.segment_key,
-                        "name": names.get(c.segment_key, c.segment_key),
+                        "name": names.name(c.model_version, c.segment_key),
                     },
                     "model_version": c.model_version,
                     "confidence": c.confidence,

@@ -231,4 +231,8 @@ def _adopted(runtime: Runtime, activation: Activation) -> ActivationOut:
     return ActivationOut(
         active=ModelOut.model_validate(_model_out(registered.manifest, registered)),
         previous=activation.previous,
+        warning=activation.lineage_warning,
+        moved_share=(
+            activation.comparison.moved_share if activation.comparison is not None else None
+        ),
     )

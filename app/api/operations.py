@@ -44,6 +44,15 @@ def readyz(runtime: RuntimeDep) -> OrjsonResponse:
         body["authentication"] = (
             "DISABLED: no API keys are configured, every endpoint is open; set SEGMENTS_API_KEYS"
         )
+    progress = runtime.refresher.progress
+    if progress is not None:
+        # still ready while re-scoring: every read answers the segment of the model that made it
+        body["rescore"] = {
+            "model_version": progress.model_version,
+            "behind": progress.behind,
+            "unscorable": progress.unscorable,
+            "done": progress.done,
+        }
     if watcher.load_error is not None:
         # still ready: the current model serves; the operator must see why it did not switch
         body["model_problem"] = watcher.load_error

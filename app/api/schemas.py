@@ -314,6 +314,15 @@ class ModelsOut(BaseModel):
 class ActivationOut(BaseModel):
     active: ModelOut
     previous: str | None = Field(description="the version it replaced: activate it to roll back")
+    warning: str | None = Field(
+        default=None,
+        description="set when the new model was not retrained from the one it replaced (no "
+        "--previous): how many stored customers change segment",
+    )
+    moved_share: float | None = Field(
+        default=None,
+        description="share of the stored customers sampled whose segment changes, when measured",
+    )
 
 
 class ShadowOut(BaseModel):

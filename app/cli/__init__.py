@@ -1,4 +1,4 @@
-"""The `segments` command: train, serve, migrate, ingest, score, drift, export, models, keys.
+"""The `segments` command: train, serve, migrate, ingest, rescore, score, drift, export, models, keys.
 
 Each command parses its options, calls what app/ does (the same operations the HTTP routes
 call), and prints. Expected failures are one red line (or a short list) and exit status 2; a
@@ -14,6 +14,7 @@ from app.cli.export import export_audience
 from app.cli.ingest import ingest_cli
 from app.cli.keys import keys_cli
 from app.cli.models import models_cli
+from app.cli.rescore import rescore
 from app.cli.score import score
 from app.cli.serve import migrate, serve
 from app.cli.train import train_cli
@@ -25,6 +26,7 @@ cli.add_typer(train_cli, name="train")
 cli.command()(serve)
 cli.command()(migrate)
 cli.add_typer(ingest_cli, name="ingest")
+cli.command()(rescore)
 cli.command()(score)
 cli.command()(drift)
 cli.command("export")(export_audience)

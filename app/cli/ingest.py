@@ -7,15 +7,8 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import (
-    database,
-    engine_of,
-    err,
-    errors_as_messages,
-    fail,
-    load_settings,
-    progress_bar,
-)
+from app.cli.common import err, fail, progress_bar
+from app.cli.rescore import live_store
 
 ingest_cli = typer.Typer(
     help="Load purchase histories in bulk, as POST /v1/events would, and score their customers.",
@@ -51,45 +44,15 @@ def ingest_transactions(
     """Load a transactions file (the column options of `segments train transactions`) as
     purchase events, all or nothing, then score every customer it touched with the active
     model. Ingesting the same file again stores nothing more."""
-    from app.audience.erasure import IdHasher
     from app.clock import SystemClock
     from app.errors import EventsUnsupported
-    from app.lifecycle.holder import ModelHolder
-    from app.lifecycle.registry import ModelRegistry
-    from app.lifecycle.shadow import ShadowScorer
-    from app.scoring.model import SegmentModel
     from app.service.activity import follows_purchases
-    from app.service.assignments import AssignmentWriter
     from app.service.ingest import load_transactions, score_loaded
-    from app.service.refresher import Refresher
-    from app.service.store import Store
-    from app.store.embedded import embedded_erasure_key
     from app.training.rfm import TransactionColumns
 
-    configured = load_settings()
-    with errors_as_messages(), database(configured) as settings, engine_of(settings) as engine:
+    with live_store("ingest") as live:
         columns = TransactionColumns(customer, time, amount, quantity, price, invoice)
-        key = settings.erasure_key.get_secret_value()
-        if not key and configured.database_url is None:
-            key = embedded_erasure_key(settings.embedded_dir)
-        if not key:
-            fail(
-                [
-                    "SEGMENTS_ERASURE_KEY is not set: ingest checks erasure tombstones with "
-                    "the key the service uses; set the same one"
-                ]
-            )
-        store = Store(engine)
-        if (problem := store.readiness()) is not None:
-            fail([problem])
-        # the model the service serves: the registry's active one (the configured model is
-        # registered and activated first on a registry with none, as `segments serve` does)
-        configured_model = SegmentModel.load(settings.model_dir)
-        model = store.call(
-            lambda: ModelRegistry(engine).bootstrap(
-                configured_model, activate=settings.model_activate_on_start
-            )
-        )
+        model = live.model
         if not follows_purchases(model):
             raise EventsUnsupported(model.version)
         trained_in = model.manifest.training_data.currency
@@ -100,16 +63,14 @@ def ingest_transactions(
                     f"convert the amounts to {trained_in} first"
                 ]
             )
-        clock = SystemClock()
-        id_hash = IdHasher(key)
         with progress_bar(f"loading {file.name}") as progress:
             task = progress.add_task("load", total=None)
             report = load_transactions(
                 file,
                 columns,
-                store=store,
-                id_hash=id_hash,
-                clock=clock,
+                store=live.store,
+                id_hash=live.id_hash,
+                clock=SystemClock(),
                 currency=(currency or trained_in or "").upper() or None,
                 on_rows=lambda rows: progress.advance(task, rows),
             )
@@ -120,19 +81,9 @@ def ingest_transactions(
             + "".join(f", {n:,} skipped ({reason})" for reason, n in report.dropped.items() if n)
             + f"; {report.customers:,} customers to score"
         )
-        models = ModelHolder(model)
-        refresher = Refresher(
-            models,
-            store,
-            AssignmentWriter(store, id_hash),
-            ShadowScorer(models),
-            clock,
-            every_seconds=settings.refresh_seconds,
-            chunk=max(settings.refresh_chunk, 5_000),
-        )
         with progress_bar(f"scoring with {model.version}") as progress:
             task = progress.add_task("score", total=report.customers or None)
-            score_loaded(refresher, report, lambda done: progress.advance(task, done))
+            score_loaded(live.refresher, report, lambda done: progress.advance(task, done))
         err.print(
             f"scored {report.scored:,} customers with {model.version} in "
             f"{report.score_seconds:.1f} s"

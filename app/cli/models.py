@@ -115,6 +115,8 @@ def activate(
             raise typer.Exit(1) from refused
     if activation.comparison is not None:
         print_comparison(activation.comparison)
+    if activation.lineage_warning is not None:
+        err.print(f"[yellow]warning:[/yellow] {activation.lineage_warning}", highlight=False)
     was = f" (was {activation.previous})" if activation.previous else ""
     err.print(f"[green]{version} is active{was}[/green]; workers switch within seconds")
 

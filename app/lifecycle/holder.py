@@ -12,15 +12,39 @@ from collections.abc import Mapping
 from app.scoring.model import SegmentModel
 
 
+class SegmentNames:
+    """Segment names by the version that made the segment: a stored row is named by its own
+    model's manifest, never by another model that happens to use the same key (until a model
+    switch's re-score is done, memberships of both stand side by side)."""
+
+    def __init__(self, by_version: Mapping[str, Mapping[str, str]]) -> None:
+        self._by_version = {version: dict(names) for version, names in by_version.items()}
+        self._keys = {key for names in self._by_version.values() for key in names}
+
+    def with_model(self, model: SegmentModel) -> SegmentNames:
+        return SegmentNames({**self._by_version, model.version: model.segment_names})
+
+    def name(self, version: str, key: str) -> str:
+        """The name `version` gives `key` (the key itself for a version no longer known)."""
+        return self._by_version.get(version, {}).get(key, key)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether any known version has a segment with this key."""
+        return key in self._keys
+
+
 class ModelHolder:
     def __init__(
-        self, model: SegmentModel, *, known_segment_names: Mapping[str, str] | None = None
+        self,
+        model: SegmentModel,
+        *,
+        known_segment_names: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._model = model
         self._shadow: SegmentModel | None = None
-        # segment key -> name for every version this process knows of: history rows made by an
-        # earlier version still get their names (keys, and so names, survive retraining)
-        self._segment_names = {**(known_segment_names or {}), **model.segment_names}
+        # version -> segment key -> name for every version this process knows of: history rows
+        # and memberships made by an earlier version are named by it
+        self._segment_names = SegmentNames(known_segment_names or {}).with_model(model)
 
     @property
     def model(self) -> SegmentModel:
@@ -33,12 +57,12 @@ class ModelHolder:
         return self._shadow
 
     @property
-    def segment_names(self) -> Mapping[str, str]:
+    def segment_names(self) -> SegmentNames:
         return self._segment_names
 
     def serve(self, model: SegmentModel) -> None:
         """Serve `model` from now on (already verified); requests started before keep theirs."""
-        self._segment_names = {**self._segment_names, **model.segment_names}
+        self._segment_names = self._segment_names.with_model(model)
         self._model = model
 
     def shadow_with(self, model: SegmentModel | None) -> None:

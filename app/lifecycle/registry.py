@@ -60,7 +60,10 @@ class AgreementTooLow(ModelRefused):
 class Activation:
     model: SegmentModel  # the verified, loaded version now active
     previous: str | None  # the version it replaced (None if it was active already, or none was)
-    comparison: Comparison | None = None  # what the agreement gate measured, if asked for
+    comparison: Comparison | None = None  # what the gate (or the lineage check) measured
+    # said when the new model was not retrained from the one it replaces (no --previous): its
+    # segments are its own, so stored customers' segments change; None when it was
+    lineage_warning: str | None = None
 
 
 class ModelRegistry:
@@ -163,6 +166,7 @@ class ModelRegistry:
         allow_schema_change: bool = False,
         min_agreement: float | None = None,
         sample: int = DEFAULT_SAMPLE,
+        check_lineage: bool = True,
     ) -> Activation:
         """Verify `version` and make it the active one; every process switches within seconds.
 
@@ -174,6 +178,9 @@ class ModelRegistry:
             comparison = self.compare(self.resolve(ACTIVE), model, sample=sample)
             if comparison.agreement < min_agreement:
                 raise AgreementTooLow(comparison, min_agreement)
+        warning = None
+        if check_lineage:
+            warning, comparison = self._lineage_warning(model, comparison, sample)
         with self.engine.begin() as conn:
             store.lock(conn)
             served = store.served(conn)
@@ -193,7 +200,39 @@ class ModelRegistry:
             previous = store.make_active(conn, version, self._clock.now())
         if previous is not None:
             log.info("activated model %s (was %s)", version, previous)
-        return Activation(model, previous, comparison)
+        return Activation(model, previous, comparison, warning)
+
+    def _lineage_warning(
+        self, model: SegmentModel, comparison: Comparison | None, sample: int
+    ) -> tuple[str | None, Comparison | None]:
+        """Why activating `model` moves customers more than a retraining would: it does not
+        descend from the active version (trained without --previous). With the share of stored
+        customers whose segment would change, measured as the comparison does."""
+        with self.engine.connect() as conn:
+            served = store.served(conn)
+        if served.active is None or served.active[0] == model.version:
+            return None, comparison
+        active = served.active[0]
+        lineage = model.manifest.lineage
+        if lineage is not None and lineage.previous_version == active:
+            return None, comparison
+        if comparison is None:
+            try:
+                comparison = self.compare(self.load(active), model, sample=sample)
+            except (ModelRefused, ArtifactError):
+                comparison = None  # nobody stored yet, or the active artifact is unreadable
+        share = (
+            f"{comparison.moved_share:.1%} of {comparison.customers:,} stored customers sampled "
+            "would change segment"
+            if comparison is not None
+            else "the share of customers that would change segment is unknown (none stored)"
+        )
+        warning = (
+            f"{model.version} was not retrained from the active {active} (no --previous): its "
+            f"segment keys and names are its own; {share}. Every stored customer is re-scored "
+            "with it in the background."
+        )
+        return warning, comparison
 
     def rollback(self) -> Activation:
         """Activate the version retired most recently."""
@@ -204,7 +243,8 @@ class ModelRegistry:
                 "There is no retired version to roll back to.",
                 "no version has been active before the current one",
             )
-        return self.activate(previous, allow_schema_change=True)
+        # an emergency: no comparison first (the stored customers are re-scored all the same)
+        return self.activate(previous, allow_schema_change=True, check_lineage=False)
 
     def set_shadow(self, version: str | None) -> SegmentModel | None:
         """Score live traffic with `version` too (None: stop); it must take the same features."""
@@ -248,12 +288,12 @@ class ModelRegistry:
         )
         return self.load(served.active[0])
 
-    def known_segment_names(self) -> dict[str, str]:
-        """Segment key -> name over every registered version, newer names winning."""
-        names: dict[str, str] = {}
-        for version in reversed(self.listed()):  # oldest first
-            names |= {segment.key: segment.name for segment in version.manifest.segments}
-        return names
+    def known_segment_names(self) -> dict[str, dict[str, str]]:
+        """Version -> segment key -> name, for every registered version."""
+        return {
+            registered.version: {s.key: s.name for s in registered.manifest.segments}
+            for registered in self.listed()
+        }
 
     def _verified(self, version: str) -> SegmentModel:
         self.get(version)  # 404 before trying to load

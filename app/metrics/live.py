@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.clock import Clock, SystemClock
 from app.metrics.drift import DriftFigures, drift_figures
 from app.scoring.model import SegmentModel
-from app.store import events, history
+from app.store import events, history, rescoring
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,24 @@ class LiveCollector(Collector):
             shadow_info.add_metric([shadow.version, model.version], 1.0)
         yield shadow_info
         try:
-            yield from self._refresh_families()
+            yield from self._refresh_families(model)
             yield from self._count_window(model)
             yield from self._time_window_families(model)
         except SQLAlchemyError as exc:
             log.warning("drift not computed, the store is unavailable: %s", exc.__class__.__name__)
 
-    def _refresh_families(self) -> Iterator[GaugeMetricFamily]:
+    def _refresh_families(self, model: SegmentModel) -> Iterator[GaugeMetricFamily]:
         """How far the refreshers are behind, fleet-wide (from the store, like drift)."""
         now = self._clock.now()
         with self._engine.connect() as conn:
             due, earliest = events.due_summary(conn, now)
+            behind = rescoring.memberships_behind(conn, model.version)
+        yield GaugeMetricFamily(
+            "segment_rescore_behind",
+            "Memberships a model other than the one served made: the re-score after a model "
+            "switch still to do (0 when done).",
+            value=behind,
+        )
         yield GaugeMetricFamily(
             "segment_customers_due",
             "Customers whose segment time has changed and who are not re-scored yet.",

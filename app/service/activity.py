@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 from app.audience.profile import CustomerProfile
 from app.lifecycle.shadow import ShadowScorer
 from app.scoring.horizon import days_until_change
 from app.scoring.model import SegmentModel
+from app.scoring.validation import ValidBatch
 from app.service.assignments import score
 from app.store.assignments import AssignmentBatch
 from app.store.events import Activity
@@ -54,11 +56,8 @@ def rescore(
         features = {"recency_days": recency, "frequency": frequency, "monetary": monetary}
         records.append({"customer_id": customer_id, "features": features})
     due: dict[str, datetime | None] = dict.fromkeys(activity)
-    valid, _ = model.validator.customers(records, "customers")
-    if valid is None:  # features outside the model's ranges: score those that are within
-        records = [r for r in records if not model.validator.features(r["features"], "")]
-        valid, _ = model.validator.customers(records, "customers")
-    if valid is None or not valid.customer_ids:
+    valid = scorable(model, records)
+    if valid is None:
         return Rescored(EMPTY, due)
     midnight = datetime.combine(today, time(), UTC)
     for customer_id, days in zip(
@@ -74,3 +73,16 @@ def rescore(
         shadow=shadow,
     )
     return Rescored(assignments, due)
+
+
+def scorable(model: SegmentModel, records: list[dict[str, Any]]) -> ValidBatch | None:
+    """The records (`{"customer_id", "features"}`) the model can score, validated; those it
+    cannot (features outside its ranges, or another model's features) are left out. None when
+    none is left."""
+    valid, _ = model.validator.customers(records, "customers")
+    if valid is None:
+        records = [r for r in records if not model.validator.features(r["features"], "")]
+        valid, _ = model.validator.customers(records, "customers")
+    if valid is None or not valid.customer_ids:
+        return None
+    return valid

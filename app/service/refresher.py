@@ -1,4 +1,4 @@
-"""Keeping segments true as time passes: customers whose due time has come are re-scored.
+"""Keeping segments true as time passes and models change: re-scoring from the store.
 
 A customer's segment can change with no event, because recency grows every day. Every write
 from aggregates records when that next happens (app.scoring.horizon, exact for the compiled
@@ -8,9 +8,11 @@ runs one and they share the work without a leader), score them as of now, store 
 assignments with feed events of cause `time`, record their next due time, commit. A refresher
 killed mid-chunk loses nothing: its transaction rolls back and the rows are due again.
 
-The same queue carries the customers that need re-scoring for another reason, each with that
-cause on the feed: behaviour loaded in bulk (`segments ingest`, cause assignment) and a model
-switch (every customer re-segmented by the new model, cause model).
+The same queue carries customers due for another reason, each with that cause on the feed:
+behaviour loaded in bulk (`segments ingest`, cause assignment). After a model switch, every
+membership another version made is re-segmented with the active model (cause model): from the
+customer's aggregates, or, for customers known only from features sent to them, from their
+latest stored features. That queue is the memberships themselves, so a crash resumes it.
 
 Each worker's refresher wakes every SEGMENTS_REFRESH_SECONDS and works until nothing is due, so
 a membership is never staler than that interval plus one round's work.
@@ -22,7 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.clock import Clock
@@ -30,13 +34,30 @@ from app.errors import StoreUnavailable
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.shadow import ShadowScorer
 from app.metrics.registry import REFRESH_DURATION, REFRESHED
-from app.service.activity import follows_purchases, rescore
-from app.service.assignments import AssignmentWriter
+from app.scoring.model import SegmentModel
+from app.service.activity import follows_purchases, rescore, scorable
+from app.service.assignments import AssignmentWriter, score
 from app.service.store import Store
+from app.store import registry as registry_store
+from app.store.assignments import lock_memberships
 from app.store.events import Activity, claim_due, forget, set_due
+from app.store.rescoring import claim_activity_behind, features_behind, memberships_behind
 from app.store.tables import Cause
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RescoreProgress:
+    """Where the re-score after a model switch stands (fleet-wide: read from the store)."""
+
+    model_version: str  # the registry's active version, which every membership should carry
+    behind: int  # memberships another version made: still to re-score
+    unscorable: int  # of those, customers whose last features the active model cannot take
+
+    @property
+    def done(self) -> bool:
+        return self.behind <= self.unscorable
 
 
 class Refresher:
@@ -58,7 +79,23 @@ class Refresher:
         self._clock = clock
         self.every_seconds = every_seconds
         self.chunk = chunk
+        self.progress: RescoreProgress | None = None  # as of the end of the last round
         self._task: asyncio.Task[None] | None = None
+
+    def refresh_due(self) -> int:
+        """Re-score every customer due now, chunk by chunk, and everyone a model switch left
+        behind; how many."""
+        total = 0
+        started = time.perf_counter()
+        while True:
+            done = self.refresh_chunk()
+            total += done
+            if done < self.chunk:
+                break
+        total += self.rescore_behind()
+        if total:
+            REFRESH_DURATION.observe(time.perf_counter() - started)
+        return total
 
     def refresh_chunk(self) -> int:
         """Re-score up to one chunk of due customers in one transaction; how many."""
@@ -67,7 +104,9 @@ class Refresher:
             return 0
         now = self._clock.now()
         with self._store.transaction("refresh", writing=True) as conn:
-            due = claim_due(conn, now, self.chunk)
+            if not _is_active(conn, model):
+                return 0
+            due = claim_due(conn, now, self.chunk, model.version)
             if not due:
                 return 0
             by_cause: dict[Cause, dict[str, Activity]] = {}
@@ -83,18 +122,74 @@ class Refresher:
                 forget(conn, sorted(suppressed))
         return len(due)
 
-    def refresh_due(self) -> int:
-        """Re-score every customer due now, chunk by chunk; how many."""
+    def rescore_behind(self) -> int:
+        """Re-segment with the active model every customer whose membership another version
+        made (after a model switch), chunk by chunk: from their aggregates, or, for customers
+        known only from features sent to them, from their latest stored features. Returns how
+        many were re-scored; `progress` says what is left."""
+        model = self._models.model
         total = 0
-        started = time.perf_counter()
-        while True:
-            done = self.refresh_chunk()
-            total += done
-            if done < self.chunk:
-                break
-        if total:
-            REFRESH_DURATION.observe(time.perf_counter() - started)
+        if follows_purchases(model):
+            after = ""
+            while (chunk := self._rescore_activity(model, after)) is not None:
+                total += chunk[0]
+                after = chunk[1]
+        after = ""
+        unscorable = 0
+        while (features := self._rescore_features(model, after)) is not None:
+            total += features[0]
+            unscorable += features[1]
+            after = features[2]
+        with self._store.transaction("refresh") as conn:
+            if _is_active(conn, model):
+                behind = memberships_behind(conn, model.version)
+                self.progress = RescoreProgress(model.version, behind, min(unscorable, behind))
         return total
+
+    def _rescore_activity(self, model: SegmentModel, after: str) -> tuple[int, str] | None:
+        """(re-scored, last id) of one chunk of customers with aggregates; None: no more."""
+        now = self._clock.now()
+        with self._store.transaction("refresh", writing=True) as conn:
+            if not _is_active(conn, model):
+                return None
+            behind = claim_activity_behind(conn, model.version, after, self.chunk)
+            if not behind:
+                return None
+            rescored = rescore(model, {a.customer_id: a for a in behind}, {}, now, self._shadow)
+            suppressed = self._writer.store(conn, rescored.assignments, Cause.MODEL)
+            set_due(conn, rescored.due)
+            if suppressed:
+                forget(conn, sorted(suppressed))
+        REFRESHED.labels(Cause.MODEL.value).inc(len(behind))
+        return len(behind), behind[-1].customer_id
+
+    def _rescore_features(self, model: SegmentModel, after: str) -> tuple[int, int, str] | None:
+        """(re-scored, unscorable, last id) of one chunk of customers known from the features
+        sent to them; None: no more."""
+        now = self._clock.now()
+        with self._store.transaction("refresh", writing=True) as conn:
+            if not _is_active(conn, model):
+                return None
+            with_activity = not follows_purchases(model)
+            # looked for first without the membership lock: when nobody is behind (nearly
+            # always) a round must not stop every writer of the fleet, even for a moment
+            if not features_behind(conn, model.version, after, 1, with_activity=with_activity):
+                return None
+            # then under it: no writer changes these memberships while they are re-scored
+            lock_memberships(conn)
+            behind = features_behind(
+                conn, model.version, after, self.chunk, with_activity=with_activity
+            )
+            if not behind:
+                return None
+            valid = scorable(model, [{"customer_id": c, "features": f} for c, f in behind])
+            scored = 0
+            if valid is not None:
+                batch = score(model, valid, None, mode="batch", now=now, shadow=self._shadow)
+                self._writer.store(conn, batch, Cause.MODEL)
+                scored = len(batch)
+        REFRESHED.labels(Cause.MODEL.value).inc(scored)
+        return scored, len(behind) - scored, behind[-1][0]
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="refresher")
@@ -125,3 +220,10 @@ class Refresher:
                     log.info("re-scored %d customers whose segment time changed", refreshed)
             # rounds start every `every_seconds`: a long round shortens the wait after it
             await asyncio.sleep(max(0.0, self.every_seconds - (time.monotonic() - started)))
+
+
+def _is_active(conn: Connection, model: SegmentModel) -> bool:
+    """Whether `model` is the registry's active version: a worker whose watcher has not yet
+    swapped in a new activation must not re-score with the model it replaced."""
+    active = registry_store.served(conn).active
+    return active is None or active[0] == model.version

@@ -241,12 +241,15 @@ _SET_DUE = text(
 )
 
 
-def claim_due(conn: Connection, now: datetime, limit: int) -> list[tuple[Activity, Cause]]:
+def claim_due(
+    conn: Connection, now: datetime, limit: int, active_version: str
+) -> list[tuple[Activity, Cause]]:
     """Up to `limit` customers due at `now`, most overdue first, locked to this transaction,
-    with why each is due (time, unless bulk-loaded behaviour or a model switch marked them).
-    Rows another transaction holds are skipped, not waited for: refreshers in every worker and
-    replica share the due customers without a leader, and a crashed one's rows are due again
-    the moment its transaction rolls back."""
+    with why each is due: bulk-loaded behaviour (the cause marked), a membership another model
+    made (model), else time. Rows another transaction holds are skipped, not waited for:
+    refreshers in every worker and replica share the due customers without a leader, and a
+    crashed one's rows are due again the moment its transaction rolls back."""
+    memberships = customer_activity.metadata.tables["memberships"]
     query = (
         select(
             customer_activity.c.customer_id,
@@ -255,16 +258,24 @@ def claim_due(conn: Connection, now: datetime, limit: int) -> list[tuple[Activit
             customer_activity.c.orders,
             customer_activity.c.spend,
             customer_activity.c.due_cause,
+            memberships.c.model_version,
         )
+        .outerjoin(memberships, memberships.c.customer_id == customer_activity.c.customer_id)
         .where(customer_activity.c.due_at <= now)
         .order_by(customer_activity.c.due_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=customer_activity, skip_locked=True)
     )
-    return [
-        (Activity(*row[:5]), Cause(row[5]) if row[5] is not None else Cause.TIME)
-        for row in conn.execute(query)
-    ]
+    claimed = []
+    for row in conn.execute(query):
+        if row.due_cause is not None:
+            cause = Cause(row.due_cause)
+        elif row.model_version is not None and row.model_version != active_version:
+            cause = Cause.MODEL
+        else:
+            cause = Cause.TIME
+        claimed.append((Activity(*row[:5]), cause))
+    return claimed
 
 
 def mark_due(

@@ -42,9 +42,16 @@ def upgrade() -> None:
     )
     op.drop_constraint(op.f("ck_membership_events_cause"), "membership_events", type_="check")
     op.create_check_constraint(op.f("ck_membership_events_cause"), "membership_events", _CAUSES)
+    op.create_index(
+        "ix_memberships_model_version_customer_id",
+        "memberships",
+        ["model_version", "customer_id"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_memberships_model_version_customer_id", table_name="memberships")
     op.execute("DELETE FROM membership_events WHERE cause IN ('time', 'model')")
     op.drop_constraint(op.f("ck_membership_events_cause"), "membership_events", type_="check")
     op.create_check_constraint(

@@ -239,7 +239,7 @@ _KILLED_MID_CHUNK = textwrap.dedent(
     model = SegmentModel.load(Path(model_dir))
     engine = create_engine(url)
     with engine.begin() as conn:
-        due = claim_due(conn, now, 50)
+        due = claim_due(conn, now, 50, model.version)
         rescored = rescore(model, {a.customer_id: a for a, _ in due}, {}, now,
                            ShadowScorer(ModelHolder(model), 1.0))
         store_batch(conn, rescored.assignments, IdHasher("test"), Cause.TIME)
