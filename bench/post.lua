@@ -4,6 +4,9 @@ local file = assert(io.open(os.getenv("BODY_FILE"), "r"))
 local template = file:read("*a")
 file:close()
 local vary = os.getenv("VARY_ID") == "1"
+-- RUN_ID is new for every wrk run: wrk's Lua starts each run with the same random sequence, so
+-- without it a run would resend an earlier run's ids (retries, not new customers or events)
+local run = os.getenv("RUN_ID") or ""
 local counter = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -12,7 +15,7 @@ wrk.body = template
 request = function()
   if vary then
     counter = counter + 1
-    local body = template:gsub("__ID__", tostring(counter) .. "-" .. tostring(math.random(1, 1000000000)))
+    local body = template:gsub("__ID__", run .. tostring(counter) .. "-" .. tostring(math.random(1, 1000000000)))
     return wrk.format(nil, nil, nil, body)
   end
   return wrk.format(nil, nil, nil, template)

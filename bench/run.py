@@ -149,7 +149,11 @@ def wrk(url: str, connections: int, duration: int, body_file: Path | None, vary_
     env = dict(os.environ)
     if body_file is not None:
         command += ["-s", str(ROOT / "bench" / "post.lua")]
-        env |= {"BODY_FILE": str(body_file), "VARY_ID": "1" if vary_id else "0"}
+        env |= {
+            "BODY_FILE": str(body_file),
+            "VARY_ID": "1" if vary_id else "0",
+            "RUN_ID": uuid.uuid4().hex[:8],
+        }
     output = subprocess.run(
         [*command, url], env=env, capture_output=True, text=True, check=True
     ).stdout

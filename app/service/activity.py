@@ -10,14 +10,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
+
 from app.audience.profile import CustomerProfile
 from app.lifecycle.shadow import ShadowScorer
 from app.scoring.horizon import days_until_change
 from app.scoring.model import SegmentModel
 from app.scoring.validation import ValidBatch
-from app.service.assignments import score
+from app.service.assignments import AssignmentWriter, score
 from app.store.assignments import AssignmentBatch
-from app.store.events import Activity
+from app.store.events import Activity, set_due
+from app.store.tables import Cause
 from app.training.rfm import RFM_FEATURES, rfm_features
 
 EMPTY = AssignmentBatch([], [], [], [], [], [], [], [])
@@ -34,6 +37,15 @@ class Rescored:
     # for every customer given: when their segment next changes with time alone (None: never,
     # or not scored because their features are outside the model's ranges)
     due: dict[str, datetime | None]
+
+    def store(self, conn: Connection, writer: AssignmentWriter, cause: Cause) -> set[str]:
+        """Store the assignments with their customers' due times (one statement), and the due
+        times of customers not scored; returns the erased customers' ids."""
+        suppressed = writer.store(conn, self.assignments, cause, self.due)
+        scored = set(self.assignments.customer_ids)
+        if unscored := {c: d for c, d in self.due.items() if c not in scored}:
+            set_due(conn, unscored)
+        return suppressed
 
 
 def rescore(

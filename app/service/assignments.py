@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -66,10 +66,15 @@ class AssignmentWriter:
         return erased_among(conn, customer_ids, self._id_hash)
 
     def store(
-        self, conn: Connection, batch: AssignmentBatch, cause: Cause = Cause.ASSIGNMENT
+        self,
+        conn: Connection,
+        batch: AssignmentBatch,
+        cause: Cause = Cause.ASSIGNMENT,
+        due: Mapping[str, datetime | None] | None = None,
     ) -> set[str]:
-        """Store the batch in the caller's transaction; returns the erased customers' ids."""
-        suppressed = set(store_batch(conn, batch, self._id_hash, cause))
+        """Store the batch in the caller's transaction (with the customers' due times, when
+        scored from aggregates); returns the erased customers' ids."""
+        suppressed = set(store_batch(conn, batch, self._id_hash, cause, due))
         if suppressed:
             SUPPRESSED_ASSIGNMENTS.inc(sum(1 for c in batch.customer_ids if c in suppressed))
         return suppressed

@@ -47,13 +47,14 @@ class AudienceExport:
 
     segment: str
     purpose: Purpose
+    model_version: str  # the model whose segment it is
     feed_cursor: str
     chunks: Iterator[list[MemberRow]]
     _conn: Connection
 
     def size(self) -> int:
         """How many members the snapshot holds (a count query; call it before iterating)."""
-        return audiences.audience_size(self._conn, self.segment, self.purpose)
+        return audiences.audience_size(self._conn, self.segment, self.purpose, self.model_version)
 
 
 class AudienceService:
@@ -72,12 +73,14 @@ class AudienceService:
     def members(
         self, segment_key: str, purpose: Purpose, cursor: str | None, limit: int
     ) -> MembersPage:
-        """A page of the purpose's audience of the segment, in customer-id order."""
+        """A page of the purpose's audience of the served model's segment, in customer-id
+        order: the customers that model put in it."""
         self._check_segment(segment_key)
         after = decode_members_cursor(cursor) if cursor else None
+        version = self.models.model.version
         with self._store.transaction("lookup") as conn:
             # one extra row tells whether another page follows, without a count query
-            rows = audiences.segment_members(conn, segment_key, purpose, after, limit + 1)
+            rows = audiences.segment_members(conn, segment_key, purpose, version, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return MembersPage(
@@ -94,6 +97,7 @@ class AudienceService:
         position agree) stay open while the caller iterates; at most `max_exports` at once,
         more are TooManyExports, so slow readers cannot take every connection."""
         self._check_segment(segment_key)
+        version = self.models.model.version
         with self._slots:
             if self._open_exports >= self._max_exports:
                 raise TooManyExports(self._max_exports)
@@ -102,9 +106,11 @@ class AudienceService:
             with self._store.transaction("export") as conn:
                 audiences.begin_snapshot(conn)
                 position = audiences.feed_position(conn)
-                chunks = audiences.stream_members(conn, segment_key, purpose, chunk)
+                chunks = audiences.stream_members(conn, segment_key, purpose, version, chunk)
                 try:
-                    yield AudienceExport(segment_key, purpose, feed_cursor(position), chunks, conn)
+                    yield AudienceExport(
+                        segment_key, purpose, version, feed_cursor(position), chunks, conn
+                    )
                 finally:
                     # closed here, on this connection, before it goes back to the pool: left to
                     # the garbage collector, its CLOSE could hit another request's transaction

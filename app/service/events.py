@@ -29,9 +29,10 @@ from app.service.assignments import AssignmentWriter, count_assignments
 from app.service.event_input import parse_events
 from app.service.store import Store
 from app.store.assignments import AssignmentBatch, AssignmentRow
-from app.store.events import Activity, PurchaseRow, activity_of, forget, record_events, set_due
+from app.store.events import Activity, PurchaseRow, activity_of, forget, record_events
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_assignments
+from app.store.tables import Cause
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,15 @@ class EventWriter:
         customers = list(dict.fromkeys(row.customer_id for row in rows))
         profiles = _profiles(batches, first)
         with self._store.transaction("events", writing=True) as conn:
-            stored = record_events(conn, rows, now)
+            stored, activity = record_events(conn, rows, now)
             changed = {
                 row.customer_id
                 for row in rows
                 if row.event_id in stored and (row.counted or row.customer_id in profiles)
             }
-            activity = activity_of(conn, customers)
+            # customers changed without growing (new consent or identifiers only): read theirs
+            if missing := sorted(changed - activity.keys()):
+                activity |= activity_of(conn, missing)
             rescored = rescore(
                 model,
                 {c: a for c, a in activity.items() if c in changed},
@@ -98,8 +101,7 @@ class EventWriter:
                 self._shadow,
             )
             scored = rescored.assignments
-            suppressed = self._assignments.store(conn, scored)
-            set_due(conn, rescored.due)
+            suppressed = rescored.store(conn, self._assignments, Cause.ASSIGNMENT)
             # customers with new events but nothing scored (returns, no purchase yet) are
             # checked too: an erased customer's events are never kept
             unscored = {r.customer_id for r in rows if r.event_id in stored} - set(
@@ -109,7 +111,8 @@ class EventWriter:
                 suppressed |= self._assignments.erased_among(conn, sorted(unscored))
             if suppressed:
                 forget(conn, sorted(suppressed))
-            answers = current_assignments(conn, [c for c in customers if c not in changed])
+            unchanged = [c for c in customers if c not in changed]
+            answers = current_assignments(conn, unchanged) if unchanged else {}
         scored = _without(scored, suppressed)
         count_assignments(scored)
         answers |= {c: scored.row(i) for i, c in enumerate(scored.customer_ids)}

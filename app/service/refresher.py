@@ -40,7 +40,7 @@ from app.service.assignments import AssignmentWriter, score
 from app.service.store import Store
 from app.store import registry as registry_store
 from app.store.assignments import lock_memberships
-from app.store.events import Activity, claim_due, forget, set_due
+from app.store.events import Activity, claim_due, forget
 from app.store.rescoring import claim_activity_behind, features_behind, memberships_behind
 from app.store.tables import Cause
 
@@ -115,8 +115,7 @@ class Refresher:
             suppressed: set[str] = set()
             for cause, activity_of_due in by_cause.items():
                 rescored = rescore(model, activity_of_due, {}, now, self._shadow)
-                suppressed |= self._writer.store(conn, rescored.assignments, cause)
-                set_due(conn, rescored.due)
+                suppressed |= rescored.store(conn, self._writer, cause)
                 REFRESHED.labels(cause.value).inc(len(activity_of_due))
             if suppressed:  # erased meanwhile: nothing of theirs may stay
                 forget(conn, sorted(suppressed))
@@ -156,8 +155,7 @@ class Refresher:
             if not behind:
                 return None
             rescored = rescore(model, {a.customer_id: a for a in behind}, {}, now, self._shadow)
-            suppressed = self._writer.store(conn, rescored.assignments, Cause.MODEL)
-            set_due(conn, rescored.due)
+            suppressed = rescored.store(conn, self._writer, Cause.MODEL)
             if suppressed:
                 forget(conn, sorted(suppressed))
         REFRESHED.labels(Cause.MODEL.value).inc(len(behind))

@@ -7,13 +7,13 @@ Functions take a Connection inside the caller's transaction and never commit the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, Table, func, select, text
+from sqlalchemy import Connection, Table, text
 
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
 from app.store.copying import copy_in, copy_text
@@ -147,25 +147,36 @@ class AssignmentBatch:
 
 
 def store_batch(
-    conn: Connection, batch: AssignmentBatch, id_hash: IdHash, cause: Cause = Cause.ASSIGNMENT
+    conn: Connection,
+    batch: AssignmentBatch,
+    id_hash: IdHash,
+    cause: Cause = Cause.ASSIGNMENT,
+    due: Mapping[str, datetime | None] | None = None,
 ) -> list[str]:
     """Append every assignment to the history and update each customer's membership, except for
     customers with an erasure tombstone (their rows are dropped). Moves to another segment are
-    feed events with `cause` (an assignment, time passing, a model switch). Returns the erased
+    feed events with `cause` (an assignment, time passing, a model switch). With `due` (every
+    customer of the batch: scored from their purchase aggregates), each one's next due time is
+    recorded by the same statement (app.store.events.set_due's rule). Returns the erased
     customers' ids."""
     if not len(batch):
         return []
     members = batch.latest_memberships()
     for member in members:
         member["id_hash"] = id_hash(member["customer_id"])
+    if due is not None:
+        for member in members:
+            moment = due[member["customer_id"]]
+            member["due_at"] = moment.isoformat() if moment is not None else None
     _copy_history(conn, batch)
     # Held to the commit: event ids are handed out in commit order, which is what lets a feed
     # reader page by id without missing an event a slower transaction commits later. The
     # history COPY above stays concurrent; only this merge is serialised.
     lock_memberships(conn)
+    statement = _MERGE_MEMBERSHIPS if due is None else _MERGE_MEMBERSHIPS_AND_DUE
     return list(
         conn.execute(
-            _MERGE_MEMBERSHIPS, {"rows": orjson.dumps(members).decode(), "cause": cause.value}
+            statement, {"rows": orjson.dumps(members).decode(), "cause": cause.value}
         ).scalars()
     )
 
@@ -175,6 +186,15 @@ def store_batch(
 # built in one pass (orjson for the JSON): psycopg's per-value adaptation of 10,000-row arrays
 # cost more than the database's own work.
 _COPY_HISTORY = f"COPY assignments ({', '.join(HISTORY_COLUMNS)}) FROM STDIN"
+SMALL_BATCH = 64
+_INSERT_HISTORY = text(
+    f"""
+    INSERT INTO assignments ({", ".join(HISTORY_COLUMNS)})
+    SELECT {", ".join(HISTORY_COLUMNS)} FROM json_to_recordset(CAST(:rows AS json)) AS rows(
+        customer_id varchar, segment_id integer, segment_key varchar, model_version varchar,
+        distance float8, confidence float8, features json, assigned_at timestamptz)
+    """  # noqa: S608 - constant table and column names; the rows are one bound parameter
+)
 _INCOMING_COLUMNS = """customer_id varchar, segment_id integer, segment_key varchar,
     model_version varchar, distance float8, confidence float8, assigned_at timestamptz,
     email_sha256 varchar, phone_sha256 varchar, phone_digits_sha256 varchar,
@@ -193,6 +213,8 @@ _MEMBERSHIP_UPDATE = ",\n".join(
     # withdrawal must never be lost); a flag or hash not sent keeps the one sent before
     + [f"{c} = COALESCE(excluded.{c}, memberships.{c})" for c in PROFILE_COLUMNS]
 )
+
+
 # One statement, run holding MEMBERSHIP_LOCK:
 # - customers with a tombstone are dropped, and the history this transaction copied for them
 #   is deleted again (checked under the lock that erasure takes too, so an erasure either
@@ -207,10 +229,24 @@ _MEMBERSHIP_UPDATE = ",\n".join(
 #   assignment and consent events.
 # Data-modifying CTEs all see the statement's starting snapshot, so `before` is the state the
 # upsert changed.
-_MERGE_MEMBERSHIPS = text(
-    f"""
+def _merge_memberships(with_due: bool) -> str:
+    columns = _INCOMING_COLUMNS + (", due_at timestamptz" if with_due else "")
+    # the customers' aggregates' due times, set in the same statement (their rows are locked
+    # already: by the event writer's insert, or the refresher's claim)
+    due_update = (
+        """,
+    due AS (
+        UPDATE customer_activity AS a SET due_at = i.due_at, due_cause = NULL
+        FROM incoming AS i
+        WHERE a.customer_id = i.customer_id
+          AND i.customer_id NOT IN (SELECT customer_id FROM suppressed)
+    )"""
+        if with_due
+        else ""
+    )
+    return f"""
     WITH incoming AS (
-        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS rows({_INCOMING_COLUMNS})
+        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS rows({columns})
     ),
     suppressed AS (
         SELECT incoming.customer_id FROM incoming JOIN erasure_tombstones USING (id_hash)
@@ -276,15 +312,24 @@ _MERGE_MEMBERSHIPS = text(
         FROM moves WHERE NOT stayed AND (advertising OR personalization)
     ) AS changes
     ORDER BY customer_id, position
-    )
+    ){due_update}
     SELECT customer_id FROM suppressed
     """  # noqa: S608 - constant table and column names; the rows are one bound parameter
-)
+
+
+_MERGE_MEMBERSHIPS = text(_merge_memberships(with_due=False))
+_MERGE_MEMBERSHIPS_AND_DUE = text(_merge_memberships(with_due=True))
 # Any constant: the key of the lock that makes membership changes commit in event-id order.
 MEMBERSHIP_LOCK = 7_291_104_416
 
 
 def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:
+    if len(batch) <= SMALL_BATCH:
+        # a few rows (single requests committed together, a refresher's small chunk): one
+        # INSERT costs less than setting up a COPY (measured: py-spy, single events at c=16)
+        rows = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
+        conn.execute(_INSERT_HISTORY, {"rows": orjson.dumps(rows).decode()})
+        return
     stamps = {moment: moment.isoformat() for moment in set(batch.assigned_at)}
     history = "".join(
         f"{copy_text(c)}\t{i}\t{k}\t{v}\t{d!r}\t{f!r}\t{copy_text(orjson.dumps(x).decode())}\t{stamps[t]}\n"
@@ -295,4 +340,8 @@ def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:
 
 def lock_memberships(conn: Connection) -> None:
     """The lock membership merges (and erasures) hold to their commit."""
-    conn.execute(select(func.pg_advisory_xact_lock(MEMBERSHIP_LOCK)))
+    # driver SQL: taken once per write, SQLAlchemy's statement handling cost more than the call
+    conn.exec_driver_sql(_LOCK)
+
+
+_LOCK = f"SELECT pg_advisory_xact_lock({MEMBERSHIP_LOCK})"

@@ -61,8 +61,12 @@ def begin_snapshot(conn: Connection) -> None:
     conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = '60s'")
 
 
-def audience_size(conn: Connection, segment_key: str, purpose: Purpose) -> int:
-    query = select(func.count()).select_from(memberships).where(_audience(segment_key, purpose))
+def audience_size(conn: Connection, segment_key: str, purpose: Purpose, model_version: str) -> int:
+    query = (
+        select(func.count())
+        .select_from(memberships)
+        .where(_audience(segment_key, purpose, model_version))
+    )
     return int(conn.execute(query).scalar_one())
 
 
@@ -74,18 +78,29 @@ def feed_position(conn: Connection) -> int:
     )
 
 
-def _audience(segment_key: str, purpose: Purpose) -> Any:
-    """The memberships in a purpose's audience of the segment: the generated consent column."""
+def _audience(segment_key: str, purpose: Purpose, model_version: str) -> Any:
+    """The memberships in a purpose's audience of the model's segment: the generated consent
+    column, and only memberships that model made (after a model switch, customers not yet
+    re-scored are in no audience of the new model: a key of the old one is not the new one's)."""
     # `= true`, not IS TRUE: PostgreSQL then uses the partial index of advertising members
-    return (memberships.c.segment_key == segment_key) & (memberships.c[purpose.value] == true())
+    return (
+        (memberships.c.segment_key == segment_key)
+        & (memberships.c[purpose.value] == true())
+        & (memberships.c.model_version == model_version)
+    )
 
 
 def segment_members(
-    conn: Connection, segment_key: str, purpose: Purpose, after: str | None, limit: int
+    conn: Connection,
+    segment_key: str,
+    purpose: Purpose,
+    model_version: str,
+    after: str | None,
+    limit: int,
 ) -> list[MemberRow]:
     """Members of a purpose's audience of the segment, in id order, after `after` (keyset paging)."""
     query = select(*(memberships.c[name] for name in MEMBER_COLUMNS)).where(
-        _audience(segment_key, purpose)
+        _audience(segment_key, purpose, model_version)
     )
     if after is not None:
         query = query.where(memberships.c.customer_id > after)
@@ -94,13 +109,13 @@ def segment_members(
 
 
 def stream_members(
-    conn: Connection, segment_key: str, purpose: Purpose, chunk: int
+    conn: Connection, segment_key: str, purpose: Purpose, model_version: str, chunk: int
 ) -> Generator[list[MemberRow], None, None]:
     """The whole audience in id order, `chunk` rows at a time, in constant memory: PostgreSQL
     hands rows over through a server-side cursor (psycopg's named cursor)."""
     query = (
         select(*(memberships.c[name] for name in MEMBER_COLUMNS))
-        .where(_audience(segment_key, purpose))
+        .where(_audience(segment_key, purpose, model_version))
         .order_by(memberships.c.customer_id)
     )
     # yield_per: stream_results (a named cursor on psycopg) fetching `chunk` rows at a time

@@ -114,7 +114,7 @@ def _record(source: str, *, mark_due: bool, answer: str) -> str:
             orders = customer_activity.orders + excluded.orders,
             spend = customer_activity.spend + excluded.spend,
             updated_at = excluded.updated_at{due_updates}
-        RETURNING customer_id
+        RETURNING customer_id, first_purchase_at, last_purchase_at, orders, spend
     )
     {answer}
     """  # noqa: S608 - constant table and column names; the rows are bound or COPYed
@@ -125,7 +125,13 @@ _RECORD = text(
     _record(
         f"json_to_recordset(CAST(:rows AS json)) AS rows({_INCOMING})",
         mark_due=False,
-        answer="SELECT event_id FROM stored",
+        # the ids stored now, then the grown customers' new aggregates: no second read
+        answer="""SELECT event_id, NULL::varchar AS customer_id, NULL::timestamptz AS first,
+                  NULL::timestamptz AS last, NULL::integer AS orders, NULL::numeric AS spend
+           FROM stored
+           UNION ALL
+           SELECT NULL, customer_id, first_purchase_at, last_purchase_at, orders, spend
+           FROM grown""",
     )
 )
 # events loaded in bulk (COPY into STAGING first): counts, not ids
@@ -139,11 +145,14 @@ _RECORD_STAGED = text(
 )
 
 
-def record_events(conn: Connection, rows: Sequence[PurchaseRow], now: datetime) -> set[str]:
+def record_events(
+    conn: Connection, rows: Sequence[PurchaseRow], now: datetime
+) -> tuple[set[str], dict[str, Activity]]:
     """Store the events (each event id once) and grow their customers' aggregates; returns the
-    ids of the events stored now (the others were stored before: retries)."""
+    ids of the events stored now (the others were stored before: retries) and the new
+    aggregates of the customers they grew."""
     if not rows:
-        return set()
+        return set(), {}
     payload = orjson.dumps(
         [
             {
@@ -161,8 +170,14 @@ def record_events(conn: Connection, rows: Sequence[PurchaseRow], now: datetime) 
             for r in rows
         ]
     ).decode()
-    stored = conn.execute(_RECORD, {"rows": payload, "now": now.isoformat()}).scalars()
-    return set(stored)
+    stored: set[str] = set()
+    grown: dict[str, Activity] = {}
+    for row in conn.execute(_RECORD, {"rows": payload, "now": now.isoformat()}):
+        if row[0] is not None:
+            stored.add(row[0])
+        else:
+            grown[row[1]] = Activity(*row[1:])
+    return stored, grown
 
 
 def create_staging(conn: Connection) -> None:

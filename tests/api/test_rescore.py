@@ -193,6 +193,9 @@ def test_activation_re_segments_every_customer_resumably_and_reads_never_mix_mod
     assert answer["model_version"] == "test-rfm-k4"
     assert answer["segment"]["name"] == k4.segment_names[answer["segment"]["key"]]
 
+    # and no audience of the new model lists a customer the old one segmented
+    assert audience_sizes(shop) == {}
+
     # a re-score is killed mid-chunk, holding rows it had already scored and stored
     with subprocess.Popen(
         [
@@ -238,6 +241,17 @@ def test_activation_re_segments_every_customer_resumably_and_reads_never_mix_mod
     assert metric_value(shop.get("/metrics").text, "segment_rescore_behind") == 0
     answer = shop.get(f"/v1/customers/{customer}/segment").json()
     assert answer["model_version"] == "test-rfm-k5"
+    assert sum(audience_sizes(shop).values()) == WITH_EVENTS + FROM_FEATURES
+
+
+def audience_sizes(client: TestClient) -> dict[str, int]:
+    """Members of each of the served model's segments (personalization), those with any."""
+    sizes = {}
+    for segment in client.get("/v1/segments").json()["segments"]:
+        page = client.get(f"/v1/segments/{segment['key']}/members?limit=1000").json()
+        if page["members"]:
+            sizes[segment["key"]] = len(page["members"])
+    return sizes
 
 
 def test_segments_rescore_does_it_by_hand(
