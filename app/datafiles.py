@@ -79,8 +79,10 @@ def sha256_of(path: Path) -> str:
 
 
 def normalise_ids(values: pd.Series) -> pd.Series:
-    """Customer ids as clean text: '17850.0' (a float-typed export of an integer id) becomes '17850'."""
-    text = values.astype("string").str.strip()
+    """Customer ids as clean text: '17850.0' (a float-typed export of an integer id) becomes
+    '17850', and every id is in Unicode NFC, as the service stores ids
+    (app.scoring.validation.canonical_id)."""
+    text = values.astype("string").str.strip().str.normalize("NFC")
     return text.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
 
 

@@ -19,6 +19,40 @@ class Problem:
     problem: str
 
 
+# One answer lists at most this many problems and counts the rest: a body with a million bad
+# fields must not become a million objects and a 100 MB answer (issue 13)
+MAX_PROBLEMS = 100
+# a location names fields the caller wrote; longer ones are cut, never echoed whole
+MAX_LOC = 200
+
+
+class Problems(list[Problem]):
+    """Problems as they are found: the first MAX_PROBLEMS kept, the others only counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unlisted = 0
+
+    def append(self, problem: Problem) -> None:
+        if len(self) < MAX_PROBLEMS:
+            super().append(problem)
+        else:
+            self.unlisted += 1
+
+    def extend(self, problems: Iterable[Problem]) -> None:
+        for problem in problems:
+            self.append(problem)
+        self.unlisted += getattr(problems, "unlisted", 0)
+
+    def __iadd__(self, problems: Iterable[Problem]) -> Problems:  # type: ignore[override,misc]
+        self.extend(problems)
+        return self
+
+    @property
+    def total(self) -> int:
+        return len(self) + self.unlisted
+
+
 @dataclass
 class AppError(Exception):
     """A failure the client can act on: rendered as {"error": {code, message, details}}."""
@@ -238,11 +272,21 @@ class PurposeForbidden(AppError):
 
 
 def error_body(code: str, message: str, details: Iterable[Problem] = ()) -> dict[str, Any]:
-    """The contract's error body."""
-    return {
-        "error": {
-            "code": code,
-            "message": message,
-            "details": [{"loc": d.loc, "problem": d.problem} for d in details],
-        }
-    }
+    """The contract's error body: at most MAX_PROBLEMS details, then one saying how many more."""
+    listed: list[dict[str, str]] = []
+    unlisted = getattr(details, "unlisted", 0)
+    for detail in details:
+        if len(listed) == MAX_PROBLEMS:
+            unlisted += 1
+            continue
+        loc = detail.loc if len(detail.loc) <= MAX_LOC else detail.loc[:MAX_LOC] + "…"
+        listed.append({"loc": loc, "problem": detail.problem})
+    if unlisted:
+        listed.append(
+            {
+                "loc": "body",
+                "problem": f"and {unlisted:,} more problems not listed: fix the ones above, "
+                "they are likely the same kind, and send it again",
+            }
+        )
+    return {"error": {"code": code, "message": message, "details": listed}}

@@ -88,6 +88,16 @@ def ndjson_lines(segment: str, identifiers: Identifiers) -> Callable[[list[Membe
     return render
 
 
+# OWASP's CSV injection advice: a cell starting with one of these is read as a formula by
+# spreadsheets (=HYPERLINK(…), +cmd|…); prefixed with an apostrophe it is shown as text
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """`value` as a CSV cell no spreadsheet runs as a formula."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def csv_header(identifiers: Identifiers) -> list[str]:
     header = ["customer_id", "segment", "entered_at"]
     return header + (
@@ -101,7 +111,7 @@ def csv_lines(segment: str, identifiers: Identifiers) -> Callable[[list[MemberRo
         writer = csv.writer(out, lineterminator="\n")  # quotes ids holding commas or quotes
         for m in members:
             writer.writerow(
-                [m.customer_id, segment, _timestamp(m)]
+                [spreadsheet_text(m.customer_id), segment, _timestamp(m)]
                 + [v or "" for v in member_fields(m, identifiers).values()]
             )
         return out.getvalue().encode()

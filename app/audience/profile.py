@@ -13,7 +13,7 @@ from typing import Any
 
 from app.audience.consent import Purpose
 from app.audience.identifiers import IdentifierError, email_sha256, phone_hashes
-from app.errors import Problem
+from app.errors import Problem, Problems
 
 PROFILE_FIELDS = frozenset({"email", "phone", "consent"})
 CUSTOMER_FIELDS = frozenset({"customer_id", "features"})
@@ -75,7 +75,7 @@ def split_profiles(
         return list(customers), None, []  # the common case: features only
     stripped: list[Any] = []
     profiles: list[CustomerProfile | None] = []
-    problems: list[Problem] = []
+    problems = Problems()
     for i, customer in enumerate(customers):
         if not isinstance(customer, Mapping) or not customer.keys() & PROFILE_FIELDS:
             stripped.append(customer)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -136,3 +136,19 @@ def engine_of(settings: Settings) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+# The columns of a transactions file: `segments train transactions` and `segments ingest
+# transactions` read the same files the same way (app.training.rfm.TransactionColumns).
+CustomerColumn = Annotated[str, typer.Option("--customer", help="customer id column")]
+TimeColumn = Annotated[
+    str, typer.Option("--time", help="transaction timestamp column (no zone: UTC)")
+]
+AmountColumn = Annotated[
+    str | None, typer.Option("--amount", help="spend column (or --quantity and --price)")
+]
+QuantityColumn = Annotated[str | None, typer.Option("--quantity")]
+PriceColumn = Annotated[str | None, typer.Option("--price")]
+InvoiceColumn = Annotated[
+    str | None, typer.Option("--invoice", help="order id column; 'C…' ids are cancellations")
+]

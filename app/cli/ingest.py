@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import err, fail, progress_bar
+from app.cli.common import (
+    AmountColumn,
+    CustomerColumn,
+    InvoiceColumn,
+    PriceColumn,
+    QuantityColumn,
+    TimeColumn,
+    err,
+    fail,
+    progress_bar,
+)
 from app.cli.rescore import live_store
 
 ingest_cli = typer.Typer(
@@ -24,18 +34,12 @@ def ingest_transactions(
             help="CSV (comma, semicolon, tab or pipe separated; optionally .gz) or Parquet"
         ),
     ],
-    customer: Annotated[str, typer.Option("--customer", help="customer id column")],
-    time: Annotated[
-        str, typer.Option("--time", help="transaction timestamp column (no zone: UTC)")
-    ],
-    amount: Annotated[
-        str | None, typer.Option("--amount", help="spend column (or --quantity and --price)")
-    ] = None,
-    quantity: Annotated[str | None, typer.Option("--quantity")] = None,
-    price: Annotated[str | None, typer.Option("--price")] = None,
-    invoice: Annotated[
-        str | None, typer.Option("--invoice", help="order id column; 'C…' ids are cancellations")
-    ] = None,
+    customer: CustomerColumn,
+    time: TimeColumn,
+    amount: AmountColumn = None,
+    quantity: QuantityColumn = None,
+    price: PriceColumn = None,
+    invoice: InvoiceColumn = None,
     currency: Annotated[
         str | None,
         typer.Option("--currency", help="ISO 4217 code of the amounts; must be the model's"),

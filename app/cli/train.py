@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from app.cli.common import database, err, errors_as_messages, load_settings
+from app.cli.common import (
+    AmountColumn,
+    CustomerColumn,
+    InvoiceColumn,
+    PriceColumn,
+    QuantityColumn,
+    TimeColumn,
+    database,
+    err,
+    errors_as_messages,
+    load_settings,
+)
 from app.settings import DEFAULT_MODELS_DIR
 
 if TYPE_CHECKING:
@@ -79,16 +90,12 @@ def _previous(reference: str | None) -> SegmentModel | None:
 @train_cli.command("transactions")
 def train_transactions(
     file: Annotated[Path, typer.Argument(help="CSV (optionally .gz) or Parquet of transactions")],
-    customer: Annotated[str, typer.Option("--customer", help="customer id column")],
-    time: Annotated[str, typer.Option("--time", help="transaction timestamp column")],
-    amount: Annotated[
-        str | None, typer.Option("--amount", help="spend column (or --quantity and --price)")
-    ] = None,
-    quantity: Annotated[str | None, typer.Option("--quantity")] = None,
-    price: Annotated[str | None, typer.Option("--price")] = None,
-    invoice: Annotated[
-        str | None, typer.Option("--invoice", help="order id column; 'C…' ids are cancellations")
-    ] = None,
+    customer: CustomerColumn,
+    time: TimeColumn,
+    amount: AmountColumn = None,
+    quantity: QuantityColumn = None,
+    price: PriceColumn = None,
+    invoice: InvoiceColumn = None,
     as_of: Annotated[
         str | None,
         typer.Option(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from app.errors import InvalidFeatures, Problem
+from app.errors import InvalidFeatures, Problem, Problems
 from app.scoring.manifest import FeatureSpec
 
 FeatureValue = float | str
@@ -37,21 +38,49 @@ class ValidBatch:
     features: list[dict[str, Any]]  # each customer's features as sent (validated), for storage
 
 
+# Beyond ASCII, the Unicode categories an id may not hold: controls (C1 too), format characters
+# (invisible: zero-width, bidirectional overrides, the BOM), surrogates, and line and paragraph
+# separators; of the space separators only the plain space, the others look like it and are not
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ID_RULE = (
+    f"must be 1 to {CUSTOMER_ID_MAX} characters with no '/', no control or invisible format "
+    "characters and no separators other than a plain space"
+)
+
+
+def canonical_id(value: str) -> str:
+    """The id as stored and compared: Unicode NFC, so a composed and a decomposed é name one
+    customer. ASCII ids (nearly all) are already canonical."""
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
+
+
 def customer_id_problem(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"must be a string of 1 to {CUSTOMER_ID_MAX} characters, got {type(value).__name__}"
-    if not _CUSTOMER_ID.fullmatch(value):
-        return f"must be 1 to {CUSTOMER_ID_MAX} characters with no '/' and no control characters"
+    if not _valid_id(value):
+        return _ID_RULE
     return None
 
 
-def require_customer_id(customer_id: str) -> None:
-    """Raise InvalidFeatures (422) naming `customer_id` if it is not a valid id."""
+def _valid_id(value: str) -> bool:
+    if value.isascii():
+        return _CUSTOMER_ID.fullmatch(value) is not None
+    value = unicodedata.normalize("NFC", value)
+    return _CUSTOMER_ID.fullmatch(value) is not None and not any(
+        unicodedata.category(c) in _REFUSED_CATEGORIES
+        or (c != " " and unicodedata.category(c) == "Zs")
+        for c in value
+    )
+
+
+def require_customer_id(customer_id: str) -> str:
+    """The id as stored (canonical_id); InvalidFeatures (422) naming `customer_id` if invalid."""
     problem = customer_id_problem(customer_id)
     if problem:
         raise InvalidFeatures(
             f"The customer id is invalid: it {problem}.", [Problem("customer_id", problem)]
         )
+    return canonical_id(customer_id)
 
 
 class SchemaValidator:
@@ -76,7 +105,7 @@ class SchemaValidator:
                     where, f"must be an object of the model's features ({', '.join(self.specs)})"
                 )
             ]
-        problems: list[Problem] = []
+        problems = Problems()
         for name, spec in self.specs.items():
             loc = f"{where}.{name}"
             if name not in features:
@@ -102,7 +131,7 @@ class SchemaValidator:
         batch = self._fast_path(customers)
         if batch is not None:
             return batch, []
-        problems: list[Problem] = []
+        problems = Problems()
         for i, customer in enumerate(customers):
             where = f"{prefix}[{i}]" if prefix else ""
             dot = f"{where}." if where else ""
@@ -139,7 +168,7 @@ class SchemaValidator:
                 return None
         except (TypeError, KeyError):
             return None
-        if not all(type(i) is str and _CUSTOMER_ID.fullmatch(i) for i in ids):
+        if not all(type(i) is str and _valid_id(i) for i in ids):
             return None
         names = self._names
         if not all(type(f) is dict and f.keys() == names for f in features):
@@ -170,7 +199,7 @@ class SchemaValidator:
             return None
         categorical = [[f[spec.name] for f in features] for spec in self.categorical]
         return ValidBatch(
-            [c["customer_id"] for c in customers],
+            [canonical_id(c["customer_id"]) for c in customers],
             np.ascontiguousarray(numeric),
             categorical,
             features,

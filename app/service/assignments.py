@@ -174,7 +174,7 @@ class AssignmentService:
         self, customer_id: str, purpose: Purpose = Purpose.PERSONALIZATION
     ) -> AssignmentRow:
         """The customer's current segment, if their consent puts them in `purpose`'s audiences."""
-        require_customer_id(customer_id)
+        customer_id = require_customer_id(customer_id)
         with self._store.transaction("lookup") as conn:
             membership = current_membership(conn, customer_id)
         if membership is None:
@@ -190,7 +190,7 @@ class AssignmentService:
         return membership.assignment
 
     def history(self, customer_id: str, limit: int) -> list[AssignmentRow]:
-        require_customer_id(customer_id)
+        customer_id = require_customer_id(customer_id)
         with self._store.transaction("lookup") as conn:
             rows = customer_history(conn, customer_id, limit)
         if not rows:
@@ -250,8 +250,11 @@ def _validate(model: SegmentModel, customers: Sequence[Any], *, prefix: str) -> 
     return valid
 
 
-def _bad_rows(problems: list[Problem]) -> int:
-    return len({p.loc.split("]")[0] for p in problems})  # customers[3].features… -> customers[3
+def _bad_rows(problems: list[Problem]) -> str:
+    """How many rows the problems name (customers[3].features… -> customers[3]); "or more"
+    when some problems were only counted, not kept (app.errors.Problems)."""
+    rows = len({p.loc.split("]")[0] for p in problems})
+    return f"{rows} or more" if getattr(problems, "unlisted", 0) else str(rows)
 
 
 def _invalid(what: str, problems: list[Problem]) -> InvalidFeatures:

@@ -10,17 +10,14 @@ coordinating.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from app.clock import Clock
 from app.errors import NotErased
 from app.scoring.validation import require_customer_id
+from app.service.periodic import Periodic
 from app.service.store import Store
 from app.store.assignments import IdHash
 from app.store.erasure import (
@@ -43,8 +40,7 @@ class ErasureService:
 
     def erase(self, customer_ids: Sequence[str], api_key: str) -> list[Erasure]:
         """Erase the customers and leave a tombstone for each (app.store.erasure.erase_customers)."""
-        for customer_id in customer_ids:
-            require_customer_id(customer_id)
+        customer_ids = [require_customer_id(customer_id) for customer_id in customer_ids]
         with self._store.transaction("erase", writing=True) as conn:
             return erase_customers(
                 conn, customer_ids, self._id_hash, api_key, self._clock.now(), self._notice_days
@@ -52,13 +48,13 @@ class ErasureService:
 
     def restore(self, customer_id: str, api_key: str) -> None:
         """Lift the customer's tombstone: their assignments are stored again from now on."""
-        require_customer_id(customer_id)
+        customer_id = require_customer_id(customer_id)
         with self._store.transaction("erase", writing=True) as conn:
             if not restore_customer(conn, customer_id, self._id_hash, api_key, self._clock.now()):
                 raise NotErased(customer_id)
 
     def audit(self, customer_id: str) -> list[dict[str, Any]]:
-        require_customer_id(customer_id)
+        customer_id = require_customer_id(customer_id)
         with self._store.transaction("lookup") as conn:
             return erasure_audit_rows(conn, customer_id, self._id_hash)
 
@@ -68,8 +64,10 @@ class NoticePruner:
         self.store = store
         self.clock = clock
         self.notice_days = notice_days
-        self.every_seconds = every_seconds
-        self._task: asyncio.Task[None] | None = None
+        # notices naming erased ids outlive their window while this fails: the runner says so
+        self._periodic = Periodic(
+            "notice-pruner", self.prune, every_seconds, "deleting expired erasure notices"
+        )
 
     def prune(self) -> int:
         """Delete the notices past their window now; how many went."""
@@ -77,31 +75,7 @@ class NoticePruner:
             return prune_erasure_notices(conn, self.clock.now(), self.notice_days)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="notice-pruner")
+        self._periodic.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        failing = False
-        while True:
-            try:
-                pruned = await asyncio.to_thread(self.prune)
-            except SQLAlchemyError as exc:
-                # notices naming erased ids outlive their window while this fails: say so once
-                # (not every round), and again when it works
-                if not failing:
-                    log.warning("cannot prune expired erasure notices, retrying: %s", exc)
-                failing = True
-            except Exception:  # the timer must outlive any one bad round
-                log.exception("pruning erasure notices failed")
-            else:
-                if failing:
-                    log.warning("pruning erasure notices works again")
-                failing = False
-                if pruned:
-                    log.info("deleted %d expired erasure notices", pruned)
-            await asyncio.sleep(self.every_seconds)
+        await self._periodic.close()

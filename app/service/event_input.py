@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.audience.profile import CustomerProfile, split_profiles
-from app.errors import BatchTooLarge, InvalidFeatures, Problem
-from app.scoring.validation import customer_id_problem
+from app.errors import BatchTooLarge, InvalidFeatures, Problem, Problems
+from app.scoring.validation import canonical_id, customer_id_problem
 from app.store.events import PurchaseRow
 from app.store.tables import EventType
 from app.training.rfm import exact_amount, is_purchase, order_key
@@ -46,7 +46,9 @@ def parse_events(
     events = _events_of(payload)
     if len(events) > max_batch:
         raise BatchTooLarge(len(events), max_batch, "events")
-    stripped, profiles, problems = split_profiles(events, "events", phone_region)
+    stripped, profiles, found_in_profiles = split_profiles(events, "events", phone_region)
+    problems = Problems()
+    problems += found_in_profiles
     rows: list[PurchaseRow] = []
     for index, event in enumerate(stripped):
         row, found = _row(event, f"events[{index}]", now, currency)
@@ -55,8 +57,9 @@ def parse_events(
             rows.append(row)
     if problems:
         bad = len({p.loc.split("]")[0] for p in problems})
+        counted = f"{bad}" if not problems.unlisted else f"{bad} or more"
         raise InvalidFeatures(
-            f"{bad} of the {len(events)} events are invalid; nothing was stored. Fix the fields "
+            f"{counted} of the {len(events)} events are invalid; nothing was stored. Fix the fields "
             "listed in details and resend.",
             problems,
         )
@@ -106,6 +109,8 @@ def _row(
 
     event_id = need("event_id", _id_problem)
     customer_id = need("customer_id", customer_id_problem)
+    if customer_id is not None:
+        customer_id = canonical_id(customer_id)
     occurred_at = _moment(event.get("occurred_at"), f"{where}.occurred_at", now, problems)
     amount = need("amount", _amount_problem)
     kind = need("type", _type_problem)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from app.clock import Clock
 from app.datafiles import TableError, iter_table, normalise_ids, sha256_of
-from app.scoring.validation import customer_id_problem
+from app.scoring.validation import canonical_id, customer_id_problem
 from app.service.event_input import CLOCK_SKEW
 from app.service.refresher import Refresher
 from app.service.store import Store
@@ -145,6 +145,7 @@ def _copy_payload(
         if reason is not None:
             report.dropped[reason] = report.dropped.get(reason, 0) + 1
             continue
+        customer = canonical_id(customer)
         if customer not in checked:
             problem = customer_id_problem(customer)
             if problem is not None:

@@ -20,23 +20,20 @@ a membership is never staler than that interval plus one round's work.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from app.clock import Clock
-from app.errors import StoreUnavailable
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.shadow import ShadowScorer
 from app.metrics.registry import REFRESH_DURATION, REFRESHED
 from app.scoring.model import SegmentModel
 from app.service.activity import follows_purchases, rescore, scorable
 from app.service.assignments import AssignmentWriter, score
+from app.service.periodic import Periodic
 from app.service.store import Store
 from app.store import registry as registry_store
 from app.store.assignments import lock_memberships
@@ -80,7 +77,9 @@ class Refresher:
         self.every_seconds = every_seconds
         self.chunk = chunk
         self.progress: RescoreProgress | None = None  # as of the end of the last round
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            "refresher", self.refresh_due, every_seconds, "re-scoring due customers"
+        )
 
     def refresh_due(self) -> int:
         """Re-score every customer due now, chunk by chunk, and everyone a model switch left
@@ -190,34 +189,10 @@ class Refresher:
         return scored, len(behind) - scored, behind[-1][0]
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="refresher")
+        self._periodic.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        failing = False
-        while True:
-            started = time.monotonic()
-            try:
-                refreshed = await asyncio.to_thread(self.refresh_due)
-            except (SQLAlchemyError, StoreUnavailable) as exc:
-                if not failing:  # once, not every round; and again when it works
-                    log.warning("cannot re-score due customers, retrying: %s", exc)
-                failing = True
-            except Exception:  # the timer must outlive any one bad round
-                log.exception("re-scoring due customers failed")
-            else:
-                if failing:
-                    log.warning("re-scoring due customers works again")
-                failing = False
-                if refreshed:
-                    log.info("re-scored %d customers whose segment time changed", refreshed)
-            # rounds start every `every_seconds`: a long round shortens the wait after it
-            await asyncio.sleep(max(0.0, self.every_seconds - (time.monotonic() - started)))
+        await self._periodic.close()
 
 
 def _is_active(conn: Connection, model: SegmentModel) -> bool:

@@ -49,6 +49,15 @@ class Activity:
     spend: Decimal
 
 
+# an Activity's fields, in its order: what every read of aggregates selects
+ACTIVITY_COLUMNS = (
+    customer_activity.c.customer_id,
+    customer_activity.c.first_purchase_at,
+    customer_activity.c.last_purchase_at,
+    customer_activity.c.orders,
+    customer_activity.c.spend,
+)
+
 _INCOMING = """event_id varchar, customer_id varchar, occurred_at timestamptz, amount float8,
     type varchar, order_id varchar, currency varchar, counted boolean, order_key varchar,
     spend numeric"""
@@ -216,13 +225,7 @@ def record_staged(conn: Connection, now: datetime) -> tuple[int, int]:
 
 def activity_of(conn: Connection, customer_ids: Sequence[str]) -> dict[str, Activity]:
     """The aggregates of those of the customers who have any (a counted purchase)."""
-    query = select(
-        customer_activity.c.customer_id,
-        customer_activity.c.first_purchase_at,
-        customer_activity.c.last_purchase_at,
-        customer_activity.c.orders,
-        customer_activity.c.spend,
-    ).where(customer_activity.c.customer_id.in_(list(customer_ids)))
+    query = select(*ACTIVITY_COLUMNS).where(customer_activity.c.customer_id.in_(list(customer_ids)))
     return {row.customer_id: Activity(*row) for row in conn.execute(query)}
 
 
@@ -267,11 +270,7 @@ def claim_due(
     memberships = customer_activity.metadata.tables["memberships"]
     query = (
         select(
-            customer_activity.c.customer_id,
-            customer_activity.c.first_purchase_at,
-            customer_activity.c.last_purchase_at,
-            customer_activity.c.orders,
-            customer_activity.c.spend,
+            *ACTIVITY_COLUMNS,
             customer_activity.c.due_cause,
             memberships.c.model_version,
         )

@@ -15,7 +15,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, func, select, text
 
 from app.store import registry
-from app.store.events import Activity, customer_activity
+from app.store.events import ACTIVITY_COLUMNS, Activity, customer_activity
 from app.store.tables import Membership
 
 memberships = cast(Table, Membership.__table__)
@@ -28,13 +28,7 @@ def claim_activity_behind(
     order: their aggregates locked (skipping rows another transaction holds), as event writers
     lock them, so re-scoring and events take locks in one order."""
     query = (
-        select(
-            customer_activity.c.customer_id,
-            customer_activity.c.first_purchase_at,
-            customer_activity.c.last_purchase_at,
-            customer_activity.c.orders,
-            customer_activity.c.spend,
-        )
+        select(*ACTIVITY_COLUMNS)
         .join(memberships, memberships.c.customer_id == customer_activity.c.customer_id)
         .where(memberships.c.model_version.in_(_others(conn, active_version)))
         .where(customer_activity.c.customer_id > after)

@@ -109,14 +109,21 @@ class Membership(Base):
     )
 
     __table_args__ = (
-        # audience paging walks one segment in customer-id order
-        Index("ix_memberships_segment_key_customer_id", "segment_key", "customer_id"),
+        # audience paging walks one segment of one model in customer-id order (a key of
+        # another model is another audience)
+        Index(
+            "ix_memberships_segment_key_version_customer",
+            "segment_key",
+            "model_version",
+            "customer_id",
+        ),
         # the re-score after a model switch finds the memberships another version made
         Index("ix_memberships_model_version_customer_id", "model_version", "customer_id"),
         # the advertising audience of a segment, which few customers may have opted in to
         Index(
-            "ix_memberships_advertising_segment_key_customer_id",
+            "ix_memberships_advertising_segment_key_version_customer",
             "segment_key",
+            "model_version",
             "customer_id",
             postgresql_where=text("advertising"),
         ),

@@ -48,9 +48,43 @@ def upgrade() -> None:
         ["model_version", "customer_id"],
         unique=False,
     )
+    # audiences are one model's: its segment's members, in customer-id order
+    op.drop_index("ix_memberships_segment_key_customer_id", table_name="memberships")
+    op.drop_index("ix_memberships_advertising_segment_key_customer_id", table_name="memberships")
+    op.create_index(
+        "ix_memberships_segment_key_version_customer",
+        "memberships",
+        ["segment_key", "model_version", "customer_id"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_memberships_advertising_segment_key_version_customer",
+        "memberships",
+        ["segment_key", "model_version", "customer_id"],
+        unique=False,
+        postgresql_where=sa.text("advertising"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(
+        "ix_memberships_advertising_segment_key_version_customer",
+        table_name="memberships",
+    )
+    op.drop_index("ix_memberships_segment_key_version_customer", table_name="memberships")
+    op.create_index(
+        "ix_memberships_segment_key_customer_id",
+        "memberships",
+        ["segment_key", "customer_id"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_memberships_advertising_segment_key_customer_id",
+        "memberships",
+        ["segment_key", "customer_id"],
+        unique=False,
+        postgresql_where=sa.text("advertising"),
+    )
     op.drop_index("ix_memberships_model_version_customer_id", table_name="memberships")
     op.execute("DELETE FROM membership_events WHERE cause IN ('time', 'model')")
     op.drop_constraint(op.f("ck_membership_events_cause"), "membership_events", type_="check")

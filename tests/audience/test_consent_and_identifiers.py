@@ -313,6 +313,21 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
     assert [(c["customer_id"], c["event"]) for c in after] == [("late", "entered")]
 
 
+def test_csv_exports_neutralise_ids_a_spreadsheet_would_run_as_formulas(
+    client: TestClient,
+) -> None:
+    """OWASP's CSV injection advice: cells starting =, +, -, @, tab or CR get an apostrophe."""
+    hostile = ['=HYPERLINK("https:example.com")', "+cmd|' -C calc'!A0", "-2+3", "@SUM(A1)"]
+    plain = ["plain-id", "a=b"]
+    batch(client, *({"customer_id": c, "features": CHAMPION} for c in hostile + plain))
+    exported = client.get("/v1/segments/champions/members", params={"format": "csv"})
+    cells = [row[0] for row in csv.reader(io.StringIO(exported.text))][1:]
+    assert sorted(cells) == sorted(["'" + c for c in hostile] + plain)
+    # the other formats carry ids as they are: JSON is not run by spreadsheets
+    paged = client.get("/v1/segments/champions/members").json()["members"]
+    assert sorted(paged) == sorted(hostile + plain)
+
+
 def test_a_default_region_completes_national_phone_numbers(
     database_url: str, rfm_model_dir: Path
 ) -> None:
