@@ -35,5 +35,11 @@ def make_engine(settings: Settings) -> Engine:
     )
 
 
+def without_statement_timeout(conn: Connection) -> None:
+    """Lift the statement timeout for the rest of the caller's transaction: for bulk work an
+    operator started (an ingest's one statement over half a million rows), not for requests."""
+    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+
+
 def ping(conn: Connection) -> None:
     conn.execute(text("SELECT 1"))
