@@ -59,6 +59,24 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         default=5_000, ge=100, description="longest a statement may run (PostgreSQL)"
     )
+    db_lock_timeout_ms: int = Field(
+        default=2_000,
+        ge=0,
+        description="longest a statement may wait for a lock, kept below the statement timeout "
+        "so that a lock wait is told apart from a slow statement (0: up to the statement timeout)",
+    )
+    comparisons_per_worker: int = Field(
+        default=2,
+        ge=1,
+        description="model comparisons (GET /v1/models/{version}/comparison, activation's check) "
+        "a worker runs at once; more wait (SEGMENTS_COMPARISON_QUEUE_SECONDS), then get 503 busy",
+    )
+    comparison_queue_seconds: float = Field(
+        default=10,
+        ge=0,
+        le=60,
+        description="how long a comparison waits for a running one to end before 503 busy",
+    )
     db_pool_size: int = Field(
         default=10,
         ge=1,
