@@ -194,6 +194,25 @@ class Settings(BaseSettings):
         description="how long uvicorn waits for a worker to answer its health ping before "
         "killing and restarting it (`--workers` above 1)",
     )
+    http_header_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=600,
+        description="a client must send a request's headers within this of connecting (or of "
+        "its previous answer), else 408 and disconnected (`segments serve`)",
+    )
+    http_keep_alive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=600,
+        description="an idle kept-alive connection is closed after this (`segments serve`)",
+    )
+    max_connections_per_worker: int = Field(
+        default=4096,
+        ge=1,
+        description="connections a worker holds at once; one more is answered 503 "
+        "too_many_connections and closed (`segments serve` raises the open-files limit to fit)",
+    )
 
     @field_validator("database_url")
     @classmethod
