@@ -194,6 +194,13 @@ class Settings(BaseSettings):
         description="how long uvicorn waits for a worker to answer its health ping before "
         "killing and restarting it (`--workers` above 1)",
     )
+    shutdown_grace_seconds: int = Field(
+        default=25,
+        ge=1,
+        le=600,
+        description="after SIGTERM, how long in-flight requests may finish (new connections are "
+        "refused at once); streams still running then are cut (`segments serve`)",
+    )
     http_header_timeout_seconds: float = Field(
         default=30,
         gt=0,

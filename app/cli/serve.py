@@ -107,6 +107,10 @@ def serve(
                 # header timeout and connection cap (app.api.connections); idle keep-alive
                 http=GuardedHttpToolsProtocol,
                 timeout_keep_alive=settings.http_keep_alive_seconds,
+                # on SIGTERM: listeners closed, idle connections closed, in-flight requests
+                # drained; what still runs after the grace (an export to a client that stopped
+                # reading) is cancelled, so shutdown ends within the orchestrator's grace period
+                timeout_graceful_shutdown=settings.shutdown_grace_seconds,
             )
         finally:
             # shut down already: another Ctrl-C must not cut the database's stop short
