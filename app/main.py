@@ -29,6 +29,7 @@ from app.metrics.history import parse_span
 from app.metrics.live import LiveCollector
 from app.metrics.middleware import RequestTimer
 from app.metrics.registry import ASSIGNMENTS, EVENTS, GROUP_COMMIT_ROWS, REFRESHED, STORE_FAILURES
+from app.metrics.scored import publish_baseline
 from app.runtime import Runtime
 from app.scoring.artifact import ArtifactError
 from app.scoring.model import SegmentModel
@@ -240,6 +241,7 @@ def _announce(guard: Guard, model: SegmentModel) -> None:
     )
     for segment in model.manifest.segments:
         ASSIGNMENTS.labels(model.version, segment.key)
+    publish_baseline(model)
     for operation in OPERATIONS:
         for reason in StoreReason:
             STORE_FAILURES.labels(operation, reason.value)

@@ -34,6 +34,7 @@ from app.metrics.registry import (
     SUPPRESSED_ASSIGNMENTS,
     UNKNOWN_CATEGORIES,
 )
+from app.metrics.scored import count_scored
 from app.scoring.model import SegmentModel
 from app.scoring.validation import ValidBatch, require_customer_id
 from app.service.store import Store
@@ -166,7 +167,9 @@ class AssignmentService:
         *,
         mode: str,
     ) -> AssignmentBatch:
-        return score(model, valid, profiles, mode=mode, now=self._clock.now(), shadow=self._shadow)
+        batch = score(model, valid, profiles, mode=mode, now=self._clock.now(), shadow=self._shadow)
+        count_scored(model, valid)  # drift of every scored customer, stored or not
+        return batch
 
     # --- reading -------------------------------------------------------------------------------
 
