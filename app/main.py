@@ -37,11 +37,11 @@ from app.service.assignments import AssignmentService, AssignmentWriter
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService, NoticePruner
 from app.service.events import EventBatch, EventService, EventsOutcome, EventWriter
+from app.service.idempotency import KeyPruner, PendingRow
 from app.service.refresher import Refresher
 from app.service.store import OPERATIONS, Store
 from app.settings import Settings
 from app.startup import check_settings
-from app.store.assignments import AssignmentRow
 from app.store.engine import make_engine
 from app.store.group_commit import GroupCommitter
 from app.store.tables import Cause
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             )
             id_hash = IdHasher(settings.erasure_key.get_secret_value())
             writer = AssignmentWriter(store, id_hash)
-            committer: GroupCommitter[AssignmentRow, None] = GroupCommitter(
+            committer: GroupCommitter[PendingRow, str | AppError | None] = GroupCommitter(
                 writer.write_rows,
                 settings.group_commit_max_rows,
                 settings.group_commit_wait_ms / 1000,
@@ -102,6 +102,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             )
             pruner.start()
             running.push_async_callback(pruner.close)
+            key_pruner = KeyPruner(store, settings.idempotency_hours, clock)
+            key_pruner.start()
+            running.push_async_callback(key_pruner.close)
             refresher = Refresher(
                 models,
                 store,

@@ -194,6 +194,13 @@ class Settings(BaseSettings):
         description="how long uvicorn waits for a worker to answer its health ping before "
         "killing and restarting it (`--workers` above 1)",
     )
+    idempotency_hours: float = Field(
+        default=24,
+        gt=0,
+        le=24 * 30,
+        description="how long an Idempotency-Key is kept: a retry within it answers the first "
+        "answer and stores nothing",
+    )
     shutdown_grace_seconds: int = Field(
         default=25,
         ge=1,

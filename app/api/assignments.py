@@ -34,6 +34,7 @@ from app.auth.keys import Scope
 from app.errors import InvalidFeatures, Problem
 from app.lifecycle.holder import SegmentNames
 from app.runtime import Runtime
+from app.service.idempotency import HEADER, REPLAYED_HEADER, Idempotency, idempotency_of
 from app.store.assignments import AssignmentBatch
 
 # the hot routes check their key inline (no dependency injection): declared here for OpenAPI
@@ -98,10 +99,17 @@ async def assign(request: Request) -> Response:
     """
     # the hot path: no dependency injection (FastAPI's resolution costs more than our scoring)
     runtime: Runtime = request.state.runtime
-    runtime.guard.authorize(request, Scope.ASSIGN)
+    caller = runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
-    payload = parse_json(await request.body())
-    batch = await runtime.assignments.assign_one(payload, persist=persist)
+    raw = await request.body()
+    keyed = _idempotency(request, caller.name, raw) if persist else None
+    if keyed is not None:
+        names = runtime.models.segment_names
+        answer, replayed = await runtime.assignments.assign_one_keyed(
+            parse_json(raw), keyed, lambda batch: assignments_json(batch, names)[0]
+        )
+        return _keyed_response(answer, replayed)
+    batch = await runtime.assignments.assign_one(parse_json(raw), persist=persist)
     return Response(
         assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
     )
@@ -116,17 +124,40 @@ async def assign(request: Request) -> Response:
 async def assign_batch(request: Request) -> Response:
     """Assign many customers, stored in one transaction: all of them, or none if any row is invalid."""
     runtime: Runtime = request.state.runtime
-    runtime.guard.authorize(request, Scope.ASSIGN)
+    caller = runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
     raw = await request.body()
+    keyed = _idempotency(request, caller.name, raw) if persist else None
 
-    def work() -> str:
-        batch = runtime.assignments.assign_batch(parse_json(raw), persist=persist)
+    def render(batch: AssignmentBatch) -> str:
         version = encode_json_string(batch.model_versions[0])
         rows = ",".join(assignments_json(batch, runtime.models.segment_names))
         return '{"model_version":' + version + ',"assignments":[' + rows + "]}"
 
+    if keyed is not None:
+        answer, replayed = await run_in_threadpool(
+            runtime.assignments.assign_batch_keyed, parse_json(raw), keyed, render
+        )
+        return _keyed_response(answer, replayed)
+
+    def work() -> str:
+        return render(runtime.assignments.assign_batch(parse_json(raw), persist=persist))
+
     return Response(await run_in_threadpool(work), media_type="application/json")
+
+
+def _idempotency(request: Request, caller: str, body: bytes) -> Idempotency | None:
+    """The request's Idempotency-Key, scoped by the caller's key name and the route."""
+    header = request.headers.get(HEADER)
+    if header is None:  # nearly always: nothing more to do on the hot path
+        return None
+    return idempotency_of(header, caller, request.scope["path"], body)
+
+
+def _keyed_response(answer: str, replayed: bool) -> Response:
+    """The answer of a request sent with an Idempotency-Key; a replay says so in a header."""
+    headers = {REPLAYED_HEADER: "true"} if replayed else None
+    return Response(answer, media_type="application/json", headers=headers)
 
 
 @router.get(
