@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         default=5_000, ge=100, description="longest a statement may run (PostgreSQL)"
     )
     db_lock_timeout_ms: int = Field(
-        default=2_000,
+        default=4_000,
         ge=0,
         description="longest a statement may wait for a lock, kept below the statement timeout "
         "so that a lock wait is told apart from a slow statement (0: up to the statement timeout)",
