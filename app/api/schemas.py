@@ -70,6 +70,13 @@ class CustomerIn(BaseModel):
     consent: ConsentIn | None = Field(
         default=None, description="optional: flags not sent keep their earlier value"
     )
+    observed_at: datetime | None = Field(
+        default=None,
+        description="optional: the time the features describe (RFC 3339 with a zone, not in the "
+        "future); the assignment's assigned_at. An older observation than the customer's stored "
+        "one goes to the history and does not change their current segment",
+        examples=["2026-11-23T09:00:00Z"],
+    )
 
 
 class ConsentIn(BaseModel):

@@ -39,6 +39,7 @@ from app.metrics.scored import count_scored
 from app.scoring.model import SegmentModel
 from app.scoring.validation import ValidBatch, require_customer_id
 from app.service.idempotency import Idempotency, PendingRow, Render, kept_answer, write_keyed_rows
+from app.service.observed import split_observed
 from app.service.store import Store
 from app.store.assignments import AssignmentBatch, AssignmentRow, IdHash, store_batch
 from app.store.erasure import erased_among
@@ -191,20 +192,25 @@ class AssignmentService:
         if len(customers) > self._max_batch:
             raise BatchTooLarge(len(customers), self._max_batch)
         model = self.models.model
-        stripped, profiles = self._profiles(customers, prefix="customers")
+        now = self._clock.now()
+        stripped, profiles, observed = self._split(customers, "customers", now)
         valid = _validate(model, stripped, prefix="customers")
-        return self._score(model, valid, profiles, mode="batch")
+        return self._score(model, valid, profiles, observed, mode="batch", now=now)
 
     def _score_single(self, model: SegmentModel, payload: Any) -> AssignmentBatch:
-        customers, profiles = self._profiles([payload], prefix="")
+        now = self._clock.now()
+        customers, profiles, observed = self._split([payload], "", now)
         valid = _validate(model, customers, prefix="")
-        return self._score(model, valid, profiles, mode="single")
+        return self._score(model, valid, profiles, observed, mode="single", now=now)
 
-    def _profiles(
-        self, customers: Sequence[Any], *, prefix: str
-    ) -> tuple[Sequence[Any], list[CustomerProfile | None] | None]:
-        """Split off and hash e-mail, phone and consent; their problems fail the request."""
-        stripped, profiles, problems = split_profiles(customers, prefix, self._phone_region)
+    def _split(
+        self, customers: Sequence[Any], prefix: str, now: datetime
+    ) -> tuple[Sequence[Any], list[CustomerProfile | None] | None, list[datetime | None] | None]:
+        """Split off observed_at, and e-mail, phone and consent (hashed); their problems fail
+        the request."""
+        customers, observed, problems = split_observed(customers, prefix, now)
+        stripped, profiles, found = split_profiles(customers, prefix, self._phone_region)
+        problems.extend(found)
         if problems:
             what = (
                 f"{_bad_rows(problems)} of the batch's {len(customers)} customers have invalid data"
@@ -212,17 +218,21 @@ class AssignmentService:
                 else "The customer's data is invalid"
             )
             raise _invalid(what, problems)
-        return stripped, profiles
+        return stripped, profiles, observed
 
     def _score(
         self,
         model: SegmentModel,
         valid: ValidBatch,
         profiles: list[CustomerProfile | None] | None,
+        observed: list[datetime | None] | None,
         *,
         mode: str,
+        now: datetime,
     ) -> AssignmentBatch:
-        batch = score(model, valid, profiles, mode=mode, now=self._clock.now(), shadow=self._shadow)
+        batch = score(
+            model, valid, profiles, mode=mode, now=now, shadow=self._shadow, observed=observed
+        )
         count_scored(model, valid)  # drift of every scored customer, stored or not
         return batch
 
@@ -264,8 +274,10 @@ def score(
     mode: str,
     now: datetime,
     shadow: ShadowScorer,
+    observed: Sequence[datetime | None] | None = None,
 ) -> AssignmentBatch:
-    """The validated customers' assignments by `model` at `now` (offered to the shadow too)."""
+    """The validated customers' assignments by `model` at `now`, or at the time each one's data
+    describes (`observed`, app.service.observed), offered to the shadow too."""
     started = time.perf_counter()
     scores = model.score_arrays(valid.numeric, valid.categorical)
     INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
@@ -283,7 +295,7 @@ def score(
         distances=np.round(scores.distances, 6).tolist(),
         confidences=np.round(scores.confidences, 6).tolist(),
         features=valid.features,
-        assigned_at=[now] * rows,
+        assigned_at=[now] * rows if observed is None else [o or now for o in observed],
         profiles=profiles,
     )
 
