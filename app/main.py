@@ -36,7 +36,7 @@ from app.scoring.model import SegmentModel
 from app.service.assignments import AssignmentService, AssignmentWriter
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService, NoticePruner
-from app.service.events import EventBatch, EventService, EventsOutcome, EventWriter
+from app.service.events import EventBatch, EventResult, EventService, EventWriter
 from app.service.idempotency import KeyPruner, PendingRow
 from app.service.refresher import Refresher
 from app.service.store import OPERATIONS, Store
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             running.push_async_callback(committer.close)
             shadow = ShadowScorer(models, settings.shadow_flush_ms / 1000)
             event_writer = EventWriter(models, store, writer, shadow, clock)
-            event_committer: GroupCommitter[EventBatch, EventsOutcome] = GroupCommitter(
+            event_committer: GroupCommitter[EventBatch, EventResult] = GroupCommitter(
                 event_writer.write,
                 settings.group_commit_max_rows,
                 settings.group_commit_wait_ms / 1000,

@@ -102,13 +102,13 @@ async def assign(request: Request) -> Response:
     caller = runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
     raw = await request.body()
-    keyed = _idempotency(request, caller.name, raw) if persist else None
+    keyed = idempotency_from(request, caller.name, raw) if persist else None
     if keyed is not None:
         names = runtime.models.segment_names
         answer, replayed = await runtime.assignments.assign_one_keyed(
             parse_json(raw), keyed, lambda batch: assignments_json(batch, names)[0]
         )
-        return _keyed_response(answer, replayed)
+        return keyed_response(answer, replayed)
     batch = await runtime.assignments.assign_one(parse_json(raw), persist=persist)
     return Response(
         assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
@@ -127,7 +127,7 @@ async def assign_batch(request: Request) -> Response:
     caller = runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
     raw = await request.body()
-    keyed = _idempotency(request, caller.name, raw) if persist else None
+    keyed = idempotency_from(request, caller.name, raw) if persist else None
 
     def render(batch: AssignmentBatch) -> str:
         version = encode_json_string(batch.model_versions[0])
@@ -138,7 +138,7 @@ async def assign_batch(request: Request) -> Response:
         answer, replayed = await run_in_threadpool(
             runtime.assignments.assign_batch_keyed, parse_json(raw), keyed, render
         )
-        return _keyed_response(answer, replayed)
+        return keyed_response(answer, replayed)
 
     def work() -> str:
         return render(runtime.assignments.assign_batch(parse_json(raw), persist=persist))
@@ -146,7 +146,7 @@ async def assign_batch(request: Request) -> Response:
     return Response(await run_in_threadpool(work), media_type="application/json")
 
 
-def _idempotency(request: Request, caller: str, body: bytes) -> Idempotency | None:
+def idempotency_from(request: Request, caller: str, body: bytes) -> Idempotency | None:
     """The request's Idempotency-Key, scoped by the caller's key name and the route."""
     header = request.headers.get(HEADER)
     if header is None:  # nearly always: nothing more to do on the hot path
@@ -154,7 +154,7 @@ def _idempotency(request: Request, caller: str, body: bytes) -> Idempotency | No
     return idempotency_of(header, caller, request.scope["path"], body)
 
 
-def _keyed_response(answer: str, replayed: bool) -> Response:
+def keyed_response(answer: str, replayed: bool) -> Response:
     """The answer of a request sent with an Idempotency-Key; a replay says so in a header."""
     headers = {REPLAYED_HEADER: "true"} if replayed else None
     return Response(answer, media_type="application/json", headers=headers)

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx2
 from sqlalchemy import create_engine
 from starlette.testclient import TestClient
 
+from app.clock import ManualClock
+from app.main import create_app
 from app.store.idempotency import prune_keys
 from tests.api.test_assignments import CHAMPION, assert_error
-from tests.conftest import clear_tables, count_rows
+from tests.api.test_events import TODAY, event
+from tests.conftest import DEFAULT_MODELS, clear_tables, count_rows, make_settings
 from tests.servers import segments_server
 
 AT_RISK = {"recency_days": 300, "frequency": 1, "monetary": 40.0}
@@ -163,3 +166,39 @@ def test_concurrent_duplicates_across_two_workers_store_once(
     assert all(count == 1 for count in firsts.values())  # answered fresh exactly once
     # one stored assignment per key and route
     assert count_rows(database_url, "assignments") == len(answers)
+
+
+def test_retried_events_answer_the_first_answer(database_url: str) -> None:
+    """Events are safe to retry by their ids already; with a key, a retry also gets the first
+    answer (not a re-read of the current segment), and concurrent duplicates of a single event
+    share one fresh answer."""
+    clear_tables(database_url)
+    clock = ManualClock(TODAY)
+    with TestClient(create_app(make_settings(database_url, DEFAULT_MODELS), clock)) as shop:
+        key = str(uuid.uuid4())
+        batch = {"events": [event(f"e{i}", f"c{i}", date(2011, 12, 1), 20.0) for i in range(3)]}
+        first = shop.post("/v1/events", json=batch, headers=keyed(key))
+        assert first.status_code == 200, first.text
+        assert first.json()["events"]["stored"] == 3
+        clock.advance(timedelta(days=1))
+        again = shop.post("/v1/events", json=batch, headers=keyed(key))
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.content == first.content  # "stored": 3, as first answered
+        other = {"events": batch["events"][:1]}
+        refused = shop.post("/v1/events", json=other, headers=keyed(key))
+        assert refused.status_code == 422
+        assert_error(refused.json(), "idempotency_key_reused", "Idempotency-Key")
+
+        single_key = str(uuid.uuid4())
+        single = {"events": [event("s1", "s1", date(2011, 12, 2), 30.0)]}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: shop.post("/v1/events", json=single, headers=keyed(single_key)),
+                    range(8),
+                )
+            )
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+    assert sum("Idempotent-Replayed" not in a.headers for a in answers) == 1
+    assert count_rows(database_url, "purchase_events") == 4
