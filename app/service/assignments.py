@@ -45,7 +45,7 @@ from app.store.assignments import AssignmentBatch, AssignmentRow, IdHash, store_
 from app.store.erasure import erased_among
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_membership, customer_history
-from app.store.idempotency import claim_keys, kept_answers, record_answers
+from app.store.idempotency import claim_keys, kept_answers
 from app.store.tables import Cause
 
 
@@ -68,9 +68,9 @@ class AssignmentWriter:
         the key was answered before, store nothing and return that answer (KeyReused for
         another body)."""
         with self._store.transaction(operation, writing=True) as conn:
-            if claim_keys(conn, [idempotency.claim], batch.assigned_at[0]):
+            # the answer goes with the claim: if the write fails, both roll back
+            if claim_keys(conn, [idempotency.claim(answer)], batch.assigned_at[0]):
                 self.store(conn, batch)
-                record_answers(conn, {idempotency.key_hash: answer})
                 return None
             kept = kept_answers(conn, [idempotency.key_hash]).get(idempotency.key_hash)
         return kept_answer(kept, idempotency)

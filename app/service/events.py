@@ -99,7 +99,7 @@ class EventWriter:
             if batch.idempotency is not None:
                 owners.setdefault(batch.idempotency.key_hash, index)
         with self._store.transaction("events", writing=True) as conn:
-            claims = [_key(batches[index]).claim for index in owners.values()]
+            claims = [_key(batches[index]).claim() for index in owners.values()]
             claimed = claim_keys(conn, claims, now)
             written = [
                 index

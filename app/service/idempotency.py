@@ -28,7 +28,6 @@ from app.store.idempotency import (
     claim_keys,
     kept_answers,
     prune_keys,
-    record_answers,
 )
 
 HEADER = "Idempotency-Key"
@@ -43,9 +42,9 @@ class Idempotency:
     key_hash: str
     body_sha256: str
 
-    @property
-    def claim(self) -> KeyClaim:
-        return KeyClaim(self.key_hash, self.body_sha256)
+    def claim(self, answer: str | None = None) -> KeyClaim:
+        """The key to claim, with the answer when it is known before the write."""
+        return KeyClaim(self.key_hash, self.body_sha256, answer)
 
 
 def idempotency_of(header: str | None, caller: str, route: str, body: bytes) -> Idempotency | None:
@@ -126,7 +125,8 @@ def write_keyed_rows(
             owners.setdefault(item.idempotency.key_hash, index)
     now = max(item.row.assigned_at for item in pending)
     with store.transaction("assign", writing=True) as conn:
-        claimed = claim_keys(conn, [_keyed(pending[i]).claim for i in owners.values()], now)
+        claims = [_keyed(pending[i]).claim(_answer(pending[i])) for i in owners.values()]
+        claimed = claim_keys(conn, claims, now)
         written = {
             index
             for index, item in enumerate(pending)
@@ -135,8 +135,6 @@ def write_keyed_rows(
         }
         if written:
             write(conn, AssignmentBatch.of_rows([pending[i].row for i in sorted(written)]))
-        if claimed:
-            record_answers(conn, {key: _answer(pending[owners[key]]) for key in claimed})
         replayed = {_keyed(item).key_hash for i, item in enumerate(pending) if i not in written}
         kept = kept_answers(conn, sorted(replayed)) if replayed else {}
     results: list[str | AppError | None] = []

@@ -25,6 +25,7 @@ idempotency_keys = cast(Table, IdempotencyKey.__table__)
 class KeyClaim(NamedTuple):
     key_hash: str
     body_sha256: str
+    answer: str | None = None  # when known before the write (assignments): one statement less
 
 
 class KeptAnswer(NamedTuple):
@@ -34,7 +35,7 @@ class KeptAnswer(NamedTuple):
 
 def claim_keys(conn: Connection, claims: Sequence[KeyClaim], now: datetime) -> set[str]:
     """Claim the keys for this transaction; returns those it claimed (not kept before)."""
-    rows = [{"key_hash": c.key_hash, "body_sha256": c.body_sha256} for c in claims]
+    rows = [c._asdict() for c in claims]
     claimed = conn.execute(
         _CLAIM, {"rows": orjson.dumps(rows).decode(), "now": now.isoformat()}
     ).scalars()
@@ -45,9 +46,10 @@ def claim_keys(conn: Connection, claims: Sequence[KeyClaim], now: datetime) -> s
 # never in a cycle
 _CLAIM = text(
     """
-    INSERT INTO idempotency_keys (key_hash, body_sha256, created_at)
-    SELECT key_hash, body_sha256, CAST(:now AS timestamptz)
-    FROM json_to_recordset(CAST(:rows AS json)) AS rows(key_hash varchar, body_sha256 varchar)
+    INSERT INTO idempotency_keys (key_hash, body_sha256, answer, created_at)
+    SELECT key_hash, body_sha256, answer, CAST(:now AS timestamptz)
+    FROM json_to_recordset(CAST(:rows AS json))
+        AS rows(key_hash varchar, body_sha256 varchar, answer text)
     ORDER BY key_hash
     ON CONFLICT (key_hash) DO NOTHING
     RETURNING key_hash
@@ -56,7 +58,7 @@ _CLAIM = text(
 
 
 def record_answers(conn: Connection, answers: Mapping[str, str]) -> None:
-    """The answers of keys this transaction claimed."""
+    """The answers of keys this transaction claimed without one (known only once written)."""
     rows = [{"key_hash": k, "answer": a} for k, a in answers.items()]
     conn.execute(_RECORD, {"rows": orjson.dumps(rows).decode()})
 
