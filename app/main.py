@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,7 +38,8 @@ from app.service.assignments import AssignmentService, AssignmentWriter
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService, NoticePruner
 from app.service.events import EventBatch, EventResult, EventService, EventWriter
-from app.service.idempotency import KeyPruner, PendingRow
+from app.service.idempotency import KEY_PRUNE_SECONDS, PendingRow, forget_expired_keys
+from app.service.periodic import Periodic
 from app.service.refresher import Refresher
 from app.service.store import OPERATIONS, Store
 from app.settings import Settings
@@ -102,7 +104,12 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             )
             pruner.start()
             running.push_async_callback(pruner.close)
-            key_pruner = KeyPruner(store, settings.idempotency_hours, clock)
+            key_pruner = Periodic(
+                "key-pruner",
+                partial(forget_expired_keys, store, settings.idempotency_hours, clock),
+                KEY_PRUNE_SECONDS,
+                "deleting expired idempotency keys",
+            )
             key_pruner.start()
             running.push_async_callback(key_pruner.close)
             refresher = Refresher(

@@ -12,7 +12,6 @@ Usage: python bench/recheck.py --before 9f324d9 --repeats 7 "single scored c=16"
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import (  # noqa: E402
     OURS,
     Run,
+    add_database_option,
     bench_database,
     real_customers,
     server,
@@ -44,12 +44,7 @@ def main() -> None:
     parser.add_argument("--before", required=True)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_option(parser)
     args = parser.parse_args()
     known = {scenario[0]: scenario for scenario in OURS}
     unknown = [s for s in args.scenarios if s.removesuffix(TWO_WORKERS) not in known]

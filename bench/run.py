@@ -71,6 +71,17 @@ class Scenario:
         return f"{min(values):,.3g}–{max(values):,.3g}"
 
 
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    """--database: the PostgreSQL server to make the benchmark's fresh databases on."""
+    parser.add_argument(
+        "--database",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a database URL on that server (BENCH_DATABASE_URL)",
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -306,12 +317,7 @@ def main() -> None:
     parser.add_argument(
         "--before", help="a commit whose service runs beside this tree's (e.g. HEAD~1)"
     )
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_option(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     if not shutil.which("wrk"):

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import (  # noqa: E402
     BIN,
     Run,
+    add_database_option,
     bench_database,
     real_customers,
     server,
@@ -57,12 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_option(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     started = time.monotonic()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import random
 import statistics
 import sys
@@ -32,7 +31,14 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import bench_database, real_customers, rss_mb, server, write_section  # noqa: E402
+from bench.run import (  # noqa: E402
+    add_database_option,
+    bench_database,
+    real_customers,
+    rss_mb,
+    server,
+    write_section,
+)
 
 # share of each kind of call in the mix
 MIX = {
@@ -144,12 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--rate", type=float, default=150, help="requests per second, all kinds")
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_option(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     frame = real_customers().reset_index()

@@ -8,7 +8,6 @@ and the size of each answer.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import bench_database, rss_mb, server, write_section  # noqa: E402
+from bench.run import add_database_option, bench_database, rss_mb, server, write_section  # noqa: E402
 
 CHAMPION = {"recency_days": 3, "frequency": 7, "monetary": 4310.0}
 
@@ -77,12 +76,7 @@ def bodies() -> dict[str, tuple[str, bytes]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_option(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     rows = []

@@ -19,7 +19,6 @@ from sqlalchemy import Connection
 
 from app.clock import Clock
 from app.errors import AppError, Problem, StoreFailed, StoreReason
-from app.service.periodic import Periodic
 from app.service.store import Store
 from app.store.assignments import AssignmentBatch, AssignmentRow
 from app.store.idempotency import (
@@ -149,26 +148,11 @@ def write_keyed_rows(
     return results
 
 
-class KeyPruner:
-    """Forgets keys older than their time, on a timer in every worker (an idempotent DELETE)."""
-
-    def __init__(self, store: Store, hours: float, clock: Clock) -> None:
-        self._store = store
-        self._hours = hours
-        self._clock = clock
-        self._periodic = Periodic(
-            "key-pruner", self.prune, PRUNE_SECONDS, "deleting expired idempotency keys"
-        )
-
-    def prune(self) -> int:
-        with self._store.engine.begin() as conn:
-            return prune_keys(conn, self._clock.now(), self._hours)
-
-    def start(self) -> None:
-        self._periodic.start()
-
-    async def close(self) -> None:
-        await self._periodic.close()
+def forget_expired_keys(store: Store, hours: float, clock: Clock) -> int:
+    """Forget the keys older than `hours`; how many went. Every worker runs it on a timer
+    (KEY_PRUNE_SECONDS): the DELETE is idempotent."""
+    with store.engine.begin() as conn:
+        return prune_keys(conn, clock.now(), hours)
 
 
-PRUNE_SECONDS = 600  # keys live a day by default: ten minutes over is no matter
+KEY_PRUNE_SECONDS = 600  # keys live a day by default: ten minutes over is no matter
