@@ -1,6 +1,7 @@
 # Each target creates .venv if it is missing; the lock files pin what CI tested.
 PYTHON ?= python3
 PORT ?= 8000
+SEGMENTS_LOG_FORMAT ?= text
 VENV := .venv
 BIN := $(VENV)/bin
 TRAIN_DATA := data/online-retail/online_retail.csv.gz
@@ -17,8 +18,8 @@ $(VENV)/.serve: requirements-local.lock pyproject.toml | $(BIN)/python
 $(VENV)/.test: requirements-test.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-test.lock && $(BIN)/pip install -q --no-deps -e . && touch $@ $(VENV)/.serve
 
-serve: $(VENV)/.serve  ## migrate and serve the default model on 127.0.0.1:$(PORT) (embedded PostgreSQL unless DATABASE_URL)
-	$(BIN)/segments serve --migrate --host 127.0.0.1 --port $(PORT)
+serve: $(VENV)/.serve  ## migrate and serve the default model on 127.0.0.1:$(PORT) (embedded PostgreSQL unless DATABASE_URL); logs as text for a person
+	SEGMENTS_LOG_FORMAT=$(SEGMENTS_LOG_FORMAT) $(BIN)/segments serve --migrate --host 127.0.0.1 --port $(PORT)
 
 test: $(VENV)/.test  ## the whole suite, on TEST_DATABASE_URL's PostgreSQL or an embedded one
 	$(BIN)/pytest

@@ -54,6 +54,10 @@ class Problems(list[Problem]):
         return len(self) + self.unlisted
 
 
+# a bug's 500: the message of every `internal_error`, never a stack trace
+INTERNAL_ERROR = "The service failed unexpectedly. Retry, and report it if it persists."
+
+
 @dataclass
 class AppError(Exception):
     """A failure the client can act on: rendered as {"error": {code, message, details}}."""
@@ -320,6 +324,37 @@ class PurposeForbidden(AppError):
             403,
             "forbidden",
         )
+
+
+class RateLimited(AppError):
+    """Over a rate limit (app.ratelimit): `who` is "key", "address" or "auth_failures"."""
+
+    def __init__(self, who: str, retry_after: int, key_name: str | None = None) -> None:
+        message, loc, problem = {
+            "key": (
+                f"The API key {key_name!r} sent more requests than its rate limit allows",
+                "authorization",
+                "over SEGMENTS_RATE_LIMIT_PER_KEY",
+            ),
+            "address": (
+                "This address sent more requests than its rate limit allows",
+                "address",
+                "over SEGMENTS_RATE_LIMIT_PER_ADDRESS",
+            ),
+            "auth_failures": (
+                "This address sent too many requests with a missing or unknown API key",
+                "address",
+                "over SEGMENTS_AUTH_FAILURES_PER_ADDRESS failed authentications",
+            ),
+        }[who]
+        super().__init__(
+            f"{message}; retry after {retry_after} s (Retry-After), and send fewer.",
+            [Problem(loc, problem)],
+            429,
+            "rate_limited",
+            retry_after=retry_after,
+        )
+        self.who = who
 
 
 def error_body(code: str, message: str, details: Iterable[Problem] = ()) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.api import assignments, audiences, erasure, events, lifecycle, operations
 from app.api.errors import install_error_handlers
-from app.api.limits import BodySizeLimit
+from app.api.limits import AddressLimit, BodySizeLimit
 from app.api.responses import OrjsonResponse
 from app.audience.erasure import IdHasher
 from app.auth.guard import Guard, scope_alternatives
@@ -28,8 +28,16 @@ from app.lifecycle.shadow import ShadowScorer
 from app.lifecycle.watcher import ModelWatcher
 from app.metrics.history import parse_span
 from app.metrics.live import LiveCollector
-from app.metrics.middleware import RequestTimer
-from app.metrics.registry import ASSIGNMENTS, EVENTS, GROUP_COMMIT_ROWS, REFRESHED, STORE_FAILURES
+from app.metrics.middleware import RequestRecorder
+from app.metrics.registry import (
+    ASSIGNMENTS,
+    AUTH_FAILURES,
+    EVENTS,
+    GROUP_COMMIT_ROWS,
+    RATE_LIMITED,
+    REFRESHED,
+    STORE_FAILURES,
+)
 from app.metrics.scored import publish_baseline
 from app.runtime import Runtime
 from app.scoring.artifact import ArtifactError
@@ -181,7 +189,10 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
     install_error_handlers(app, settings.max_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestTimer)
+    if guard.limits.per_address is not None:
+        app.add_middleware(AddressLimit, buckets=guard.limits.per_address)
+    # outermost: every answer, the limits' 429s too, gets its id, its timing and its log line
+    app.add_middleware(RequestRecorder)
     return app
 
 
@@ -259,3 +270,7 @@ def _announce(guard: Guard, model: SegmentModel) -> None:
         EVENTS.labels(outcome)
     for cause in (Cause.TIME, Cause.MODEL, Cause.ASSIGNMENT):
         REFRESHED.labels(cause.value)
+    for refusal in ("missing", "unknown", "scope", "purpose"):
+        AUTH_FAILURES.labels(refusal)
+    for limit in ("key", "address", "auth_failures"):
+        RATE_LIMITED.labels(limit)

@@ -187,6 +187,41 @@ class Settings(BaseSettings):
         default="info",
         description="level of uvicorn's and the service's own logs under `segments serve`",
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="`json`: one JSON object per log line, for a log pipeline; `text`: plain "
+        "lines for a person (`make serve` sets it) (`segments serve`)",
+    )
+    rate_limit_per_key: float = Field(
+        default=0,
+        ge=0,
+        description="requests per second one API key may make to each worker process, with "
+        "SEGMENTS_RATE_LIMIT_PER_KEY_BURST more at once; past it 429 rate_limited (0: no limit)",
+    )
+    rate_limit_per_key_burst: int = Field(
+        default=100, ge=1, description="requests a key may make at once on top of its rate"
+    )
+    rate_limit_per_address: float = Field(
+        default=0,
+        ge=0,
+        description="requests per second one client address may make to each worker process "
+        "(probes and /metrics aside), with SEGMENTS_RATE_LIMIT_PER_ADDRESS_BURST more at once; "
+        "past it 429 rate_limited (0: no limit). The address is the connection's peer: behind a "
+        "proxy, the proxy's",
+    )
+    rate_limit_per_address_burst: int = Field(
+        default=100, ge=1, description="requests an address may make at once on top of its rate"
+    )
+    auth_failures_per_address: float = Field(
+        default=1.0,
+        ge=0,
+        description="failed authentications (401) per second one client address may have at "
+        "each worker process, after SEGMENTS_AUTH_FAILURES_BURST; past them its requests for "
+        "keyed endpoints are 429 rate_limited, keys unchecked, until it is back under (0: no limit)",
+    )
+    auth_failures_burst: int = Field(
+        default=20, ge=1, description="failed authentications an address may have at once"
+    )
     worker_healthcheck_seconds: int = Field(
         default=30,
         ge=1,
@@ -246,9 +281,9 @@ class Settings(BaseSettings):
             )
         return url
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
-    def _lower_case_level(cls, level: object) -> object:
+    def _lower_case(cls, level: object) -> object:
         return level.lower() if isinstance(level, str) else level
 
     @field_validator("phone_default_region")

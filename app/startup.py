@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.auth.guard import Guard
 from app.auth.keys import parse_key_config
+from app.ratelimit import RateLimits
 from app.settings import ConfigurationError, Settings
 from app.store.embedded import embedded_erasure_key
 from app.store.engine import make_engine, ping
@@ -32,9 +33,10 @@ def check_settings(settings: Settings) -> Guard:
             "DATABASE_URL is not set: `segments serve` starts the embedded PostgreSQL itself, "
             "but a server started otherwise (plain uvicorn) needs DATABASE_URL"
         )
-    guard = Guard.open_to_all()
+    limits = RateLimits.from_settings(settings)
+    guard = Guard.open_to_all(limits)
     try:
-        guard = Guard(parse_key_config(settings.api_key_config()))
+        guard = Guard(parse_key_config(settings.api_key_config()), limits)
     except (ValueError, OSError) as exc:
         problems.append(f"API keys: {exc}")
     else:

@@ -10,7 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.responses import OrjsonResponse
-from app.errors import AppError, BodyTooLarge, InvalidBody, Problem, error_body
+from app.errors import (
+    INTERNAL_ERROR,
+    AppError,
+    BodyTooLarge,
+    InvalidBody,
+    Problem,
+    error_body,
+)
 
 
 def _loc_text(parts: Sequence[int | str]) -> str:
@@ -64,8 +71,7 @@ def install_error_handlers(app: FastAPI, body_limit: int) -> None:
 
     async def unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         # Starlette re-raises after this handler, so the server logs the traceback once
-        message = "The service failed unexpectedly. Retry, and report it if it persists."
-        return OrjsonResponse(error_body("internal_error", message), status_code=500)
+        return OrjsonResponse(error_body("internal_error", INTERNAL_ERROR), status_code=500)
 
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(RequestValidationError, validation_error)

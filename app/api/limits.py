@@ -1,4 +1,5 @@
-"""Refusing request bodies over the configured size, with every 413 in the contract's error body.
+"""Refusing request bodies over the configured size, with every 413 in the contract's error body,
+and requests over the per-address rate limit, with a 429.
 
 Not FastAPI's `max_body_size`: for a request whose Content-Length is over the limit, Starlette's
 limiter replaces the app's response with a plain-text one, which breaks the error contract.
@@ -10,7 +11,12 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.responses import OrjsonResponse
-from app.errors import BodyTooLarge
+from app.errors import BodyTooLarge, RateLimited
+from app.metrics.registry import RATE_LIMITED
+from app.ratelimit import TokenBuckets, retry_after
+
+# probes and Prometheus are never limited: a throttled probe restarts a healthy pod
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class BodySizeLimit:
@@ -42,3 +48,27 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class AddressLimit:
+    """SEGMENTS_RATE_LIMIT_PER_ADDRESS: each client address's requests, before any other work."""
+
+    def __init__(self, app: ASGIApp, buckets: TokenBuckets) -> None:
+        self.app = app
+        self.buckets = buckets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in UNLIMITED_PATHS:
+            client = scope.get("client")
+            wait = self.buckets.take(client[0] if client else "unknown")
+            if wait > 0:
+                RATE_LIMITED.labels("address").inc()
+                error = RateLimited("address", retry_after(wait))
+                response = OrjsonResponse(
+                    error.body(),
+                    status_code=error.status,
+                    headers={"Retry-After": str(error.retry_after)},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -5,7 +5,11 @@ Without configured keys the service is open, which only the embedded quick start
 default; a deployment must configure keys or say SEGMENTS_ALLOW_ANONYMOUS=true, and either way
 an open service says so at start-up and in /readyz.
 
-Neither the presented key nor its hash ever reaches a log line or an error body.
+Neither the presented key nor its hash ever reaches a log line or an error body. Every refusal
+is logged (a warning: reason, the key's name if known, the client address) and counted in
+segment_auth_failures_total. The guard also holds the per-key limit and the per-address limit
+on failed authentications (app.ratelimit): an address past the latter is answered 429 before
+its key is looked at, so guessing keys goes no faster than the limit.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.audience.consent import Purpose
 from app.auth.keys import ApiKey, KeyRing, Scope, parse_bearer
-from app.errors import Forbidden, PurposeForbidden, Unauthorized
+from app.errors import Forbidden, PurposeForbidden, RateLimited, Unauthorized
+from app.metrics.registry import AUTH_FAILURES, RATE_LIMITED
+from app.ratelimit import RateLimits, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +35,13 @@ ANONYMOUS = ApiKey("anonymous", frozenset(Scope))
 
 
 class Guard:
-    def __init__(self, keys: KeyRing) -> None:
+    def __init__(self, keys: KeyRing, limits: RateLimits | None = None) -> None:
         self.keys = keys
+        self.limits = limits or RateLimits()
 
     @classmethod
-    def open_to_all(cls) -> Guard:
-        return cls(KeyRing())
+    def open_to_all(cls, limits: RateLimits | None = None) -> Guard:
+        return cls(KeyRing(), limits)
 
     @property
     def open(self) -> bool:
@@ -42,19 +49,42 @@ class Guard:
 
     def authorize(self, request: Request, scope: Scope, also: Scope | None = None) -> ApiKey:
         """The caller's key if it has `scope` (or `also`); 401 without a known key, 403 naming
-        `scope` without either."""
+        `scope` without either, 429 past the key's rate or its address's failed attempts."""
         if self.open:
+            request.state.key_name = ANONYMOUS.name
             return ANONYMOUS
+        address = request.client.host if request.client else "unknown"
+        failures = self.limits.auth_failures
+        if failures is not None and (wait := failures.wait(address)) > 0:
+            RATE_LIMITED.labels("auth_failures").inc()
+            raise RateLimited("auth_failures", retry_after(wait))
         presented = parse_bearer(request.headers.get("authorization"))
-        if presented is None:
-            raise Unauthorized("missing")
-        key = self.keys.authenticate(presented)
+        key = None if presented is None else self.keys.authenticate(presented)
         if key is None:
-            raise Unauthorized("unknown")
+            reason = "missing" if presented is None else "unknown"
+            refused(reason, None, address)
+            if failures is not None:
+                failures.take(address)
+            raise Unauthorized(reason)
+        request.state.key_name = key.name
+        per_key = self.limits.per_key
+        if per_key is not None and (wait := per_key.take(key.name)) > 0:
+            RATE_LIMITED.labels("key").inc()
+            raise RateLimited("key", retry_after(wait), key.name)
         if not key.allows(scope) and (also is None or not key.allows(also)):
+            refused("scope", key.name, address)
             raise Forbidden(key.name, scope.value)
-        request.state.api_key = key
         return key
+
+
+def refused(reason: str, key_name: str | None, address: str) -> None:
+    """Log and count a request authentication refused (never the key it presented)."""
+    AUTH_FAILURES.labels(reason).inc()
+    log.warning(
+        "authentication failed: %s",
+        reason,
+        extra={"fields": {"reason": reason, "key": key_name, "address": address}},
+    )
 
 
 def requires(
@@ -110,6 +140,7 @@ def purpose_for(
         if key.allows(scope):
             return purpose or Purpose.PERSONALIZATION
         if purpose is Purpose.PERSONALIZATION:
+            refused("purpose", key.name, request.client.host if request.client else "unknown")
             raise PurposeForbidden(key.name, scope.value)
         return Purpose.ADVERTISING
 

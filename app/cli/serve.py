@@ -7,7 +7,6 @@ key, the database, the port) is reported together, in a few lines, before any wo
 
 from __future__ import annotations
 
-import copy
 import os
 import resource
 import shutil
@@ -15,7 +14,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -58,6 +57,7 @@ def serve(
     import uvicorn
 
     from app.api.connections import GuardedHttpToolsProtocol
+    from app.logformat import log_config
     from app.store.migrate import upgrade
 
     if model is not None:
@@ -99,7 +99,7 @@ def serve(
                 port=port,
                 workers=workers,
                 log_level=settings.log_level,
-                log_config=_log_config(settings.log_level),
+                log_config=log_config(settings.log_level, settings.log_format),
                 access_log=False,
                 proxy_headers=False,
                 # a worker that does not answer the supervisor's ping in time is killed and
@@ -203,16 +203,6 @@ def _open_files_for(connections: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-
-
-def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, with the service's own `app.*` loggers on the same handler, so
-    model switches, load failures and the start-up summary reach the operator."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["app"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
 
 
 def _fresh_multiprocess_dir() -> None:

@@ -98,7 +98,19 @@ STORE_UP = Gauge(
     "observation of any worker).",
     multiprocess_mode="mostrecent",
 )
-
+AUTH_FAILURES = Counter(
+    "segment_auth_failures",
+    "Requests refused by authentication, by reason: missing (no API key), unknown (a key the "
+    "service does not know), scope (a known key without the scope the endpoint needs), "
+    "purpose (an advertising key asking for another consent purpose).",
+    ["reason"],
+)
+RATE_LIMITED = Counter(
+    "segment_rate_limited",
+    "Requests answered 429 rate_limited, by the limit they hit: key (per API key), address "
+    "(per client address), auth_failures (an address past its failed authentications).",
+    ["limit"],
+)
 
 MODEL_LOADS = Counter(
     "segment_model_loads",
