@@ -174,7 +174,7 @@ def main() -> None:
             done = len(soak.latencies)
             print(
                 f"{(time.monotonic() - soak.started) / 60:.0f} min: {done} answers, "
-                f"{sum(soak.errors.values())} errors, RSS {[round(v[-1]) for v in rss.values()]}",
+                f"errors {dict(soak.errors)}, RSS {[round(v[-1]) for v in rss.values()]}",
                 flush=True,
             )
 
