@@ -1,0 +1,187 @@
+"""Where one persisted single assignment's time goes, at one client (issue 14's breakdown).
+
+`python bench/breakdown.py` measures, on a fresh database, each part on its own (medians of many
+repeats) and the whole over HTTP (wrk, one connection), and writes the section `breakdown` of
+bench/RESULTS.md:
+
+- the floors: a round trip (`SELECT 1`) and a one-row autocommit INSERT (the commit floor);
+- scoring: the service validating and scoring one request body (no storage);
+- the group committer's hop: a request handed to the writer thread and answered, with a write
+  that does nothing;
+- the write: the service's transaction for one row (history, the membership lock and merge with
+  its feed events, pipelined), split into the statements and the COMMIT;
+- the whole: `POST /v1/assignments` persisted and `?persist=false` at c=1, p50, so HTTP and the
+  framework are what the parts above leave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import (  # noqa: E402
+    add_database_option,
+    bench_database,
+    real_customers,
+    server,
+    write_bodies,
+    write_section,
+    wrk,
+)
+
+REPEATS = 500
+
+
+def median_ms(work: Callable[[], object], repeats: int = REPEATS) -> float:
+    for _ in range(20):  # warm-up: prepared statements, caches
+        work()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+def parts(database_url: str) -> dict[str, float]:
+    from app.audience.erasure import IdHasher
+    from app.clock import SystemClock
+    from app.lifecycle.holder import ModelHolder
+    from app.lifecycle.shadow import ShadowScorer
+    from app.scoring.model import SegmentModel
+    from app.service.assignments import AssignmentService, AssignmentWriter
+    from app.service.idempotency import PendingRow
+    from app.service.store import Store
+    from app.settings import DEFAULT_MODELS_DIR, Settings
+    from app.store.assignments import AssignmentBatch
+    from app.store.engine import make_engine
+    from app.store.group_commit import GroupCommitter
+
+    engine = make_engine(Settings().with_database(database_url))
+    store = Store(engine)
+    writer = AssignmentWriter(store, IdHasher("bench-erasure-key"))
+    models = ModelHolder(SegmentModel.load(DEFAULT_MODELS_DIR))
+    noop: GroupCommitter[PendingRow, None] = GroupCommitter(lambda rows: [None] * len(rows), 64, 0)
+    service = AssignmentService(
+        models, store, writer, noop, ShadowScorer(models), clock=SystemClock(), max_batch=10_000
+    )  # type: ignore[arg-type]
+    body = {
+        "customer_id": "c0",
+        "features": {"recency_days": 3.0, "frequency": 7, "monetary": 4310.0},
+    }
+    figures: dict[str, float] = {}
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial, at timestamptz)"))
+        conn.commit()
+    raw = engine.raw_connection()
+    cursor = raw.cursor()
+    raw.autocommit = True  # type: ignore[attr-defined]
+    figures["round trip (SELECT 1)"] = median_ms(lambda: cursor.execute("SELECT 1"))
+    figures["commit floor (one-row autocommit INSERT)"] = median_ms(
+        lambda: cursor.execute("INSERT INTO bench_floor (at) VALUES (now())")
+    )
+    raw.close()
+    model = models.model
+    figures["scoring (validate and score one body)"] = median_ms(
+        lambda: service._score_single(model, body)
+    )
+    counter = iter(range(10**9))
+
+    def one_row() -> AssignmentBatch:
+        batch = service._score_single(model, body | {"customer_id": f"c{next(counter)}"})
+        return AssignmentBatch.of_rows([batch.row(0)])
+
+    statements: list[float] = []
+    commits: list[float] = []
+    for index in range(REPEATS + 20):
+        batch = one_row()
+        conn = engine.connect()
+        started = time.perf_counter()
+        transaction = conn.begin()
+        writer.store(conn, batch)
+        written = time.perf_counter()
+        transaction.commit()
+        committed = time.perf_counter()
+        conn.close()
+        if index >= 20:
+            statements.append((written - started) * 1000)
+            commits.append((committed - written) * 1000)
+    figures["write: BEGIN and the pipelined statements"] = statistics.median(statements)
+    figures["write: COMMIT"] = statistics.median(commits)
+
+    async def hops() -> float:
+        noop.start()
+        timings = []
+        row = one_row().row(0)
+        for index in range(REPEATS + 20):
+            started = time.perf_counter()
+            await noop.submit(PendingRow(row))
+            if index >= 20:
+                timings.append((time.perf_counter() - started) * 1000)
+        await noop.close()
+        return statistics.median(timings)
+
+    figures["group committer hop (a write doing nothing)"] = asyncio.run(hops())
+    engine.dispose()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_database_option(parser)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, bench_database(args.database) as url:
+        figures = parts(url)
+        bodies = write_bodies(Path(folder), real_customers())
+        with server("ours", url) as (base, _):
+            for name, path in (
+                ("HTTP: persisted single, c=1, p50", "/v1/assignments"),
+                ("HTTP: scored only, c=1, p50", "/v1/assignments?persist=false"),
+            ):
+                wrk(base + path, 1, 2, bodies["single"], True)  # warm-up
+                runs = [wrk(base + path, 1, 5, bodies["single"], True) for _ in range(3)]
+                assert not any(r.errors for r in runs), runs
+                figures[name] = statistics.median(r.p50_ms for r in runs)
+    for name, value in figures.items():
+        print(f"{name:<50} {value:8.3f} ms")
+    write = figures["write: BEGIN and the pipelined statements"] + figures["write: COMMIT"]
+    parts_sum = (
+        figures["scoring (validate and score one body)"]
+        + figures["group committer hop (a write doing nothing)"]
+        + write
+    )
+    lines = [
+        "## Where one persisted assignment's time goes (bench/breakdown.py)",
+        "",
+        f"`python bench/breakdown.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"medians of {REPEATS} repeats of each part on a fresh database, without HTTP; the "
+        "whole over HTTP with wrk at one connection (median p50 of 3 runs of 5 s).",
+        "",
+        "| part | ms |",
+        "| --- | ---: |",
+        *(f"| {name} | {value:.3f} |" for name, value in figures.items()),
+        f"| the parts (scoring + hop + write) | {parts_sum:.3f} |",
+        f"| left for HTTP, the framework and the event loop (persisted p50 − parts) | "
+        f"{figures['HTTP: persisted single, c=1, p50'] - parts_sum:.3f} |",
+        "",
+        f"The write is {write / figures['commit floor (one-row autocommit INSERT)']:.1f}x the "
+        f"commit floor; the persisted request {figures['HTTP: persisted single, c=1, p50'] / figures['commit floor (one-row autocommit INSERT)']:.1f}x.",
+    ]
+    write_section(args.out, "breakdown", "\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
