@@ -18,8 +18,8 @@ from app.api.deps import (
     RuntimeDep,
     utc_timestamp,
 )
+from app.api.openapi import ERROR_RESPONSES, error_responses, request_body_schema
 from app.api.schemas import (
-    ERROR_RESPONSES,
     AssignmentOut,
     BatchIn,
     BatchOut,
@@ -27,7 +27,6 @@ from app.api.schemas import (
     HistoryOut,
     SegmentOut,
     SegmentsOut,
-    request_body_schema,
 )
 from app.auth.guard import requires
 from app.auth.keys import Scope
@@ -112,6 +111,7 @@ async def assign(request: Request) -> Response:
     response_model=BatchOut,
     tags=["assignments"],
     openapi_extra=request_body_schema(BatchIn, PERSIST_PARAMETER) | BEARER_SECURITY,
+    responses=error_responses("batch_too_large", "payload_too_large"),
 )
 async def assign_batch(request: Request) -> Response:
     """Assign many customers, stored in one transaction: all of them, or none if any row is invalid."""
@@ -133,6 +133,7 @@ async def assign_batch(request: Request) -> Response:
     "/v1/customers/{customer_id}/segment",
     response_model=AssignmentOut,
     tags=["customers"],
+    responses=error_responses("customer_not_found", "consent_withheld"),
 )
 def current_segment(
     customer_id: CustomerIdPath, runtime: RuntimeDep, purpose: LookupPurpose
@@ -149,6 +150,7 @@ def current_segment(
     "/v1/customers/{customer_id}/assignments",
     response_model=HistoryOut,
     tags=["customers"],
+    responses=error_responses("customer_not_found"),
     dependencies=[Depends(requires(Scope.READ))],
 )
 def customer_history(

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.assignments import BEARER_SECURITY, assignments_json
 from app.api.body import parse_json
-from app.api.schemas import ERROR_RESPONSES, EventsIn, EventsOut, request_body_schema
+from app.api.openapi import ERROR_RESPONSES, error_responses, request_body_schema
+from app.api.schemas import EventsIn, EventsOut
 from app.auth.keys import Scope
 from app.runtime import Runtime
 
@@ -20,7 +21,7 @@ router = APIRouter(responses=ERROR_RESPONSES)
     response_model=EventsOut,
     tags=["events"],
     openapi_extra=request_body_schema(EventsIn) | BEARER_SECURITY,
-    responses={409: {"description": "the active model does not take RFM features"}},
+    responses=error_responses("events_unsupported", "batch_too_large", "payload_too_large"),
 )
 async def ingest_events(request: Request) -> Response:
     """Store purchase events (one, or up to SEGMENTS_MAX_BATCH) and answer with each customer's

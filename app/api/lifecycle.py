@@ -12,8 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.api.deps import (
     RuntimeDep,
 )
+from app.api.openapi import ERROR_RESPONSES, error_responses
 from app.api.schemas import (
-    ERROR_RESPONSES,
     ActivationOut,
     ActiveModelOut,
     ComparisonOut,
@@ -110,6 +110,7 @@ def active_model(runtime: RuntimeDep) -> ActiveModelOut:
     "/v1/models/{version}",
     response_model=ModelDetailOut,
     tags=["models"],
+    responses=error_responses("model_not_found"),
     dependencies=[Depends(requires(Scope.READ))],
 )
 def model_detail(
@@ -135,6 +136,7 @@ def model_detail(
     "/v1/models/{version}/comparison",
     response_model=ComparisonOut,
     tags=["models"],
+    responses=error_responses("model_not_found", "model_refused"),
     dependencies=[Depends(requires(Scope.READ))],
 )
 def model_comparison(
@@ -157,6 +159,7 @@ def model_comparison(
     "/v1/models/{version}/activate",
     response_model=ActivationOut,
     tags=["models"],
+    responses=error_responses("model_not_found", "model_refused"),
     dependencies=[Depends(requires(Scope.ADMIN))],
 )
 def activate_model(
@@ -187,6 +190,7 @@ def activate_model(
     "/v1/models/rollback",
     response_model=ActivationOut,
     tags=["models"],
+    responses=error_responses("model_not_found", "model_refused"),
     dependencies=[Depends(requires(Scope.ADMIN))],
 )
 def rollback_model(runtime: RuntimeDep) -> ActivationOut:
@@ -198,6 +202,7 @@ def rollback_model(runtime: RuntimeDep) -> ActivationOut:
     "/v1/models/{version}/shadow",
     response_model=ShadowOut,
     tags=["models"],
+    responses=error_responses("model_not_found", "model_refused"),
     dependencies=[Depends(requires(Scope.ADMIN))],
 )
 def shadow_model(version: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) -> ShadowOut:

@@ -11,15 +11,6 @@ from app.scoring.manifest import FeatureSpec, KScore, NumericProfile
 from app.scoring.validation import CUSTOMER_ID_PATTERN
 
 
-def request_body_schema(model: type[BaseModel], *parameters: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI for a body (and query parameters) the route reads itself, for speed, not via pydantic."""
-    schema = model.model_json_schema(ref_template="#/$defs/{model}")
-    return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
-        "parameters": list(parameters),
-    }
-
-
 class ProblemOut(BaseModel):
     loc: str = Field(examples=["customers[3].features.monetary"])
     problem: str
@@ -35,15 +26,6 @@ class ErrorOut(BaseModel):
     """Every error the service answers, in the contract's shape."""
 
     error: ErrorDetailOut
-
-
-# documented on every /v1 route (instead of FastAPI's own 422 body, which this API never sends)
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no API key, or one this service does not know"},
-    403: {"model": ErrorOut, "description": "the key lacks the scope (or purpose) this needs"},
-    422: {"model": ErrorOut, "description": "invalid input; `details` name every problem"},
-    503: {"model": ErrorOut, "description": "the store is unavailable; nothing was stored"},
-}
 
 
 class CustomerIn(BaseModel):
