@@ -172,9 +172,13 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         app.include_router(module.router)
     generate_openapi = app.openapi  # FastAPI's, which caches the document it builds
 
+    completed: list[dict[str, Any]] = []  # built once, on first use
+
     def openapi() -> dict[str, Any]:
         # without a model: `Features` is generic (app.api.docs serves the served model's)
-        return scope_alternatives(complete(generate_openapi()))
+        if not completed:
+            completed.append(scope_alternatives(complete(generate_openapi())))
+        return completed[0]
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
     install_error_handlers(app, settings.max_body_bytes)

@@ -106,6 +106,33 @@ def active_model(runtime: RuntimeDep) -> ActiveModelOut:
     return ActiveModelOut.model_validate(_model_out(manifest, registered) | _details(manifest))
 
 
+# literal paths before /v1/models/{version}: a 405 then names their methods in Allow (Starlette
+# answers with the first route whose path matches), as the document lists them
+@router.post(
+    "/v1/models/rollback",
+    response_model=ActivationOut,
+    tags=["models"],
+    responses=error_responses("model_not_found", "model_refused"),
+    dependencies=[Depends(requires(Scope.ADMIN))],
+)
+def rollback_model(runtime: RuntimeDep) -> ActivationOut:
+    """Activate the version that was active before the current one."""
+    return _adopted(runtime, runtime.store.call(runtime.registry.rollback))
+
+
+@router.delete(
+    "/v1/models/shadow",
+    response_model=ShadowOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.ADMIN))],
+)
+def stop_shadow(runtime: RuntimeDep) -> ShadowOut:
+    """Stop shadow scoring."""
+    runtime.store.call(lambda: runtime.registry.set_shadow(None))
+    runtime.watcher.adopt_shadow(None)
+    return ShadowOut(shadow=None)
+
+
 @router.get(
     "/v1/models/{version}",
     response_model=ModelDetailOut,
@@ -187,18 +214,6 @@ def activate_model(
 
 
 @router.post(
-    "/v1/models/rollback",
-    response_model=ActivationOut,
-    tags=["models"],
-    responses=error_responses("model_not_found", "model_refused"),
-    dependencies=[Depends(requires(Scope.ADMIN))],
-)
-def rollback_model(runtime: RuntimeDep) -> ActivationOut:
-    """Activate the version that was active before the current one."""
-    return _adopted(runtime, runtime.store.call(runtime.registry.rollback))
-
-
-@router.post(
     "/v1/models/{version}/shadow",
     response_model=ShadowOut,
     tags=["models"],
@@ -211,19 +226,6 @@ def shadow_model(version: Annotated[str, Path(max_length=64)], runtime: RuntimeD
     model = runtime.store.call(lambda: runtime.registry.set_shadow(version))
     runtime.watcher.adopt_shadow(model)
     return ShadowOut(shadow=version)
-
-
-@router.delete(
-    "/v1/models/shadow",
-    response_model=ShadowOut,
-    tags=["models"],
-    dependencies=[Depends(requires(Scope.ADMIN))],
-)
-def stop_shadow(runtime: RuntimeDep) -> ShadowOut:
-    """Stop shadow scoring."""
-    runtime.store.call(lambda: runtime.registry.set_shadow(None))
-    runtime.watcher.adopt_shadow(None)
-    return ShadowOut(shadow=None)
 
 
 def _adopted(runtime: Runtime, activation: Activation) -> ActivationOut:

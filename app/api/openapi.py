@@ -152,6 +152,12 @@ def for_model(document: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
         "additionalProperties": False,
         "examples": [example],
     }
+    currency = manifest.training_data.currency
+    if currency:  # events in another currency are refused; the case of the code is not
+        event = document["components"]["schemas"]["EventIn"]["properties"]["currency"]
+        pattern = "".join(f"[{c.upper()}{c.lower()}]" for c in currency)
+        event["anyOf"] = [{"type": "string", "pattern": f"^{pattern}$"}, {"type": "null"}]
+        event["description"] = f"the model's, {currency}, if sent"
     customer = {"customer_id": "12347", "features": example}
     examples = {
         ("/v1/assignments", "post"): customer,

@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.scoring.manifest import FeatureSpec, KScore, NumericProfile
 from app.scoring.validation import CUSTOMER_ID_PATTERN
+
+# the shape the service checks (app.audience.identifiers): one @, a dotted domain, no spaces;
+# written for ASCII here (addresses in other scripts are accepted as well)
+EMAIL_PATTERN = r"^[!-?A-~]{1,64}@[!-\-/-?A-~]+(\.[!-\-/-?A-~]+)+$"
+# event and order ids: 1 to 128 characters, no control characters
+EVENT_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+Email = Annotated[
+    str | None,
+    Field(
+        default=None,
+        max_length=254,
+        pattern=EMAIL_PATTERN,
+        description="optional: stored only as the SHA-256 of the trimmed, lower-cased address",
+        examples=["Jane.Doe@example.com"],
+    ),
+]
+Phone = Annotated[
+    str | None,
+    Field(
+        default=None,
+        max_length=64,
+        description="optional: a valid number for its country, stored only as SHA-256 hashes of "
+        "its E.164 form (+ and country code, or SEGMENTS_PHONE_DEFAULT_REGION)",
+        examples=["+44 20 7946 0958"],
+    ),
+]
 
 
 class ProblemOut(BaseModel):
@@ -38,17 +64,8 @@ class CustomerIn(BaseModel):
         description="the model's features by name; GET /v1/models/active lists names, types and ranges",
         examples=[{"recency_days": 12, "frequency": 7, "monetary": 1830.5}],
     )
-    email: str | None = Field(
-        default=None,
-        description="optional: stored only as the SHA-256 of the trimmed, lower-cased address",
-        examples=["Jane.Doe@example.com"],
-    )
-    phone: str | None = Field(
-        default=None,
-        description="optional: stored only as SHA-256 hashes of its E.164 form (+ and country "
-        "code, or SEGMENTS_PHONE_DEFAULT_REGION)",
-        examples=["+44 20 7946 0958"],
-    )
+    email: Email = None
+    phone: Phone = None
     consent: ConsentIn | None = Field(
         default=None, description="optional: flags not sent keep their earlier value"
     )
@@ -79,23 +96,44 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_id: str = Field(
-        max_length=128, description="your id for the event: a repeat is acknowledged and ignored"
+        pattern=EVENT_ID_PATTERN,
+        max_length=128,
+        description="your id for the event: a repeat is acknowledged and ignored",
+        examples=["o-1001"],
     )
     customer_id: str = Field(pattern=CUSTOMER_ID_PATTERN, max_length=128, examples=["12347"])
-    occurred_at: datetime = Field(description="when it happened (RFC 3339, with a time zone)")
-    amount: float = Field(description="its value in the model's currency (GET /v1/models/active)")
+    occurred_at: datetime = Field(
+        # RFC 3339 as Python and PostgreSQL read it: years 1 to 9999, no leap second, Z or an
+        # offset within ±15:59
+        json_schema_extra={
+            "pattern": r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-[0-9]{2}-[0-9]{2}"
+            r"[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-](0[0-9]|1[0-5]):[0-5][0-9])$"
+        },
+        description="when it happened (RFC 3339, with a time zone); at most 5 minutes ahead of "
+        "the service's clock",
+        examples=["2026-12-01T10:15:00Z"],
+    )
+    amount: float = Field(
+        ge=-1e9,
+        le=1e9,
+        description="its value in the model's currency (GET /v1/models/active)",
+        examples=[84.5],
+    )
     type: Literal["order", "return"] = Field(
         description="returns, cancellations (a negative amount, an order id starting with C) "
         "are stored but do not count, as in training"
     )
     order_id: str | None = Field(
-        default=None, max_length=128, description="lines of one order count as one purchase"
+        default=None,
+        pattern=EVENT_ID_PATTERN,
+        max_length=128,
+        description="lines of one order count as one purchase",
     )
     currency: str | None = Field(
         default=None, pattern=r"^[A-Za-z]{3}$", description="must be the model's if sent"
     )
-    email: str | None = None
-    phone: str | None = None
+    email: Email = None
+    phone: Phone = None
     consent: ConsentIn | None = None
 
 
@@ -219,7 +257,7 @@ class ChangesOut(BaseModel):
 class ErasureIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    customer_ids: list[str] = Field(
+    customer_ids: list[Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN, max_length=128)]] = Field(
         min_length=1, max_length=10_000, description="1 to 10,000 customer ids to erase"
     )
 
