@@ -77,10 +77,19 @@ async def segment_members(
     ] = None,
     identifiers: Annotated[
         Identifiers,
-        Query(description="add email_sha256 and phone_sha256 in Google's or Meta's format"),
+        Query(
+            description="add email_sha256 and phone_sha256 in Google's or Meta's format; "
+            "only with purpose=advertising"
+        ),
     ] = Identifiers.NONE,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=1024,
+            description="the next_cursor of the previous page (only cursors the service issued)",
+        ),
+    ] = None,
 ) -> Response:
     """The purpose's audience of segment `key`: customers whose current segment it is and whose
     consent allows the purpose, in customer-id order. Paged JSON (follow `next_cursor`), or the
@@ -144,7 +153,11 @@ def _changes(
 
 SinceQuery = Annotated[
     str | None,
-    Query(max_length=64, description="the next_cursor of the previous page; omit to start"),
+    Query(
+        max_length=64,
+        description="the next_cursor of the previous page (only cursors the service issued); "
+        "omit to start",
+    ),
 ]
 ChangesLimit = Annotated[int, Query(ge=1, le=10_000)]
 
