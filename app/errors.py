@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 
@@ -61,6 +62,7 @@ class AppError(Exception):
     details: Sequence[Problem] = ()
     status: int = 400
     code: str = "bad_request"
+    retry_after: int | None = None  # seconds, sent as Retry-After (a 503 that will pass)
 
     def __str__(self) -> str:
         return self.message
@@ -199,20 +201,69 @@ class EventsUnsupported(AppError):
         )
 
 
-class StoreUnavailable(AppError):
-    def __init__(self, *, writing: bool) -> None:
+class StoreReason(StrEnum):
+    """Why the store failed a request: the code a client sees and the metric's `reason`."""
+
+    UNAVAILABLE = "unavailable"  # refused, unreachable, or the connection died
+    TIMEOUT = "timeout"  # a statement ran past SEGMENTS_DB_STATEMENT_TIMEOUT_MS
+    LOCK = "lock"  # waited for a lock past SEGMENTS_DB_LOCK_TIMEOUT_MS (or a deadlock)
+    BUSY = "busy"  # every pooled connection in use for SEGMENTS_DB_POOL_TIMEOUT seconds
+
+
+_STORE_PROBLEMS = {
+    StoreReason.UNAVAILABLE: (
+        "store_unavailable",
+        "The assignment store is unavailable",
+        "the database does not answer (connection refused or timed out)",
+    ),
+    StoreReason.TIMEOUT: (
+        "store_timeout",
+        "The database did not finish this request within its statement timeout",
+        "a statement ran longer than SEGMENTS_DB_STATEMENT_TIMEOUT_MS",
+    ),
+    StoreReason.LOCK: (
+        "store_lock_timeout",
+        "The database could not take a lock this request needs in time (other writes held it)",
+        "waited longer than SEGMENTS_DB_LOCK_TIMEOUT_MS for a lock",
+    ),
+    StoreReason.BUSY: (
+        "store_busy",
+        "Every database connection of this worker is in use",
+        "no pooled connection came free within SEGMENTS_DB_POOL_TIMEOUT",
+    ),
+}
+
+
+class StoreFailed(AppError):
+    """The database could not do the request: down, too slow, locked or saturated (`reason`).
+    Each has its own code, so a client, a dashboard and an alert can tell them apart."""
+
+    def __init__(self, reason: StoreReason, *, writing: bool) -> None:
+        code, what, problem = _STORE_PROBLEMS[reason]
+        ask_less = reason is StoreReason.TIMEOUT
         if writing:
-            message = (
-                "The assignment store is unavailable and nothing was stored; retry shortly, "
-                "or score without storing (?persist=false)."
+            message = f"{what} and nothing was stored; retry shortly" + (
+                ", or send smaller batches" if ask_less else ""
             )
+            message += ", or score without storing (?persist=false)."
         else:
-            message = "The assignment store is unavailable; retry shortly."
+            message = f"{what}; retry shortly" + (
+                " or ask for less (a smaller sample or page)." if ask_less else "."
+            )
+        super().__init__(message, [Problem("store", problem)], 503, code, retry_after=1)
+        self.reason = reason
+
+
+class Busy(AppError):
+    """A heavy read refused because this worker already runs as many as it may at once."""
+
+    def __init__(self, what: str, limit: int, setting: str) -> None:
         super().__init__(
-            message,
-            [Problem("store", "the database does not answer (connection refused or timed out)")],
+            f"This worker is already running {limit} {what}; retry in a few seconds.",
+            [Problem(what, f"at most {limit} at once per worker ({setting})")],
             503,
-            "store_unavailable",
+            "busy",
+            retry_after=5,
         )
 
 

@@ -21,7 +21,7 @@ from app.api.responses import OrjsonResponse
 from app.audience.erasure import IdHasher
 from app.auth.guard import Guard, scope_alternatives
 from app.clock import Clock, SystemClock
-from app.errors import AppError
+from app.errors import AppError, StoreReason
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.registry import ModelRegistry
 from app.lifecycle.shadow import ShadowScorer
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         async with AsyncExitStack() as running:
             running.callback(engine.dispose)
             store = Store(engine)
-            registry = ModelRegistry(engine, clock)
+            registry = ModelRegistry(engine, clock, comparisons=settings.comparisons_per_worker)
             models = ModelHolder(
                 _bootstrap(registry, configured, settings.model_activate_on_start),
                 known_segment_names=_known_segment_names(registry),
@@ -254,7 +254,8 @@ def _announce(guard: Guard, model: SegmentModel) -> None:
     for segment in model.manifest.segments:
         ASSIGNMENTS.labels(model.version, segment.key)
     for operation in OPERATIONS:
-        STORE_FAILURES.labels(operation)
+        for reason in StoreReason:
+            STORE_FAILURES.labels(operation, reason.value)
     for outcome in ("stored", "duplicate", "suppressed"):
         EVENTS.labels(outcome)
     for cause in (Cause.TIME, Cause.MODEL, Cause.ASSIGNMENT):

@@ -59,6 +59,24 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         default=5_000, ge=100, description="longest a statement may run (PostgreSQL)"
     )
+    db_lock_timeout_ms: int = Field(
+        default=2_000,
+        ge=0,
+        description="longest a statement may wait for a lock, kept below the statement timeout "
+        "so that a lock wait is told apart from a slow statement (0: up to the statement timeout)",
+    )
+    comparisons_per_worker: int = Field(
+        default=2,
+        ge=1,
+        description="model comparisons (GET /v1/models/{version}/comparison, activation's check) "
+        "a worker runs at once; more wait (SEGMENTS_COMPARISON_QUEUE_SECONDS), then get 503 busy",
+    )
+    comparison_queue_seconds: float = Field(
+        default=10,
+        ge=0,
+        le=60,
+        description="how long a comparison waits for a running one to end before 503 busy",
+    )
     db_pool_size: int = Field(
         default=10,
         ge=1,
@@ -175,6 +193,32 @@ class Settings(BaseSettings):
         le=600,
         description="how long uvicorn waits for a worker to answer its health ping before "
         "killing and restarting it (`--workers` above 1)",
+    )
+    shutdown_grace_seconds: int = Field(
+        default=25,
+        ge=1,
+        le=600,
+        description="after SIGTERM, how long in-flight requests may finish (new connections are "
+        "refused at once); streams still running then are cut (`segments serve`)",
+    )
+    http_header_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=600,
+        description="a client must send a request's headers within this of connecting (or of "
+        "its previous answer), else 408 and disconnected (`segments serve`)",
+    )
+    http_keep_alive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=600,
+        description="an idle kept-alive connection is closed after this (`segments serve`)",
+    )
+    max_connections_per_worker: int = Field(
+        default=4096,
+        ge=1,
+        description="connections a worker holds at once; one more is answered 503 "
+        "too_many_connections and closed (`segments serve` raises the open-files limit to fit)",
     )
 
     @field_validator("database_url")

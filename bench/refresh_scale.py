@@ -42,7 +42,7 @@ from app.scoring.model import SegmentModel  # noqa: E402
 from app.service.assignments import AssignmentWriter  # noqa: E402
 from app.service.refresher import Refresher  # noqa: E402
 from app.service.store import Store  # noqa: E402
-from app.store.copying import copy_in  # noqa: E402
+from app.store.driver import copy_in  # noqa: E402
 from bench.run import bench_database, real_customers, write_section  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "online-retail-rfm-k5"

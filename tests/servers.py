@@ -26,6 +26,7 @@ class Service:
     metrics_dir: Path
     log: Path
     pid: int  # the server process (with one worker, the one that serves)
+    process: subprocess.Popen[bytes]  # the same, to signal and wait for
 
 
 def free_port() -> int:
@@ -135,6 +136,13 @@ def segments_server(
     try:
         wait_until_ready(f"{base}/readyz", process, log, "segments serve")
         wait_for_workers(log, workers, process)
-        yield Service(base=base, port=port, metrics_dir=metrics_dir, log=log, pid=process.pid)
+        yield Service(
+            base=base,
+            port=port,
+            metrics_dir=metrics_dir,
+            log=log,
+            pid=process.pid,
+            process=process,
+        )
     finally:
         stop(process)

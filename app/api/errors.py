@@ -29,9 +29,12 @@ def install_error_handlers(app: FastAPI, body_limit: int) -> None:
 
     async def app_error(_: Request, exc: Exception) -> OrjsonResponse:
         assert isinstance(exc, AppError)
-        # RFC 6750: a 401 names the scheme the client should use
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return OrjsonResponse(exc.body(), status_code=exc.status, headers=headers)
+        headers = {}
+        if exc.status == 401:  # RFC 6750: a 401 names the scheme the client should use
+            headers["WWW-Authenticate"] = "Bearer"
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return OrjsonResponse(exc.body(), status_code=exc.status, headers=headers or None)
 
     async def validation_error(_: Request, exc: Exception) -> OrjsonResponse:
         assert isinstance(exc, RequestValidationError)

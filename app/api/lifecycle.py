@@ -163,7 +163,7 @@ def model_detail(
     "/v1/models/{version}/comparison",
     response_model=ComparisonOut,
     tags=["models"],
-    responses=error_responses("model_not_found", "model_refused"),
+    responses=error_responses("model_not_found", "model_refused", "busy"),
     dependencies=[Depends(requires(Scope.READ))],
 )
 def model_comparison(
@@ -186,7 +186,7 @@ def model_comparison(
     "/v1/models/{version}/activate",
     response_model=ActivationOut,
     tags=["models"],
-    responses=error_responses("model_not_found", "model_refused"),
+    responses=error_responses("model_not_found", "model_refused", "busy"),
     dependencies=[Depends(requires(Scope.ADMIN))],
 )
 def activate_model(

@@ -43,10 +43,29 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "not_ready": (503, "not ready: the store does not answer or is not migrated", "store"),
     "not_found": (404, "no such endpoint", "path"),
     "method_not_allowed": (405, "the endpoint does not take that method", "method"),
+    "store_timeout": (503, "a statement ran past SEGMENTS_DB_STATEMENT_TIMEOUT_MS", "store"),
+    "store_lock_timeout": (503, "a lock wait ran past SEGMENTS_DB_LOCK_TIMEOUT_MS", "store"),
+    "store_busy": (503, "no pooled connection came free within SEGMENTS_DB_POOL_TIMEOUT", "store"),
+    "busy": (503, "this worker runs SEGMENTS_COMPARISONS_PER_WORKER comparisons", "comparisons"),
+    # answered by the connection guard (app.api.connections), before any operation is known
+    "request_timeout": (408, "the request's headers did not arrive in time", "headers"),
+    "too_many_connections": (503, "the worker holds its most connections", "connections"),
 }
 # what every /v1 operation can answer: a key problem, invalid input, a body over the size limit
-# (the limit applies to every request), and an unreachable store
-COMMON = ("unauthorized", "forbidden", "invalid_input", "payload_too_large", "store_unavailable")
+# (the limit applies to every request), and a store that fails it
+COMMON = (
+    "unauthorized",
+    "forbidden",
+    "invalid_input",
+    "payload_too_large",
+    "store_unavailable",
+    "store_timeout",
+    "store_lock_timeout",
+    "store_busy",
+)
+RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+}
 
 
 def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
@@ -65,6 +84,8 @@ def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
                 }
             },
         }
+        # every 503 of a /v1 operation says when to retry; /readyz's is for probes
+        | ({"headers": RETRY_AFTER} if status == 503 and listed != ["not_ready"] else {})
         for status, listed in sorted(by_status.items())
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -56,6 +57,7 @@ def serve(
     """Serve the HTTP API with uvicorn (on the embedded PostgreSQL unless DATABASE_URL is set)."""
     import uvicorn
 
+    from app.api.connections import GuardedHttpToolsProtocol
     from app.store.migrate import upgrade
 
     if model is not None:
@@ -80,6 +82,7 @@ def serve(
             # every activation made since (`segments models activate`, POST …/activate).
             _activate_at_launch(settings, artifact)
             os.environ["SEGMENTS_MODEL_ACTIVATE_ON_START"] = "false"
+        _open_files_for(settings.max_connections_per_worker)
         if workers > 1:
             _fresh_multiprocess_dir()
         # uvicorn re-raises the signal it shut down on once it is done, and SIGTERM's default
@@ -101,6 +104,13 @@ def serve(
                 # a worker that does not answer the supervisor's ping in time is killed and
                 # restarted; uvicorn's 5 s kills workers still importing on a throttled CPU
                 timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
+                # header timeout and connection cap (app.api.connections); idle keep-alive
+                http=GuardedHttpToolsProtocol,
+                timeout_keep_alive=settings.http_keep_alive_seconds,
+                # on SIGTERM: listeners closed, idle connections closed, in-flight requests
+                # drained; what still runs after the grace (an export to a client that stopped
+                # reading) is cancelled, so shutdown ends within the orchestrator's grace period
+                timeout_graceful_shutdown=settings.shutdown_grace_seconds,
             )
         finally:
             # shut down already: another Ctrl-C must not cut the database's stop short
@@ -181,6 +191,17 @@ def _activate_at_launch(settings: Settings, artifact: Artifact) -> None:
         )
     finally:
         engine.dispose()
+
+
+def _open_files_for(connections: int) -> None:
+    """Raise this process's open-files limit (the workers inherit it) so that a worker can hold
+    its connections and its own files: a shell's default 1,024 would fail accepts (EMFILE) long
+    before the connection cap answers 503. Only up to the hard limit the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256  # the pool's connections, the metrics files, the logs
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
 
 
 def _log_config(level: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Each operation here is the one implementation behind both doors: the HTTP routes
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from app.clock import Clock, SystemClock
-from app.errors import ModelNotFound, ModelRefused
+from app.errors import Busy, ModelNotFound, ModelRefused
 from app.lifecycle.compare import DEFAULT_SAMPLE, Comparison, compare, stored_features
 from app.scoring.artifact import Artifact, ArtifactError, verify_artifact
 from app.scoring.manifest import Manifest
@@ -67,9 +68,21 @@ class Activation:
 
 
 class ModelRegistry:
-    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock | None = None,
+        *,
+        comparisons: int = 2,
+        comparison_queue_seconds: float = 10,
+    ) -> None:
         self.engine = engine
         self._clock = clock or SystemClock()
+        # a comparison reads and scores up to MAX_SAMPLE stored customers: a few at once, not
+        # as many as clients send (six at once ran the database into its statement timeout)
+        self._comparisons = comparisons
+        self._comparing = threading.BoundedSemaphore(comparisons)
+        self._comparison_queue_seconds = comparison_queue_seconds  # then refused: 503 busy
 
     def register(self, artifact: Artifact) -> RegisteredModel:
         """Add a verified artifact as a candidate; registering the same artifact again is a no-op."""
@@ -149,15 +162,19 @@ class ModelRegistry:
     ) -> Comparison:
         """What moving from `old` to `new` does to real customers: the stored ones (up to
         `sample`), or the rows of `features`."""
-        skipped = 0
-        if features is None:
-            features, skipped = stored_features(self.engine, [old, new], sample)
+        if not self._comparing.acquire(timeout=self._comparison_queue_seconds):
+            raise Busy("model comparisons", self._comparisons, "SEGMENTS_COMPARISONS_PER_WORKER")
         try:
+            skipped = 0
+            if features is None:
+                features, skipped = stored_features(self.engine, [old, new], sample)
             return compare(old, new, features, skipped)
         except OfflineInputError as exc:
             raise ModelRefused(
                 f"Cannot compare {old.version} with {new.version}: {exc}.", str(exc), "customers"
             ) from exc
+        finally:
+            self._comparing.release()
 
     def activate(
         self,

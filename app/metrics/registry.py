@@ -12,6 +12,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -86,8 +87,16 @@ REFRESH_DURATION = Histogram(
 )
 STORE_FAILURES = Counter(
     "segment_store_failures",
-    "Requests that could not store their assignments because the database was unavailable.",
-    ["operation"],
+    "Requests the database failed, by operation and reason: unavailable (down or unreachable), "
+    "timeout (a statement ran past the statement timeout), lock (a lock wait ran past the lock "
+    "timeout, or a deadlock), busy (no pooled connection came free).",
+    ["operation", "reason"],
+)
+STORE_UP = Gauge(
+    "segment_store_up",
+    "1 while the database answers this service, 0 since a call found it down (the most recent "
+    "observation of any worker).",
+    multiprocess_mode="mostrecent",
 )
 
 

@@ -31,7 +31,8 @@ from app.service.event_input import CLOCK_SKEW
 from app.service.refresher import Refresher
 from app.service.store import Store
 from app.store.assignments import IdHash
-from app.store.copying import NULL, copy_text
+from app.store.driver import NULL, copy_text
+from app.store.engine import without_statement_timeout
 from app.store.erasure import erased_among
 from app.store.events import (
     copy_staging,
@@ -73,6 +74,8 @@ def load_transactions(
     file_key = sha256_of(path)[:16]
     now = clock.now()
     with store.transaction("ingest", writing=True) as conn:
+        # all or nothing, in one transaction whose statements take as long as the file needs
+        without_statement_timeout(conn)
         create_staging(conn)
         for chunk in iter_table(path, chunk_rows):
             missing = [c for c in columns.needed() if c not in chunk.columns]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import StoreUnavailable
+from app.errors import StoreFailed
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Periodic:
             started = time.monotonic()
             try:
                 done = await asyncio.to_thread(self._work)
-            except (SQLAlchemyError, StoreUnavailable) as exc:
+            except (SQLAlchemyError, StoreFailed) as exc:
                 if not failing:
                     log.warning("%s: the store fails, retrying: %s", self._what, exc)
                 failing = True

@@ -1,6 +1,8 @@
 """The database as the services use it: one transaction per operation, committed when the
-block ends and rolled back on any error; a store outage becomes StoreUnavailable (a 503 over
-HTTP), counted per operation; and whether the store is ready to serve."""
+block ends and rolled back on any error; the database failing a request (down, a statement or
+lock timeout, a saturated pool) becomes StoreFailed with its reason (a 503 over HTTP), counted
+per operation and reason; whether the database answers (segment_store_up); and whether the
+store is ready to serve."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.errors import StoreUnavailable
-from app.metrics.registry import STORE_FAILURES
-from app.store.engine import ping
+from app.errors import StoreFailed, StoreReason
+from app.metrics.registry import STORE_FAILURES, STORE_UP
+from app.store.engine import failure_reason, ping
 from app.store.migrate import head_revision, schema_revision
 
 log = logging.getLogger(__name__)
@@ -38,29 +40,43 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._up: bool | None = None  # whether the database answered the last call
 
     @contextmanager
     def transaction(self, operation: str, *, writing: bool = False) -> Iterator[Connection]:
         """One transaction: committed when the block ends, rolled back on any error."""
-        with self.outage_as_unavailable(operation, writing=writing), self.engine.begin() as conn:
+        with self.failures_as_errors(operation, writing=writing), self.engine.begin() as conn:
             yield conn
 
     def call(self, work: Callable[[], T], operation: str = "models") -> T:
         """Run `work` (which opens its own transactions, e.g. the model registry's)."""
-        with self.outage_as_unavailable(operation):
+        with self.failures_as_errors(operation):
             return work()
 
     @contextmanager
-    def outage_as_unavailable(self, operation: str, *, writing: bool = False) -> Iterator[None]:
-        """A refused or timed-out connection, or one that died mid-way, becomes StoreUnavailable."""
+    def failures_as_errors(self, operation: str, *, writing: bool = False) -> Iterator[None]:
+        """The database failing the work becomes StoreFailed with the reason; other errors
+        (the request's own) pass through."""
         try:
             yield
-        except (OperationalError, InterfaceError, PoolTimeout) as exc:
-            raise _unavailable(operation, writing, exc) from exc
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+        except (OperationalError, InterfaceError, PoolTimeout, DBAPIError) as exc:
+            reason = failure_reason(exc)
+            self._answered(reason != "unavailable")
+            if reason is None:
                 raise
-            raise _unavailable(operation, writing, exc) from exc
+            STORE_FAILURES.labels(operation, reason).inc()
+            # the driver's message names hosts and users: it goes to the log, not the client
+            log.warning("store failed during %s (%s): %s", operation, reason, exc)
+            raise StoreFailed(StoreReason(reason), writing=writing) from exc
+        else:
+            self._answered(True)
+
+    def _answered(self, up: bool) -> None:
+        """segment_store_up follows the last call's outcome (set on a change only: this runs
+        on every request)."""
+        if up is not self._up:
+            STORE_UP.set(1 if up else 0)
+            self._up = up
 
     def readiness(self) -> str | None:
         """None when the store answers and is migrated, else why not."""
@@ -70,7 +86,9 @@ class Store:
                 revision = schema_revision(conn)
         except (OperationalError, InterfaceError, PoolTimeout, DBAPIError) as exc:
             log.warning("store not ready: %s", exc)
+            self._answered(False)
             return "the database does not answer (connection refused or timed out)"
+        self._answered(True)
         expected = head_revision()  # the migration this code ships
         if revision != expected:
             return (
@@ -78,10 +96,3 @@ class Store:
                 "run `segments migrate`"
             )
         return None
-
-
-def _unavailable(operation: str, writing: bool, exc: Exception) -> StoreUnavailable:
-    STORE_FAILURES.labels(operation).inc()
-    # the driver's message names hosts and users: it goes to the log, not to the client
-    log.warning("store unavailable during %s: %s", operation, exc)
-    return StoreUnavailable(writing=writing)

@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import Connection, Table, text
 
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
-from app.store.copying import copy_in, copy_text
+from app.store.driver import copy_in, copy_text, pipelined
 from app.store.tables import (
     Assignment,
     Cause,
@@ -168,17 +168,24 @@ def store_batch(
         for member in members:
             moment = due[member["customer_id"]]
             member["due_at"] = moment.isoformat() if moment is not None else None
-    _copy_history(conn, batch)
+    statement = _MERGE_MEMBERSHIPS if due is None else _MERGE_MEMBERSHIPS_AND_DUE
+    rows = orjson.dumps(members).decode()
+    merge = (statement, {"rows": rows, "count": len(members), "cause": cause.value})
     # Held to the commit: event ids are handed out in commit order, which is what lets a feed
     # reader page by id without missing an event a slower transaction commits later. The
-    # history COPY above stays concurrent; only this merge is serialised.
-    lock_memberships(conn)
-    statement = _MERGE_MEMBERSHIPS if due is None else _MERGE_MEMBERSHIPS_AND_DUE
-    return list(
-        conn.execute(
-            statement, {"rows": orjson.dumps(members).decode(), "cause": cause.value}
-        ).scalars()
-    )
+    # history stays concurrent; only the merge after the lock is serialised. The lock is its
+    # own statement (the merge's snapshot must be taken once the lock is held), sent in one
+    # round trip with the merge, and with the history's INSERT when a few rows go that way.
+    if len(batch) <= SMALL_BATCH:
+        # a few rows (single requests committed together, a refresher's small chunk): one
+        # INSERT costs less than setting up a COPY (measured: py-spy, single events at c=16)
+        history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
+        insert = (_INSERT_HISTORY, {"rows": orjson.dumps(history).decode()})
+        suppressed = pipelined(conn, [insert, (_LOCK, None), merge])
+    else:
+        _copy_history(conn, batch)
+        suppressed = pipelined(conn, [(_LOCK, None), merge])
+    return [row[0] for row in suppressed]
 
 
 # COPY for the history; for the memberships one INSERT … SELECT FROM json_to_recordset(one bound
@@ -236,10 +243,18 @@ def _merge_memberships(with_due: bool) -> str:
     due_update = (
         """,
     due AS (
-        UPDATE customer_activity AS a SET due_at = i.due_at, due_cause = NULL
-        FROM incoming AS i
-        WHERE a.customer_id = i.customer_id
-          AND i.customer_id NOT IN (SELECT customer_id FROM suppressed)
+        -- each row found by its key, then updated by its ctid (a join on customer_id let a
+        -- plan kept from a small table scan the whole of it: see the comment below)
+        UPDATE customer_activity AS a SET due_at = d.due_at, due_cause = NULL
+        FROM (
+            SELECT i.due_at, found.row_id FROM incoming AS i
+            CROSS JOIN LATERAL (
+                SELECT ctid AS row_id FROM customer_activity
+                WHERE customer_activity.customer_id = i.customer_id OFFSET 0
+            ) AS found
+            WHERE i.customer_id NOT IN (SELECT customer_id FROM suppressed)
+        ) AS d
+        WHERE a.ctid = d.row_id
     )"""
         if with_due
         else ""
@@ -247,22 +262,35 @@ def _merge_memberships(with_due: bool) -> str:
     return f"""
     WITH incoming AS (
         SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS rows({columns})
+        LIMIT :count  -- the planner's row count: see app.store.events._RECORD
     ),
+    -- Each customer's rows are found by index probes, whatever the planner believes of the
+    -- tables' sizes: its plans are prepared and kept, and one made while the tables were small
+    -- (a new database) scanned them whole in every write long after they had grown (half the
+    -- throughput of single events within a minute). Hence the LATERAL … OFFSET 0 here (a
+    -- probe per incoming row; the planner may not turn it into a join) and the ANY(ARRAY(…)).
     suppressed AS (
-        SELECT incoming.customer_id FROM incoming JOIN erasure_tombstones USING (id_hash)
+        SELECT incoming.customer_id FROM incoming
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM erasure_tombstones AS t WHERE t.id_hash = incoming.id_hash
+            LIMIT 1 OFFSET 0
+        ) AS tombstone
     ),
     purged AS (
-        -- = ANY(ARRAY(…)): one index probe per suppressed id. A plain IN (subquery) let the
-        -- planner hash-join against a scan of the whole history, which made every batch
-        -- ~5x slower (bench/audience.py) although nobody was suppressed.
+        -- the EXISTS is checked once, first: with nobody suppressed (nearly always) the
+        -- history is not touched at all
         DELETE FROM assignments
-        WHERE customer_id = ANY (ARRAY(SELECT customer_id FROM suppressed))
+        WHERE EXISTS (SELECT FROM suppressed)
+          AND customer_id = ANY (ARRAY(SELECT customer_id FROM suppressed))
     ),
     -- MATERIALIZED: read once, by one join. Inlined into `moves` (PostgreSQL inlines a CTE
     -- used once) it became a nested loop rescanning `incoming` per row: 100 ms a batch of 1000.
     before AS MATERIALIZED (
         SELECT m.customer_id, m.segment_id, m.segment_key, m.advertising, m.personalization
-        FROM memberships AS m JOIN incoming USING (customer_id)
+        FROM incoming CROSS JOIN LATERAL (
+            SELECT * FROM memberships WHERE memberships.customer_id = incoming.customer_id
+            OFFSET 0
+        ) AS m
     ),
     merged AS (
         INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)}, entered_at,
@@ -324,12 +352,6 @@ MEMBERSHIP_LOCK = 7_291_104_416
 
 
 def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:
-    if len(batch) <= SMALL_BATCH:
-        # a few rows (single requests committed together, a refresher's small chunk): one
-        # INSERT costs less than setting up a COPY (measured: py-spy, single events at c=16)
-        rows = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
-        conn.execute(_INSERT_HISTORY, {"rows": orjson.dumps(rows).decode()})
-        return
     stamps = {moment: moment.isoformat() for moment in set(batch.assigned_at)}
     history = "".join(
         f"{copy_text(c)}\t{i}\t{k}\t{v}\t{d!r}\t{f!r}\t{copy_text(orjson.dumps(x).decode())}\t{stamps[t]}\n"
@@ -340,8 +362,7 @@ def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:
 
 def lock_memberships(conn: Connection) -> None:
     """The lock membership merges (and erasures) hold to their commit."""
-    # driver SQL: taken once per write, SQLAlchemy's statement handling cost more than the call
-    conn.exec_driver_sql(_LOCK)
+    conn.execute(_LOCK)
 
 
-_LOCK = f"SELECT pg_advisory_xact_lock({MEMBERSHIP_LOCK})"
+_LOCK = text(f"SELECT pg_advisory_xact_lock({MEMBERSHIP_LOCK})")

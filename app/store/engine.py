@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.settings import Settings
 
@@ -13,8 +16,10 @@ def make_engine(settings: Settings) -> Engine:
     """An engine for the settings' PostgreSQL (psycopg 3, whatever the URL's scheme said)."""
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.db_connect_timeout,
-        # a statement that hangs (a lock, a dying server) must not hold a request forever
-        "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+        # a statement that hangs (a lock, a dying server) must not hold a request forever; a
+        # lock wait gives up first, so the two are told apart (failure_reason)
+        "options": f"-c statement_timeout={settings.db_statement_timeout_ms} "
+        f"-c lock_timeout={settings.db_lock_timeout_ms}",
         # notice a silently vanished server within seconds instead of the kernel's minutes
         # (libpq ignores these on the embedded server's Unix socket)
         "keepalives": 1,
@@ -33,6 +38,28 @@ def make_engine(settings: Settings) -> Engine:
         # errors and logs must not carry customer ids or features
         hide_parameters=True,
     )
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """Why a database call failed, when the database rather than the request is the cause:
+    "timeout" (statement timeout), "lock" (lock timeout, deadlock), "busy" (no pooled
+    connection came free), "unavailable" (refused, unreachable, died); None otherwise."""
+    if isinstance(exc, PoolTimeout):
+        return "busy"
+    if isinstance(exc, DBAPIError):
+        if isinstance(exc.orig, psycopg.errors.QueryCanceled) and not exc.connection_invalidated:
+            return "timeout"
+        if isinstance(exc.orig, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected):
+            return "lock"
+        if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+            return "unavailable"
+    return None
+
+
+def without_statement_timeout(conn: Connection) -> None:
+    """Lift the statement timeout for the rest of the caller's transaction: for bulk work an
+    operator started (an ingest's one statement over half a million rows), not for requests."""
+    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
 
 
 def ping(conn: Connection) -> None:

@@ -84,50 +84,55 @@ def test_features_are_the_served_models_and_change_with_it(
     assert client.post("/v1/assignments", json=body["example"]).status_code == 200
 
 
+CODE = re.compile(r"[a-z]+(_[a-z]+)*")
+STATUS_LINE = re.compile(r"[1-5][0-9]{2} [A-Z]")
+
+
+def _text(node: ast.AST | None) -> str:
+    """The string a node is, if it is a string constant; '' otherwise."""
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+
+
 def _error_codes_in_source() -> set[str]:
-    """Every error code the app can answer: AppError subclasses' codes (app/errors.py and
-    others) and error bodies written directly (app/api)."""
+    """Every error code the app can answer, read from its source: the codes AppError subclasses
+    pass up (app/errors.py, also from tables of tuples), error bodies written directly, the
+    framework errors' table (app/api/errors.py) and the connection guard's answers (a status
+    line, then the code)."""
     codes: set[str] = set()
+    errors, api_errors = (
+        PROJECT_ROOT / "app" / "errors.py",
+        PROJECT_ROOT / "app" / "api" / "errors.py",
+    )
     for path in (PROJECT_ROOT / "app").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
-            strings = [
-                a.value
-                for a in node.args
-                if isinstance(a, ast.Constant) and isinstance(a.value, str)
-            ]
-            if (
-                name == "__init__"
-                and isinstance(node.func, ast.Attribute)
-                and path.name == "errors.py"
-            ):
-                codes.update(s for s in strings if re.fullmatch(r"[a-z]+(_[a-z]+)+|[a-z]+", s))
-            if name == "error_body" and strings:
-                codes.add(strings[0])
-        for node in ast.walk(tree):  # {404: "not_found", ...} in app/api/errors.py
-            if (
-                isinstance(node, ast.Dict)
-                and path.parent.name == "api"
-                and path.name == "errors.py"
-            ):
-                for key, value in zip(node.keys, node.values, strict=True):
-                    if (
-                        isinstance(key, ast.Constant)
-                        and isinstance(value, ast.Constant)
-                        and isinstance(value.value, str)
-                        and re.fullmatch(r"[a-z_]+", value.value)
-                    ):
-                        codes.add(value.value)
-    codes.discard("bad_request")  # AppError's default: every subclass sets its own
-    return codes
+        for node in ast.walk(ast.parse(path.read_text())):
+            found: list[str] = []
+            if isinstance(node, ast.Call):
+                args = [_text(a) for a in node.args] + ["", ""]
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                if path == errors and name == "__init__":
+                    found += args
+                if name == "error_body" or STATUS_LINE.match(args[0]):
+                    found.append(args[1] if STATUS_LINE.match(args[0]) else args[0])
+            elif isinstance(node, ast.Tuple) and path == errors and node.elts:
+                found.append(_text(node.elts[0]))
+            elif isinstance(node, ast.Dict) and path == api_errors:
+                found += [_text(v) for v in node.values]  # {404: "not_found", ...}
+            codes.update(c for c in found if CODE.fullmatch(c))
+    # AppError's default (every subclass sets its own) and the StoreReason words (not codes)
+    return codes - {"bad_request", "unavailable", "timeout", "lock"}
 
 
 def test_every_error_code_is_listed(client: TestClient) -> None:
     codes = _error_codes_in_source()
-    assert {"customer_not_found", "model_refused", "too_many_exports", "not_ready"} <= codes
+    assert {
+        "customer_not_found",
+        "model_refused",
+        "too_many_exports",
+        "not_ready",
+        "store_timeout",
+        "request_timeout",
+        "busy",
+    } <= codes
     assert codes - {"http_error"} <= set(ERRORS), codes - set(ERRORS)
     described = document(client)["components"]["schemas"]["ErrorDetailOut"]["properties"]["code"]
     for code in ERRORS:

@@ -62,7 +62,17 @@ EXPECTED_ALERTS = {
     "FeatureDriftHigh": ("30m", "warning", "segment_drift_samples) >= 500"),
     "SegmentLatencyP99High": ("10m", "warning", "> 0.05"),
     "SegmentErrorRatioHigh": ("10m", "critical", "> 0.01"),
-    "SegmentStoreFailures": ("5m", "critical", "segment_store_failures_total"),
+    "SegmentStoreFailures": (
+        "5m",
+        "critical",
+        'segment_store_failures_total{reason="unavailable"}',
+    ),
+    "SegmentStoreDown": ("2m", "critical", "segment_store_up"),
+    "SegmentStoreStrained": (
+        "10m",
+        "warning",
+        'segment_store_failures_total{reason!="unavailable"}',
+    ),
     "SegmentRefreshBehind": ("10m", "warning", "segment_refresh_lag_seconds"),
     "SegmentServiceDown": ("2m", "critical", "up{"),
     "SegmentNoAssignments": ("30m", "warning", "segment_assignments_total"),
