@@ -26,14 +26,13 @@ def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a whole CSV/CSV.gz/Parquet file, keeping identifiers as text."""
     if not path.is_file():
         raise TableError(f"{path}: no such file")
+    if columns is not None:
+        require_columns(path, columns)
     if is_parquet(path):
-        frame = pd.read_parquet(path, columns=columns)
-    else:
-        frame = pd.read_csv(
-            path, sep=csv_separator(path), usecols=columns, dtype=str, keep_default_na=True
-        )
-    _require_columns(path, frame, columns)
-    return frame
+        return pd.read_parquet(path, columns=columns)
+    return pd.read_csv(
+        path, sep=csv_separator(path), usecols=columns, dtype=str, keep_default_na=True
+    )
 
 
 def iter_table(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -46,6 +45,19 @@ def iter_table(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             yield batch.to_pandas()
     else:
         yield from pd.read_csv(path, sep=csv_separator(path), dtype=str, chunksize=chunk_rows)
+
+
+def first_rows(path: Path, rows: int) -> pd.DataFrame:
+    """The first `rows` rows of a CSV/Parquet file (all of them if fewer), as `iter_table` reads
+    them: to check a file before a long load."""
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    if is_parquet(path):
+        parquet = pq.ParquetFile(path)
+        head = next(parquet.iter_batches(batch_size=rows), None)
+        frame: pd.DataFrame = (head or parquet.schema_arrow.empty_table()).to_pandas()
+        return frame
+    return pd.read_csv(path, sep=csv_separator(path), dtype=str, nrows=rows)
 
 
 SEPARATORS = (",", ";", "\t", "|")
@@ -86,9 +98,27 @@ def normalise_ids(values: pd.Series) -> pd.Series:
     return text.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
 
 
-def _require_columns(path: Path, frame: pd.DataFrame, columns: list[str] | None) -> None:
-    missing = [c for c in columns or [] if c not in frame.columns]
+SEPARATOR_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def require_columns(path: Path, columns: list[str]) -> None:
+    """TableError unless the file has every one of `columns`, naming those it has (and, for a
+    CSV, the separator it was read with), from its header alone."""
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    if is_parquet(path):
+        found = list(pq.read_schema(path).names)
+        how = ""
+    else:
+        separator = csv_separator(path)
+        try:
+            found = list(pd.read_csv(path, sep=separator, nrows=0).columns)
+        except pd.errors.EmptyDataError as exc:
+            raise TableError(f"{path}: the file is empty") from exc
+        how = f" (read as {SEPARATOR_NAMES[separator]}-separated)"
+    missing = [c for c in columns if c not in found]
     if missing:
         raise TableError(
-            f"{path}: no column {', '.join(missing)}; it has {', '.join(frame.columns)}"
+            f"{path}: no column {', '.join(missing)}; its columns are "
+            f"{', '.join(map(str, found)) or 'none'}{how}"
         )

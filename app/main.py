@@ -30,18 +30,19 @@ from app.metrics.history import parse_span
 from app.metrics.live import LiveCollector
 from app.metrics.middleware import RequestTimer
 from app.metrics.registry import ASSIGNMENTS, EVENTS, GROUP_COMMIT_ROWS, REFRESHED, STORE_FAILURES
+from app.metrics.scored import publish_baseline
 from app.runtime import Runtime
 from app.scoring.artifact import ArtifactError
 from app.scoring.model import SegmentModel
 from app.service.assignments import AssignmentService, AssignmentWriter
 from app.service.audiences import AudienceService
 from app.service.erasure import ErasureService, NoticePruner
-from app.service.events import EventBatch, EventService, EventsOutcome, EventWriter
+from app.service.events import EventBatch, EventResult, EventService, EventWriter
+from app.service.idempotency import KeyPruner, PendingRow
 from app.service.refresher import Refresher
 from app.service.store import OPERATIONS, Store
 from app.settings import Settings
 from app.startup import check_settings
-from app.store.assignments import AssignmentRow
 from app.store.engine import make_engine
 from app.store.group_commit import GroupCommitter
 from app.store.tables import Cause
@@ -74,7 +75,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             )
             id_hash = IdHasher(settings.erasure_key.get_secret_value())
             writer = AssignmentWriter(store, id_hash)
-            committer: GroupCommitter[AssignmentRow, None] = GroupCommitter(
+            committer: GroupCommitter[PendingRow, str | AppError | None] = GroupCommitter(
                 writer.write_rows,
                 settings.group_commit_max_rows,
                 settings.group_commit_wait_ms / 1000,
@@ -84,7 +85,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             running.push_async_callback(committer.close)
             shadow = ShadowScorer(models, settings.shadow_flush_ms / 1000)
             event_writer = EventWriter(models, store, writer, shadow, clock)
-            event_committer: GroupCommitter[EventBatch, EventsOutcome] = GroupCommitter(
+            event_committer: GroupCommitter[EventBatch, EventResult] = GroupCommitter(
                 event_writer.write,
                 settings.group_commit_max_rows,
                 settings.group_commit_wait_ms / 1000,
@@ -102,6 +103,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             )
             pruner.start()
             running.push_async_callback(pruner.close)
+            key_pruner = KeyPruner(store, settings.idempotency_hours, clock)
+            key_pruner.start()
+            running.push_async_callback(key_pruner.close)
             refresher = Refresher(
                 models,
                 store,
@@ -253,6 +257,7 @@ def _announce(guard: Guard, model: SegmentModel) -> None:
     )
     for segment in model.manifest.segments:
         ASSIGNMENTS.labels(model.version, segment.key)
+    publish_baseline(model)
     for operation in OPERATIONS:
         for reason in StoreReason:
             STORE_FAILURES.labels(operation, reason.value)

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         default=5_000, ge=100, description="longest a statement may run (PostgreSQL)"
     )
     db_lock_timeout_ms: int = Field(
-        default=2_000,
+        default=4_000,
         ge=0,
         description="longest a statement may wait for a lock, kept below the statement timeout "
         "so that a lock wait is told apart from a slow statement (0: up to the statement timeout)",
@@ -193,6 +193,13 @@ class Settings(BaseSettings):
         le=600,
         description="how long uvicorn waits for a worker to answer its health ping before "
         "killing and restarting it (`--workers` above 1)",
+    )
+    idempotency_hours: float = Field(
+        default=24,
+        gt=0,
+        le=24 * 30,
+        description="how long an Idempotency-Key is kept: a retry within it answers the first "
+        "answer and stores nothing",
     )
     shutdown_grace_seconds: int = Field(
         default=25,

@@ -9,9 +9,11 @@ operator sees everything wrong at once.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 
 from pydantic import SecretStr
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
 from app.auth.guard import Guard
@@ -83,11 +85,7 @@ def _loopback(host: str) -> bool:
 
 # what the server says when the configuration is at fault, not a passing outage (libpq gives
 # connection failures no SQLSTATE, only the server's message)
-_REFUSALS = {
-    "does not exist": "DATABASE_URL names a database or user that does not exist on that server",
-    "password authentication failed": "the server refused the user or password of DATABASE_URL",
-    "no pg_hba.conf entry": "the server does not let this user connect from here (pg_hba.conf)",
-}
+_REFUSALS = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
 
 
 def database_problem(settings: Settings) -> tuple[str | None, bool]:
@@ -99,15 +97,58 @@ def database_problem(settings: Settings) -> tuple[str | None, bool]:
         with engine.connect() as conn:
             ping(conn)
     except OperationalError as exc:
-        said = str(exc.orig)
-        for phrase, problem in _REFUSALS.items():
-            if phrase in said:
-                # the server's own words name the database or user, never the password
-                return f"{problem}: {said.rsplit('FATAL:', 1)[-1].strip().splitlines()[0]}", True
+        if any(phrase in str(exc.orig) for phrase in _REFUSALS):
+            return connection_problem(exc, settings.database), True
         return None, False
     finally:
         engine.dispose()
     return None, True
+
+
+def connection_problem(failure: OperationalError, url: URL) -> str:
+    """One line saying why the database at `url` cannot be used, and what to do about it. From
+    the server's own words, which name the database or user but never the password."""
+    said = str(failure.orig or failure).strip()
+    words = said.rsplit("FATAL:", 1)[-1].strip().splitlines()[0]
+    where = (
+        f"{url.host or 'localhost'}:{url.port or 5432}" if url.host or url.port else "the socket"
+    )
+    flags = [
+        f"{flag} {value}"
+        for flag, value in (("-h", url.host), ("-p", url.port), ("-U", url.username))
+        if value
+    ]
+    if (missing := re.search(r'database "([^"]+)" does not exist', said)) is not None:
+        name = missing.group(1)
+        createdb = " ".join(["createdb", *flags, name])
+        return (
+            f'DATABASE_URL names a database that does not exist: database "{name}" does not '
+            f"exist on {where}; create it (`{createdb}`) or point DATABASE_URL at one that does"
+        )
+    if (role := re.search(r'role "([^"]+)" does not exist', said)) is not None:
+        return (
+            f'DATABASE_URL names a user that does not exist: role "{role.group(1)}" does not '
+            f"exist on {where}; create it or put another user in DATABASE_URL"
+        )
+    if "password authentication failed" in said:
+        return f"the server at {where} refused the user or password of DATABASE_URL: {words}"
+    if "no pg_hba.conf entry" in said:
+        return (
+            f"the server at {where} does not let this user connect from here (pg_hba.conf): {words}"
+        )
+    if "Connection refused" in said or "No such file or directory" in said:
+        return (
+            f"no PostgreSQL answers at {where} (connection refused): start it, or fix the host "
+            "and port of DATABASE_URL (or unset DATABASE_URL to use the embedded PostgreSQL)"
+        )
+    if "failed to resolve host" in said or "could not translate host name" in said:
+        return f"the host of DATABASE_URL, {url.host!r}, is not known here: fix DATABASE_URL"
+    if "timeout" in said.lower():
+        return (
+            f"no answer from {where} in time: is PostgreSQL running there, and reachable from "
+            "here? (SEGMENTS_DB_CONNECT_TIMEOUT sets how long to wait)"
+        )
+    return f"the database at {where} cannot be used: {words}"
 
 
 def port_problem(host: str, port: int) -> str | None:

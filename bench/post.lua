@@ -12,11 +12,19 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = template
 
+-- IDEMPOTENCY=1: every request carries an Idempotency-Key of its own (a new request, not a retry)
+local keyed = os.getenv("IDEMPOTENCY") == "1"
+
 request = function()
+  counter = counter + 1
+  local body = template
   if vary then
-    counter = counter + 1
-    local body = template:gsub("__ID__", run .. tostring(counter) .. "-" .. tostring(math.random(1, 1000000000)))
-    return wrk.format(nil, nil, nil, body)
+    body = template:gsub("__ID__", run .. tostring(counter) .. "-" .. tostring(math.random(1, 1000000000)))
   end
-  return wrk.format(nil, nil, nil, template)
+  if keyed then
+    local headers = {["Content-Type"] = "application/json"}
+    headers["Idempotency-Key"] = run .. "-" .. tostring(counter) .. "-" .. tostring(math.random(1, 1000000000))
+    return wrk.format(nil, nil, headers, body)
+  end
+  return wrk.format(nil, nil, nil, body)
 end

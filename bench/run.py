@@ -133,7 +133,15 @@ def server(
             process.wait()
 
 
-def wrk(url: str, connections: int, duration: int, body_file: Path | None, vary_id: bool) -> Run:
+def wrk(
+    url: str,
+    connections: int,
+    duration: int,
+    body_file: Path | None,
+    vary_id: bool,
+    keyed: bool = False,
+) -> Run:
+    """One wrk run; `keyed`: each request with an Idempotency-Key of its own."""
     command = [
         "taskset",
         "-c",
@@ -152,6 +160,7 @@ def wrk(url: str, connections: int, duration: int, body_file: Path | None, vary_
         env |= {
             "BODY_FILE": str(body_file),
             "VARY_ID": "1" if vary_id else "0",
+            "IDEMPOTENCY": "1" if keyed else "0",
             "RUN_ID": uuid.uuid4().hex[:8],
         }
     output = subprocess.run(
@@ -282,6 +291,13 @@ OURS = [
     ("events batch 1000", "/v1/events", 1, "events1000", 1000, True),
 ]
 
+# persisted scenarios measured again with and without an Idempotency-Key per request
+KEYED = [
+    scenario
+    for scenario in OURS
+    if scenario[0] in ("single persisted c=16", "batch 10000 persisted")
+]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -313,14 +329,15 @@ def main() -> None:
         body: Path | None,
         rows: int = 1,
         vary: bool = False,
+        keyed: bool = False,
     ) -> None:
         """`name` on each server (label -> base URL), their runs alternating."""
         for label, base in servers.items():
             scenarios.setdefault(f"{name} [{label}]", Scenario(f"{name} [{label}]", label, rows))
-            wrk(base + path, connections, 2, body, vary)  # warm-up, not counted
+            wrk(base + path, connections, 2, body, vary, keyed)  # warm-up, not counted
         for _ in range(args.repeats):
             for label, base in servers.items():
-                run = wrk(base + path, connections, args.duration, body, vary)
+                run = wrk(base + path, connections, args.duration, body, vary, keyed)
                 scenarios[f"{name} [{label}]"].runs.append(run)
         for label in servers:
             s = scenarios[f"{name} [{label}]"]
@@ -367,6 +384,13 @@ def main() -> None:
                 None,
             )
             memory |= {label: rss_mb(pid) for label, (_, pid) in started_servers.items()}
+        # the cost of Idempotency-Key (issue 13): the same persisted requests, each with a key
+        # of its own, and without, alternating on one server of this tree
+        with server("ours", databases["ours"]) as (base, _):
+            for name, path, c, body, rows, vary in KEYED:
+                for keyed in (False, True):
+                    label = f"{name}, {'with' if keyed else 'without'} Idempotency-Key"
+                    measure(label, {"ours": base}, path, c, bodies[body], rows, vary, keyed)
         # workers per core: two worker processes sharing the one server core
         with ExitStack() as running:
             servers = {
@@ -544,6 +568,17 @@ def write_report(
             "events batch 1,000: ours / persisted assignment batch 1,000 (rows/s)",
             ratio("events batch 1000 [ours]", "batch 1000 persisted [ours]"),
             "(reported)",
+        ),
+        *(
+            (
+                f"{name}: with / without Idempotency-Key",
+                ratio(
+                    f"{name}, with Idempotency-Key [ours]",
+                    f"{name}, without Idempotency-Key [ours]",
+                ),
+                "(cost of keys)",
+            )
+            for name, *_ in KEYED
         ),
         (
             "batch 1,000 scored: p99 / p50",

@@ -19,14 +19,15 @@ from starlette.testclient import TestClient
 
 from app.audience.erasure import IdHasher
 from app.clock import SystemClock
+from app.errors import AppError
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.shadow import ShadowScorer
 from app.main import create_app
 from app.scoring.model import SegmentModel
 from app.service.assignments import AssignmentService, AssignmentWriter
+from app.service.idempotency import PendingRow
 from app.service.store import Store
 from app.settings import PROJECT_ROOT, Settings
-from app.store.assignments import AssignmentRow
 from app.store.embedded import embedded_database
 from app.store.group_commit import GroupCommitter
 from app.store.migrate import upgrade
@@ -176,6 +177,7 @@ CLEARED_TABLES = (
     "purchase_events",
     "customer_orders",
     "customer_activity",
+    "idempotency_keys",
 )
 
 
@@ -206,7 +208,7 @@ def assignment_service(
     with store_on(database_url) as store:
         models = ModelHolder(SegmentModel.load(model_dir))
         writer = AssignmentWriter(store, TEST_ID_HASH)
-        committer: GroupCommitter[AssignmentRow, None] = GroupCommitter(
+        committer: GroupCommitter[PendingRow, str | AppError | None] = GroupCommitter(
             writer.write_rows, max_rows=1, max_wait_seconds=0
         )
         yield AssignmentService(

@@ -18,7 +18,12 @@ from app.api.deps import (
     RuntimeDep,
     utc_timestamp,
 )
-from app.api.openapi import ERROR_RESPONSES, error_responses, request_body_schema
+from app.api.openapi import (
+    ERROR_RESPONSES,
+    IDEMPOTENCY_PARAMETER,
+    error_responses,
+    request_body_schema,
+)
 from app.api.schemas import (
     AssignmentOut,
     BatchIn,
@@ -33,6 +38,7 @@ from app.auth.keys import Scope
 from app.errors import InvalidFeatures, Problem
 from app.lifecycle.holder import SegmentNames
 from app.runtime import Runtime
+from app.service.idempotency import HEADER, REPLAYED_HEADER, Idempotency, idempotency_of
 from app.store.assignments import AssignmentBatch
 
 # the hot routes check their key inline (no dependency injection): declared here for OpenAPI
@@ -88,7 +94,8 @@ def assignments_json(batch: AssignmentBatch, names: SegmentNames) -> list[str]:
     "/v1/assignments",
     response_model=AssignmentOut,
     tags=["assignments"],
-    openapi_extra=request_body_schema(CustomerIn, PERSIST_PARAMETER) | BEARER_SECURITY,
+    openapi_extra=request_body_schema(CustomerIn, PERSIST_PARAMETER, IDEMPOTENCY_PARAMETER)
+    | BEARER_SECURITY,
 )
 async def assign(request: Request) -> Response:
     """Assign one customer to a segment and store it (`?persist=false` only scores).
@@ -97,10 +104,17 @@ async def assign(request: Request) -> Response:
     """
     # the hot path: no dependency injection (FastAPI's resolution costs more than our scoring)
     runtime: Runtime = request.state.runtime
-    runtime.guard.authorize(request, Scope.ASSIGN)
+    caller = runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
-    payload = parse_json(await request.body())
-    batch = await runtime.assignments.assign_one(payload, persist=persist)
+    raw = await request.body()
+    keyed = idempotency_from(request, caller.name, raw) if persist else None
+    if keyed is not None:
+        names = runtime.models.segment_names
+        answer, replayed = await runtime.assignments.assign_one_keyed(
+            parse_json(raw), keyed, lambda batch: assignments_json(batch, names)[0]
+        )
+        return keyed_response(answer, replayed)
+    batch = await runtime.assignments.assign_one(parse_json(raw), persist=persist)
     return Response(
         assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
     )
@@ -110,23 +124,47 @@ async def assign(request: Request) -> Response:
     "/v1/assignments/batch",
     response_model=BatchOut,
     tags=["assignments"],
-    openapi_extra=request_body_schema(BatchIn, PERSIST_PARAMETER) | BEARER_SECURITY,
+    openapi_extra=request_body_schema(BatchIn, PERSIST_PARAMETER, IDEMPOTENCY_PARAMETER)
+    | BEARER_SECURITY,
     responses=error_responses("batch_too_large", "payload_too_large"),
 )
 async def assign_batch(request: Request) -> Response:
     """Assign many customers, stored in one transaction: all of them, or none if any row is invalid."""
     runtime: Runtime = request.state.runtime
-    runtime.guard.authorize(request, Scope.ASSIGN)
+    caller = runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
     raw = await request.body()
+    keyed = idempotency_from(request, caller.name, raw) if persist else None
 
-    def work() -> str:
-        batch = runtime.assignments.assign_batch(parse_json(raw), persist=persist)
+    def render(batch: AssignmentBatch) -> str:
         version = encode_json_string(batch.model_versions[0])
         rows = ",".join(assignments_json(batch, runtime.models.segment_names))
         return '{"model_version":' + version + ',"assignments":[' + rows + "]}"
 
+    if keyed is not None:
+        answer, replayed = await run_in_threadpool(
+            runtime.assignments.assign_batch_keyed, parse_json(raw), keyed, render
+        )
+        return keyed_response(answer, replayed)
+
+    def work() -> str:
+        return render(runtime.assignments.assign_batch(parse_json(raw), persist=persist))
+
     return Response(await run_in_threadpool(work), media_type="application/json")
+
+
+def idempotency_from(request: Request, caller: str, body: bytes) -> Idempotency | None:
+    """The request's Idempotency-Key, scoped by the caller's key name and the route."""
+    header = request.headers.get(HEADER)
+    if header is None:  # nearly always: nothing more to do on the hot path
+        return None
+    return idempotency_of(header, caller, request.scope["path"], body)
+
+
+def keyed_response(answer: str, replayed: bool) -> Response:
+    """The answer of a request sent with an Idempotency-Key; a replay says so in a header."""
+    headers = {REPLAYED_HEADER: "true"} if replayed else None
+    return Response(answer, media_type="application/json", headers=headers)
 
 
 @router.get(

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from app.api.schemas import BatchIn, CustomerIn, ErasureIn, ErrorOut, EventsIn
+from app.api.schemas import TIME_PATTERN, BatchIn, CustomerIn, ErasureIn, ErrorOut, EventsIn
 from app.scoring.manifest import FeatureSpec, Manifest
 from app.scoring.validation import CATEGORY_MAX, CUSTOMER_ID_PATTERN, customer_id_schema_pattern
 
@@ -37,6 +37,11 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "batch_too_large": (413, "more than SEGMENTS_MAX_BATCH rows", "customers"),
     "payload_too_large": (413, "a body over SEGMENTS_MAX_BODY_BYTES", "body"),
     "invalid_input": (422, "invalid body, parameter or cursor: `details` name each", "features"),
+    "idempotency_key_reused": (
+        422,
+        "the Idempotency-Key came before with another body",
+        "Idempotency-Key",
+    ),
     "too_many_exports": (429, "SEGMENTS_MAX_EXPORTS exports stream in this worker", "format"),
     "internal_error": (500, "a bug; never a stack trace", "body"),
     "store_unavailable": (503, "the database does not answer; nothing was stored", "store"),
@@ -102,6 +107,17 @@ ERROR_RESPONSES = error_responses(*COMMON)
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (CustomerIn, BatchIn, EventsIn, ErasureIn)
 
 
+IDEMPOTENCY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+    "description": "one key per logical request (a UUID), the same on each retry: a retry with "
+    "the same body answers the first answer and stores nothing; another body is a 422 "
+    "idempotency_key_reused",
+}
+
+
 def request_body_schema(
     model: type[BaseModel], *parameters: dict[str, Any], example: Any = None
 ) -> dict[str, Any]:
@@ -137,6 +153,11 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     for name, schema in top["$defs"].items():
         schemas.setdefault(name, schema)
     schemas["CustomerIn"]["properties"]["features"] = {"$ref": COMPONENTS + "Features"}
+    # optional, but a string when sent: null is refused like any other non-time
+    observed = schemas["CustomerIn"]["properties"]["observed_at"]
+    observed.pop("anyOf", None)
+    observed.pop("default", None)
+    observed |= {"type": "string", "format": "date-time", "pattern": TIME_PATTERN}
     schemas.setdefault("Features", copy.deepcopy(GENERIC_FEATURES))
     schemas["ErrorDetailOut"]["properties"]["code"]["description"] = (
         "what went wrong, in snake_case; the service answers these (more may come, so treat an "

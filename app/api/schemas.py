@@ -13,6 +13,12 @@ from app.scoring.validation import CUSTOMER_ID_PATTERN
 # the shape the service checks (app.audience.identifiers): one @, a dotted domain, no spaces;
 # written for ASCII here (addresses in other scripts are accepted as well)
 EMAIL_PATTERN = r"^[!-?A-~]{1,64}@[!-\-/-?A-~]+(\.[!-\-/-?A-~]+)+$"
+# RFC 3339 as Python and PostgreSQL read it (app.service.event_input.parse_moment): years 1 to
+# 9999, no leap second, Z or an offset within ±15:59
+TIME_PATTERN = (
+    r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-[0-9]{2}-[0-9]{2}"
+    r"[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-](0[0-9]|1[0-5]):[0-5][0-9])$"
+)
 # event and order ids: 1 to 128 characters, no control characters
 EVENT_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
 Email = Annotated[
@@ -69,6 +75,13 @@ class CustomerIn(BaseModel):
     consent: ConsentIn | None = Field(
         default=None, description="optional: flags not sent keep their earlier value"
     )
+    observed_at: datetime | None = Field(
+        default=None,
+        description="optional: the time the features describe (RFC 3339 with a zone, not in the "
+        "future); the assignment's assigned_at. An older observation than the customer's stored "
+        "one goes to the history and does not change their current segment",
+        examples=["2026-11-23T09:00:00Z"],
+    )
 
 
 class ConsentIn(BaseModel):
@@ -103,12 +116,7 @@ class EventIn(BaseModel):
     )
     customer_id: str = Field(pattern=CUSTOMER_ID_PATTERN, max_length=128, examples=["12347"])
     occurred_at: datetime = Field(
-        # RFC 3339 as Python and PostgreSQL read it: years 1 to 9999, no leap second, Z or an
-        # offset within ±15:59
-        json_schema_extra={
-            "pattern": r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-[0-9]{2}-[0-9]{2}"
-            r"[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-](0[0-9]|1[0-5]):[0-5][0-9])$"
-        },
+        json_schema_extra={"pattern": TIME_PATTERN},
         description="when it happened (RFC 3339, with a time zone); at most 5 minutes ahead of "
         "the service's clock",
         examples=["2026-12-01T10:15:00Z"],

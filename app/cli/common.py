@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import OperationalError
 
-from app.errors import AppError
+from app.errors import AppError, StoreFailed, StoreReason
 from app.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def _variable(loc: tuple[int | str, ...]) -> str:
 def fail(problems: list[str]) -> NoReturn:
     """Print the problems (one line each) and stop with exit status 2."""
     if len(problems) == 1:
-        err.print(f"[red]error:[/red] {problems[0]}", highlight=False)
+        err.print(f"[red]error:[/red] {problems[0]}", highlight=False, soft_wrap=True)
     else:
         err.print(f"[red]error:[/red] {len(problems)} problems:", highlight=False)
         for problem in problems:
@@ -57,11 +58,17 @@ def fail(problems: list[str]) -> NoReturn:
 
 
 @contextmanager
-def database(settings: Settings, *, announce: bool = False) -> Iterator[Settings]:
+def database(
+    settings: Settings, *, announce: bool = False, check: bool = True
+) -> Iterator[Settings]:
     """The settings on a database for the block: DATABASE_URL's, or else the embedded
     PostgreSQL in SEGMENTS_EMBEDDED_DIR, started for the block unless it runs already (it
-    fails with EmbeddedError, which `errors_as_messages` reports)."""
+    fails with EmbeddedError, which `errors_as_messages` reports). With `check`, DATABASE_URL's
+    database is reached once first: one that does not exist or does not answer stops the
+    command with what to do (ConfigurationError), before any work."""
     if settings.database_url is not None:
+        if check:
+            _reach(settings)
         yield settings
         return
     from app.store.embedded import embedded_database
@@ -78,6 +85,39 @@ def database(settings: Settings, *, announce: bool = False) -> Iterator[Settings
         yield settings.with_database(server.url)
 
 
+def _reach(settings: Settings) -> None:
+    from app.startup import connection_problem
+    from app.store.engine import make_engine, ping
+
+    engine = make_engine(settings.model_copy(update={"db_pool_size": 1}))
+    try:
+        with engine.connect() as conn:
+            ping(conn)
+    except OperationalError as exc:
+        raise ConfigurationError([connection_problem(exc, settings.database)]) from exc
+    finally:
+        engine.dispose()
+
+
+def check_output(path: Path, option: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Stop, before any work, when `path` cannot be written as asked: its folder is missing,
+    or (with `suffixes`) its name ends in none of them, so the format would be a guess."""
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        fail([f"{option} {path}: {folder} is a file, not a folder; write elsewhere"])
+    if not folder.exists():
+        fail(
+            [f"{option} {path}: the folder {folder} does not exist; create it (mkdir -p {folder})"]
+        )
+    if suffixes is not None and not path.name.lower().endswith(suffixes):
+        fail(
+            [
+                f"{option} {path}: unknown file type {''.join(path.suffixes) or '(no suffix)'}; "
+                f"end its name in {', '.join(suffixes[:-1])} or {suffixes[-1]}"
+            ]
+        )
+
+
 @contextmanager
 def errors_as_messages() -> Iterator[None]:
     """Expected failures (bad files, bad artifacts, bad options, refusals) become one red line
@@ -92,10 +132,15 @@ def errors_as_messages() -> Iterator[None]:
         yield
     except ConfigurationError as exc:
         fail(exc.problems)
+    except StoreFailed as exc:
+        # an outage, said the way HTTP clients hear it; a command line also gets the server's
+        # words for why it is unavailable (a timeout, a lock or a busy pool say it already)
+        cause = exc.__cause__
+        if exc.reason is StoreReason.UNAVAILABLE and isinstance(cause, OperationalError):
+            fail([_database_failure(cause)])
+        fail([str(exc)])
     except OperationalError as exc:
-        # the server's own words (which name host, database and user, never a password)
-        said = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        fail([f"the database cannot be used: {said}"])
+        fail([_database_failure(exc)])
     except (
         AppError,
         ArtifactError,
@@ -106,6 +151,12 @@ def errors_as_messages() -> Iterator[None]:
         ValueError,
     ) as exc:
         fail([str(exc)])
+
+
+def _database_failure(failure: OperationalError) -> str:
+    # the server's own words (which name host, database and user, never a password)
+    said = str(failure.orig).strip().splitlines()[0] if failure.orig else type(failure).__name__
+    return f"the database cannot be used: {said}"
 
 
 Choice = TypeVar("Choice", bound=StrEnum)

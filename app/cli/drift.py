@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from app.cli.common import database, engine_of, err, errors_as_messages, load_settings
+from app.cli.common import (
+    check_output,
+    database,
+    engine_of,
+    err,
+    errors_as_messages,
+    load_settings,
+)
 
 
 def drift(
@@ -31,6 +38,8 @@ def drift(
     from app.metrics.history import draw_chart, drift_history, parse_span
     from app.scoring.model import SegmentModel
 
+    if chart is not None:
+        check_output(chart, "--chart")
     configured = load_settings()
     with errors_as_messages(), database(configured) as settings, engine_of(settings) as engine:
         loaded = SegmentModel.load(model or settings.model_dir)

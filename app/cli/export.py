@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from app.cli.common import (
+    check_output,
     choice,
     database,
     engine_of,
@@ -23,7 +24,9 @@ def export_audience(
     out: Annotated[Path, typer.Option("--out", help="file to write")],
     export_format: Annotated[
         str | None,
-        typer.Option("--format", help="csv or ndjson; default: from --out's suffix, else csv"),
+        typer.Option(
+            "--format", help="csv or ndjson; default: from --out's suffix (.csv, .ndjson)"
+        ),
     ] = None,
     purpose: Annotated[
         str,
@@ -56,8 +59,10 @@ def export_audience(
     from app.service.audiences import AudienceService
     from app.service.store import Store
 
-    if export_format is None:
+    if export_format is None:  # from the name; one that says neither is refused, not guessed
+        check_output(out, "--out", (".csv", ".ndjson", ".jsonl"))
         export_format = "ndjson" if out.suffix.lower() in {".ndjson", ".jsonl"} else "csv"
+    check_output(out, "--out")
     chosen_format = choice(ExportFormat, export_format, "--format", exclude=ExportFormat.JSON)
     chosen_purpose = choice(Purpose, purpose, "--purpose")
     chosen_identifiers = choice(Identifiers, identifiers, "--identifiers")

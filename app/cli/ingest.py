@@ -15,10 +15,13 @@ from app.cli.common import (
     QuantityColumn,
     TimeColumn,
     err,
+    errors_as_messages,
     fail,
     progress_bar,
 )
 from app.cli.rescore import live_store
+
+FIRST_ROWS = 10_000  # checked before anything is loaded: a wrong --time column shows at once
 
 ingest_cli = typer.Typer(
     help="Load purchase histories in bulk, as POST /v1/events would, and score their customers.",
@@ -49,13 +52,17 @@ def ingest_transactions(
     purchase events, all or nothing, then score every customer it touched with the active
     model. Ingesting the same file again stores nothing more."""
     from app.clock import SystemClock
+    from app.datafiles import first_rows, require_columns
     from app.errors import EventsUnsupported
     from app.service.activity import follows_purchases
     from app.service.ingest import load_transactions, score_loaded
-    from app.training.rfm import TransactionColumns
+    from app.training.rfm import TransactionColumns, check_transactions
 
-    with live_store("ingest") as live:
+    with errors_as_messages():  # a wrong column or format stops here, before the database
         columns = TransactionColumns(customer, time, amount, quantity, price, invoice)
+        require_columns(file, columns.needed())
+        check_transactions(first_rows(file, FIRST_ROWS), columns)
+    with live_store("ingest") as live:
         model = live.model
         if not follows_purchases(model):
             raise EventsUnsupported(model.version)

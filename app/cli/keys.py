@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import err, errors_as_messages
+from app.cli.common import err, errors_as_messages, fail
 
 keys_cli = typer.Typer(help="API keys: make one and the entry to configure.", no_args_is_help=True)
 
@@ -35,9 +35,12 @@ def create_key(
     if not wanted:
         raise typer.BadParameter("give at least one scope", param_hint="--scopes")
     key = generate_key()
-    line = key_config_line(name, key, wanted)
+    try:
+        line = key_config_line(name, key, wanted)  # a bad --name fails here, before any key shows
+    except ValueError as exc:
+        fail([f"--name {name!r}: {exc}; e.g. --name crm-sync"])
     with errors_as_messages():
-        parse_key_config(line)  # a bad --name fails here, before anything is shown
+        parse_key_config(line)
     err.print("[bold]The key, shown once: give it to the client and do not store it here.[/bold]")
     print(key)
     err.print("Add this entry to SEGMENTS_API_KEYS (or SEGMENTS_API_KEYS_FILE), one per line:")

@@ -17,7 +17,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from app.cli.common import database, err, errors_as_messages, load_settings, out
+from app.cli.common import (
+    check_output,
+    database,
+    err,
+    errors_as_messages,
+    load_settings,
+    out,
+)
 from app.datafiles import read_table
 from app.lifecycle.compare import (
     DEFAULT_SAMPLE,
@@ -164,6 +171,8 @@ def compare_command(
     min_agreement: MinAgreement = None,
 ) -> None:
     """Transition matrix, share moving, adjusted Rand index and profile changes, OLD -> NEW."""
+    if json_out is not None:
+        check_output(json_out, "--json")
     with _registry() as registry:
         before = registry.resolve(old, folders=True)
         after = registry.resolve(new, folders=True)

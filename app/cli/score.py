@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import err, errors_as_messages, progress_bar
+from app.cli.common import check_output, err, errors_as_messages, progress_bar
 
 
 def score(
@@ -16,14 +16,20 @@ def score(
     input_file: Annotated[
         Path, typer.Option("--input", help="CSV (optionally .gz) or Parquet of customers")
     ],
-    output_file: Annotated[Path, typer.Option("--output", help="CSV or Parquet (by suffix)")],
+    output_file: Annotated[
+        Path,
+        typer.Option(
+            "--output", help="CSV, CSV.gz or Parquet (by suffix: .csv, .csv.gz, .parquet)"
+        ),
+    ],
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1)] = 50_000,
 ) -> None:
     """Score a file offline, in chunks: the same rows out, with segment columns added."""
     from app.datafiles import count_rows
     from app.scoring.model import SegmentModel
-    from app.scoring.offline import score_file
+    from app.scoring.offline import OUTPUT_SUFFIXES, score_file
 
+    check_output(output_file, "--output", OUTPUT_SUFFIXES)
     with errors_as_messages():
         loaded = SegmentModel.load(model)
         with progress_bar("scoring") as progress:

@@ -64,7 +64,8 @@ def serve(
         os.environ["SEGMENTS_MODEL_DIR"] = str(model.resolve())
     configured, artifact = _settings_and_model(model)
     embedded = configured.database_url is None
-    with errors_as_messages(), database(configured, announce=True) as settings:
+    # serve reports the database with its other problems (and starts on one not answering yet)
+    with errors_as_messages(), database(configured, announce=True, check=False) as settings:
         if embedded:
             settings = startup.quick_start(settings, host)
         _check_before_start(settings, host, port)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -40,7 +40,11 @@ KRange = Annotated[
 ]
 OutOption = Annotated[Path, typer.Option("--out", help="folder the model version is written under")]
 VersionOption = Annotated[
-    str | None, typer.Option("--version", help="version name (default: <date>-<kind>-k<k>)")
+    str | None,
+    typer.Option(
+        "--version",
+        help="version name (default: <date>-<kind>-k<k>-<hash of the data and options>)",
+    ),
 ]
 PreviousOption = Annotated[
     str | None,
@@ -120,6 +124,7 @@ def train_transactions(
     from app.training.rfm import TransactionColumns
     from app.training.train import train_transactions as run
 
+    started = datetime.now(UTC)
     with errors_as_messages():
         columns = TransactionColumns(customer, time, amount, quantity, price, invoice)
         path = run(
@@ -134,7 +139,7 @@ def train_transactions(
             previous=_previous(previous),
             currency=currency.upper() if currency else None,
         )
-    _report(path)
+    _report(path, started)
 
 
 @train_cli.command("customers")
@@ -159,6 +164,7 @@ def train_customers(
     """Train on a customer table with declared numeric and categorical columns."""
     from app.training.train import train_customers as run
 
+    started = datetime.now(UTC)
     with errors_as_messages():
         path = run(
             file,
@@ -172,16 +178,22 @@ def train_customers(
             seed=seed,
             previous=_previous(previous),
         )
-    _report(path)
+    _report(path, started)
 
 
-def _report(path: Path) -> None:
+def _report(path: Path, started: datetime) -> None:
     from app.scoring.artifact import load_artifact
 
     manifest = load_artifact(path).manifest
-    err.print(
-        f"wrote {path} (k={len(manifest.segments)}, silhouette {manifest.quality.silhouette})"
-    )
+    if manifest.trained_at < started:  # an automatic version fitted from the same inputs before
+        err.print(
+            f"{path} holds this model already (trained {manifest.trained_at:%Y-%m-%d %H:%M} from "
+            "the same data and options, which the version's hash names): kept as it is"
+        )
+    else:
+        err.print(
+            f"wrote {path} (k={len(manifest.segments)}, silhouette {manifest.quality.silhouette})"
+        )
     for segment in sorted(manifest.segments, key=lambda s: s.id):
         err.print(f"  {segment.id} {segment.key:<22} {segment.share:6.1%}  {segment.name}")
     if manifest.lineage is not None:  # retrained with --previous: which segments it kept

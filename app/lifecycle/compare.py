@@ -59,6 +59,11 @@ def compare(
 ) -> Comparison:
     """Score `features` (one row per customer, both models' features) with both models."""
     if features.empty:
+        if (differ := different_features(old, new)) is not None:
+            raise OfflineInputError(
+                f"{differ}, and no stored customer has both; compare them on a file with every "
+                "column both need (`segments models compare OLD NEW --input FILE`)"
+            )
         raise OfflineInputError("there are no customers to compare the models on")
     old_scores = old.score_frame(features).clusters
     new_scores = new.score_frame(features).clusters
@@ -117,8 +122,23 @@ def stored_features(
 def checked_features(table: pd.DataFrame, models: list[SegmentModel]) -> pd.DataFrame:
     """The features every model needs from a table's columns (a file's, or stored features),
     checked against each model's schema."""
-    checked = [feature_frame(m, table) for m in models]
+    try:
+        checked = [feature_frame(m, table) for m in models]
+    except OfflineInputError as exc:
+        if (differ := different_features(*models)) is not None:
+            raise OfflineInputError(f"{differ}: {exc}") from exc
+        raise
     return pd.concat(checked, axis=1).loc[:, lambda f: ~f.columns.duplicated()]
+
+
+def different_features(*models: SegmentModel) -> str | None:
+    """What sets the models apart when they do not take the same features (None if they do):
+    they can only be compared on customers that have every feature of both."""
+    takes = {m.version: m.manifest.feature_types() for m in models}
+    if len({tuple(sorted(t.items())) for t in takes.values()}) <= 1:
+        return None
+    listed = "; ".join(f"{version} takes {', '.join(t)}" for version, t in takes.items())
+    return f"the models take different features ({listed})"
 
 
 def _medians(model: SegmentModel, key: str) -> dict[str, float] | None:

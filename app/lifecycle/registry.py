@@ -85,7 +85,8 @@ class ModelRegistry:
         self._comparison_queue_seconds = comparison_queue_seconds  # then refused: 503 busy
 
     def register(self, artifact: Artifact) -> RegisteredModel:
-        """Add a verified artifact as a candidate; registering the same artifact again is a no-op."""
+        """Add a verified artifact as a candidate; registering the same artifact again, or the
+        same model fitted again (a manifest that differs only in training time), is a no-op."""
         manifest = artifact.manifest
         with self.engine.begin() as conn:
             store.lock(conn)
@@ -104,10 +105,13 @@ class ModelRegistry:
                 existing = store.find(conn, manifest.version)
                 assert existing is not None
                 log.info("registered model %s from %s", manifest.version, artifact.source)
-            elif existing.artifact_sha256 != artifact.sha256:
+            elif existing.artifact_sha256 != artifact.sha256 and not _same_fit(
+                existing.manifest, artifact
+            ):
                 raise ModelRefused(
                     f"Version {manifest.version} is registered already with another artifact; "
-                    "train it again under a new --version.",
+                    "train it again under another --version, or without --version (automatic "
+                    "versions name the data and options they were fitted from).",
                     f"registered with sha256 {existing.artifact_sha256[:12]}…, "
                     f"this one is {artifact.sha256[:12]}…",
                 )
@@ -320,6 +324,16 @@ class ModelRegistry:
             raise ModelRefused(
                 f"Version {version} cannot be loaded: {exc}", "failed verification at load"
             ) from exc
+
+
+def _same_fit(registered: Manifest, candidate: Artifact) -> bool:
+    """Whether a (verified) artifact is the registered model fitted again from the same data and
+    options: skops files differ run to run (they record object ids), but the manifests then agree
+    on everything the fit decides (segments, profiles, k scores, drift baseline, parity sample)."""
+    if candidate.sha256 != candidate.manifest.artifact_sha256:
+        return False  # not an artifact verification passed
+    per_run = {"trained_at", "artifact_sha256"}
+    return registered.model_dump(exclude=per_run) == candidate.manifest.model_dump(exclude=per_run)
 
 
 def _check_same_schema(active: Manifest, candidate: Manifest) -> None:

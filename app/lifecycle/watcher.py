@@ -22,6 +22,7 @@ from app.errors import AppError
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.registry import ModelRegistry
 from app.metrics.registry import ASSIGNMENTS, MODEL_LOADS
+from app.metrics.scored import publish_baseline
 from app.scoring.artifact import ArtifactError
 from app.scoring.model import SegmentModel
 from app.store.registry import ServedVersions
@@ -72,6 +73,7 @@ class ModelWatcher:
                 return True
             for segment in model.manifest.segments:
                 ASSIGNMENTS.labels(model.version, segment.key)  # every series from zero
+            publish_baseline(model)
             self.models.serve(model)
             self.registry_active = model.version
             self.load_error = None

@@ -19,6 +19,10 @@ class OfflineInputError(ValueError):
     """Rows that cannot be scored: names the file's row numbers and what is wrong."""
 
 
+# what score_file writes, by the target's name (anything else would be a guess)
+OUTPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
 def score_file(
     model: SegmentModel,
     source: Path,
@@ -44,7 +48,12 @@ def score_file(
                 writer.write_table(table)
             else:
                 scored.to_csv(
-                    partial, mode="a" if written else "w", header=not written, index=False
+                    partial,
+                    mode="a" if written else "w",
+                    header=not written,
+                    index=False,
+                    # from the target's name: the partial file's ends in .partial
+                    compression="gzip" if target.suffix.lower() == ".gz" else None,
                 )
             written += len(scored)
             on_progress(len(scored))
@@ -78,8 +87,11 @@ def feature_frame(model: SegmentModel, chunk: pd.DataFrame, first_row: int = 0) 
     from `first_row` + 1 in errors)."""
     missing = [n for n in model.feature_names if n not in chunk.columns]
     if missing:
+        found = [str(c) for c in chunk.columns]
+        has = ", ".join(found[:20]) + (f" and {len(found) - 20} more" if len(found) > 20 else "")
         raise OfflineInputError(
-            f"the input has no column {', '.join(missing)}; the model needs {model.feature_names}"
+            f"the input has no column {', '.join(missing)}; model {model.version} needs "
+            f"{', '.join(model.feature_names)}, and the input's columns are {has or 'none'}"
         )
     features = pd.DataFrame(index=chunk.index)
     problems: list[str] = []

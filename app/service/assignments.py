@@ -20,6 +20,7 @@ from app.audience.consent import Purpose
 from app.audience.profile import CustomerProfile, split_profiles
 from app.clock import Clock
 from app.errors import (
+    AppError,
     BatchTooLarge,
     ConsentWithheld,
     CustomerNotFound,
@@ -34,13 +35,17 @@ from app.metrics.registry import (
     SUPPRESSED_ASSIGNMENTS,
     UNKNOWN_CATEGORIES,
 )
+from app.metrics.scored import count_scored
 from app.scoring.model import SegmentModel
 from app.scoring.validation import ValidBatch, require_customer_id
+from app.service.idempotency import Idempotency, PendingRow, Render, kept_answer, write_keyed_rows
+from app.service.observed import split_observed
 from app.service.store import Store
 from app.store.assignments import AssignmentBatch, AssignmentRow, IdHash, store_batch
 from app.store.erasure import erased_among
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_membership, customer_history
+from app.store.idempotency import claim_keys, kept_answers
 from app.store.tables import Cause
 
 
@@ -56,10 +61,27 @@ class AssignmentWriter:
         with self._store.transaction(operation, writing=True) as conn:
             self.store(conn, batch)
 
-    def write_rows(self, rows: list[AssignmentRow]) -> list[None]:
-        """Single assignments committed together (the group committer's write)."""
-        self.write(AssignmentBatch.of_rows(rows))
-        return [None] * len(rows)
+    def write_keyed(
+        self, batch: AssignmentBatch, idempotency: Idempotency, answer: str, operation: str
+    ) -> str | None:
+        """Store the batch under its Idempotency-Key, with the answer it gets; None. Or, when
+        the key was answered before, store nothing and return that answer (KeyReused for
+        another body)."""
+        with self._store.transaction(operation, writing=True) as conn:
+            # the answer goes with the claim: if the write fails, both roll back
+            if claim_keys(conn, [idempotency.claim(answer)], batch.assigned_at[0]):
+                self.store(conn, batch)
+                return None
+            kept = kept_answers(conn, [idempotency.key_hash]).get(idempotency.key_hash)
+        return kept_answer(kept, idempotency)
+
+    def write_rows(self, pending: list[PendingRow]) -> list[str | AppError | None]:
+        """Single assignments committed together (the group committer's write): None for each
+        stored; for one whose Idempotency-Key was answered before, that answer (or KeyReused)."""
+        if all(item.idempotency is None for item in pending):
+            self.write(AssignmentBatch.of_rows([item.row for item in pending]))
+            return [None] * len(pending)
+        return write_keyed_rows(self._store, pending, self.store)
 
     def erased_among(self, conn: Connection, customer_ids: Sequence[str]) -> set[str]:
         """Those of the customers erased (a tombstone stands), in the caller's transaction."""
@@ -86,7 +108,7 @@ class AssignmentService:
         models: ModelHolder,
         store: Store,
         writer: AssignmentWriter,
-        committer: GroupCommitter[AssignmentRow, None],
+        committer: GroupCommitter[PendingRow, str | AppError | None],
         shadow: ShadowScorer,
         *,
         clock: Clock,
@@ -115,7 +137,7 @@ class AssignmentService:
         else:
             batch = await anyio.to_thread.run_sync(self._score_single, model, payload)
         if persist:
-            await self._committer.submit(batch.row(0))
+            await self._committer.submit(PendingRow(batch.row(0)))
         else:
             # Yield once before answering. Without it a request never gives the loop back, and
             # at 64 connections on one core some connections starved: p99 ~220 ms against
@@ -124,31 +146,71 @@ class AssignmentService:
         count_assignments(batch)
         return batch
 
+    async def assign_one_keyed(
+        self, payload: Any, idempotency: Idempotency, render: Render
+    ) -> tuple[str, bool]:
+        """Score and store one request body sent with an Idempotency-Key: (the answer, whether
+        it is a replay of the key's first answer, nothing stored)."""
+        model = self.models.model
+        if model.compiled is not None:
+            batch = self._score_single(model, payload)
+        else:
+            batch = await anyio.to_thread.run_sync(self._score_single, model, payload)
+        answer = render(batch)
+        kept = await self._committer.submit(PendingRow(batch.row(0), idempotency, answer))
+        if isinstance(kept, AppError):
+            raise kept
+        if kept is not None:
+            return kept, True
+        count_assignments(batch)
+        return answer, False
+
+    def assign_batch_keyed(
+        self, payload: Any, idempotency: Idempotency, render: Render
+    ) -> tuple[str, bool]:
+        """assign_batch, stored, for a body sent with an Idempotency-Key: (the answer, whether
+        it is a replay). Blocking: run it in a thread."""
+        batch = self._scored_batch(payload)
+        answer = render(batch)
+        kept = self._writer.write_keyed(batch, idempotency, answer, "assign_batch")
+        if kept is not None:
+            return kept, True
+        count_assignments(batch)
+        return answer, False
+
     def assign_batch(self, payload: Any, *, persist: bool) -> AssignmentBatch:
         """Score a batch body `{"customers": [...]}` in order; store all of it in one
         transaction, or nothing if any row is invalid. Blocking: run it in a thread."""
-        customers = _customers_of(payload)
-        if len(customers) > self._max_batch:
-            raise BatchTooLarge(len(customers), self._max_batch)
-        model = self.models.model
-        stripped, profiles = self._profiles(customers, prefix="customers")
-        valid = _validate(model, stripped, prefix="customers")
-        batch = self._score(model, valid, profiles, mode="batch")
+        batch = self._scored_batch(payload)
         if persist:
             self._writer.write(batch, "assign_batch")
         count_assignments(batch)
         return batch
 
-    def _score_single(self, model: SegmentModel, payload: Any) -> AssignmentBatch:
-        customers, profiles = self._profiles([payload], prefix="")
-        valid = _validate(model, customers, prefix="")
-        return self._score(model, valid, profiles, mode="single")
+    def _scored_batch(self, payload: Any) -> AssignmentBatch:
+        customers = _customers_of(payload)
+        if len(customers) > self._max_batch:
+            raise BatchTooLarge(len(customers), self._max_batch)
+        model = self.models.model
+        now = self._clock.now()
+        stripped, profiles, observed = self._split(customers, "customers", now)
+        valid = _validate(model, stripped, prefix="customers")
+        return self._score(model, valid, profiles, observed, mode="batch", now=now)
 
-    def _profiles(
-        self, customers: Sequence[Any], *, prefix: str
-    ) -> tuple[Sequence[Any], list[CustomerProfile | None] | None]:
-        """Split off and hash e-mail, phone and consent; their problems fail the request."""
-        stripped, profiles, problems = split_profiles(customers, prefix, self._phone_region)
+    def _score_single(self, model: SegmentModel, payload: Any) -> AssignmentBatch:
+        now = self._clock.now()
+        customers, profiles, observed = self._split([payload], "", now)
+        valid = _validate(model, customers, prefix="")
+        return self._score(model, valid, profiles, observed, mode="single", now=now)
+
+    def _split(
+        self, customers: Sequence[Any], prefix: str, now: datetime
+    ) -> tuple[Sequence[Any], list[CustomerProfile | None] | None, list[datetime | None] | None]:
+        """Split off observed_at, and e-mail, phone and consent (hashed); their problems fail
+        the request."""
+        customers, observed, problems = split_observed(customers, prefix, now)
+        stripped, profiles, found = split_profiles(customers, prefix, self._phone_region)
+        problems.extend(found)
         if problems:
             what = (
                 f"{_bad_rows(problems)} of the batch's {len(customers)} customers have invalid data"
@@ -156,17 +218,23 @@ class AssignmentService:
                 else "The customer's data is invalid"
             )
             raise _invalid(what, problems)
-        return stripped, profiles
+        return stripped, profiles, observed
 
     def _score(
         self,
         model: SegmentModel,
         valid: ValidBatch,
         profiles: list[CustomerProfile | None] | None,
+        observed: list[datetime | None] | None,
         *,
         mode: str,
+        now: datetime,
     ) -> AssignmentBatch:
-        return score(model, valid, profiles, mode=mode, now=self._clock.now(), shadow=self._shadow)
+        batch = score(
+            model, valid, profiles, mode=mode, now=now, shadow=self._shadow, observed=observed
+        )
+        count_scored(model, valid)  # drift of every scored customer, stored or not
+        return batch
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -206,8 +274,10 @@ def score(
     mode: str,
     now: datetime,
     shadow: ShadowScorer,
+    observed: Sequence[datetime | None] | None = None,
 ) -> AssignmentBatch:
-    """The validated customers' assignments by `model` at `now` (offered to the shadow too)."""
+    """The validated customers' assignments by `model` at `now`, or at the time each one's data
+    describes (`observed`, app.service.observed), offered to the shadow too."""
     started = time.perf_counter()
     scores = model.score_arrays(valid.numeric, valid.categorical)
     INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
@@ -225,7 +295,7 @@ def score(
         distances=np.round(scores.distances, 6).tolist(),
         confidences=np.round(scores.confidences, 6).tolist(),
         features=valid.features,
-        assigned_at=[now] * rows,
+        assigned_at=[now] * rows if observed is None else [o or now for o in observed],
         profiles=profiles,
     )
 

@@ -112,7 +112,7 @@ def _row(
     customer_id = need("customer_id", customer_id_problem)
     if customer_id is not None:
         customer_id = canonical_id(customer_id)
-    occurred_at = _moment(event.get("occurred_at"), f"{where}.occurred_at", now, problems)
+    occurred_at = parse_moment(event.get("occurred_at"), f"{where}.occurred_at", now, problems)
     amount = need("amount", _amount_problem)
     kind = need("type", _type_problem)
     order = event.get("order_id")
@@ -149,7 +149,9 @@ def _row(
     )
 
 
-def _moment(value: Any, loc: str, now: datetime, problems: list[Problem]) -> datetime | None:
+def parse_moment(value: Any, loc: str, now: datetime, problems: list[Problem]) -> datetime | None:
+    """A time a client sends (an event's occurred_at, an assignment's observed_at): RFC 3339
+    with a zone, not after `now` beyond CLOCK_SKEW; None, with the problem added, otherwise."""
     if value is None:
         problems.append(Problem(loc, "is required: an RFC 3339 time, e.g. 2026-11-23T09:00:00Z"))
         return None
@@ -169,7 +171,7 @@ def _moment(value: Any, loc: str, now: datetime, problems: list[Problem]) -> dat
         problems.append(Problem(loc, "has a UTC offset beyond ±15:59: send the time in UTC (Z)"))
         return None
     if moment > now + CLOCK_SKEW:
-        problems.append(Problem(loc, "is in the future: send events once they happened"))
+        problems.append(Problem(loc, "is in the future: send it once it happened"))
         return None
     return moment
 

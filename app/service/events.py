@@ -11,15 +11,17 @@ nothing stored: their events of this write are deleted again in the same transac
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import anyio
+from sqlalchemy import Connection
 
 from app.audience.profile import CustomerProfile
 from app.clock import Clock
-from app.errors import EventsUnsupported
+from app.errors import AppError, EventsUnsupported
 from app.lifecycle.holder import ModelHolder
 from app.lifecycle.shadow import ShadowScorer
 from app.metrics.registry import EVENTS
@@ -27,11 +29,13 @@ from app.scoring.model import SegmentModel
 from app.service.activity import follows_purchases, rescore
 from app.service.assignments import AssignmentWriter, count_assignments
 from app.service.event_input import parse_events
+from app.service.idempotency import Idempotency, kept_answer
 from app.service.store import Store
 from app.store.assignments import AssignmentBatch, AssignmentRow
 from app.store.events import Activity, PurchaseRow, activity_of, forget, record_events
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_assignments
+from app.store.idempotency import claim_keys, kept_answers, record_answers
 from app.store.tables import Cause
 
 
@@ -41,6 +45,9 @@ class EventBatch:
 
     rows: list[PurchaseRow]
     profiles: list[CustomerProfile | None]
+    # sent with an Idempotency-Key: the key, and how its answer is written (the API's JSON)
+    idempotency: Idempotency | None = None
+    render: Callable[[EventsOutcome], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,9 @@ class EventWriter:
         self._shadow = shadow
         self._clock = clock
 
-    def write(self, batches: list[EventBatch]) -> list[EventsOutcome]:
-        """Store the batches in one transaction; one outcome per batch.
+    def write(self, batches: list[EventBatch]) -> list[EventResult]:
+        """Store the batches in one transaction; one outcome per batch (for a batch sent with an
+        Idempotency-Key, its answer: the first one, with nothing stored, for a retry).
 
         Only customers the new events change are re-scored: those with a new purchase that
         counts, or new identifiers or consent. A retry changes nothing and stores nothing
@@ -79,52 +87,128 @@ class EventWriter:
         """
         model = self._models.model
         now = self._clock.now()
+        if all(batch.idempotency is None for batch in batches):
+            with self._store.transaction("events", writing=True) as conn:
+                outcomes, scored = self._record(conn, model, batches, now)
+            self._count(outcomes, scored)
+            return list(outcomes)
+        # as app.service.idempotency.write_keyed_rows: the group's first batch with a key
+        # claims it and is written, with its answer; the others get the answer kept
+        owners: dict[str, int] = {}
+        for index, batch in enumerate(batches):
+            if batch.idempotency is not None:
+                owners.setdefault(batch.idempotency.key_hash, index)
+        with self._store.transaction("events", writing=True) as conn:
+            claims = [_key(batches[index]).claim() for index in owners.values()]
+            claimed = claim_keys(conn, claims, now)
+            written = [
+                index
+                for index, batch in enumerate(batches)
+                if batch.idempotency is None
+                or (
+                    batch.idempotency.key_hash in claimed
+                    and owners[batch.idempotency.key_hash] == index
+                )
+            ]
+            outcomes, scored = self._record(conn, model, [batches[i] for i in written], now)
+            fresh = dict(zip(written, outcomes, strict=True))
+            answers = {
+                _key(batches[i]).key_hash: _render(batches[i], fresh[i])
+                for i in written
+                if batches[i].idempotency is not None
+            }
+            record_answers(conn, answers)
+            replayed = {_key(b).key_hash for i, b in enumerate(batches) if i not in fresh}
+            kept = kept_answers(conn, sorted(replayed)) if replayed else {}
+        self._count(outcomes, scored)
+        results: list[EventResult] = []
+        for index, batch in enumerate(batches):
+            if index in fresh:
+                if batch.idempotency is None:
+                    results.append(fresh[index])
+                else:
+                    results.append(KeyedAnswer(answers[batch.idempotency.key_hash], False))
+                continue
+            try:
+                answer = kept_answer(kept.get(_key(batch).key_hash), _key(batch))
+                results.append(KeyedAnswer(answer, True))
+            except AppError as exc:
+                results.append(exc)
+        return results
+
+    def _record(
+        self, conn: Connection, model: SegmentModel, batches: list[EventBatch], now: datetime
+    ) -> tuple[list[EventsOutcome], AssignmentBatch]:
+        """The batches' events stored and their customers re-scored in the caller's
+        transaction: each batch's outcome, and the assignments stored."""
         first = _first_of_each_id(row for batch in batches for row in batch.rows)
         rows = list(first.values())
         customers = list(dict.fromkeys(row.customer_id for row in rows))
         profiles = _profiles(batches, first)
-        with self._store.transaction("events", writing=True) as conn:
-            stored, activity = record_events(conn, rows, now)
-            changed = {
-                row.customer_id
-                for row in rows
-                if row.event_id in stored and (row.counted or row.customer_id in profiles)
-            }
-            # customers changed without growing (new consent or identifiers only): read theirs
-            if missing := sorted(changed - activity.keys()):
-                activity |= activity_of(conn, missing)
-            rescored = rescore(
-                model,
-                {c: a for c, a in activity.items() if c in changed},
-                profiles,
-                now,
-                self._shadow,
-            )
-            scored = rescored.assignments
-            suppressed = rescored.store(conn, self._assignments, Cause.ASSIGNMENT)
-            # customers with new events but nothing scored (returns, no purchase yet) are
-            # checked too: an erased customer's events are never kept
-            unscored = {r.customer_id for r in rows if r.event_id in stored} - set(
-                scored.customer_ids
-            )
-            if unscored:
-                suppressed |= self._assignments.erased_among(conn, sorted(unscored))
-            if suppressed:
-                forget(conn, sorted(suppressed))
-            unchanged = [c for c in customers if c not in changed]
-            answers = current_assignments(conn, unchanged) if unchanged else {}
+        stored, activity = record_events(conn, rows, now)
+        changed = {
+            row.customer_id
+            for row in rows
+            if row.event_id in stored and (row.counted or row.customer_id in profiles)
+        }
+        # customers changed without growing (new consent or identifiers only): read theirs
+        if missing := sorted(changed - activity.keys()):
+            activity |= activity_of(conn, missing)
+        rescored = rescore(
+            model,
+            {c: a for c, a in activity.items() if c in changed},
+            profiles,
+            now,
+            self._shadow,
+        )
+        scored = rescored.assignments
+        suppressed = rescored.store(conn, self._assignments, Cause.ASSIGNMENT)
+        # customers with new events but nothing scored (returns, no purchase yet) are
+        # checked too: an erased customer's events are never kept
+        unscored = {r.customer_id for r in rows if r.event_id in stored} - set(scored.customer_ids)
+        if unscored:
+            suppressed |= self._assignments.erased_among(conn, sorted(unscored))
+        if suppressed:
+            forget(conn, sorted(suppressed))
+        unchanged = [c for c in customers if c not in changed]
+        answers = current_assignments(conn, unchanged) if unchanged else {}
         scored = _without(scored, suppressed)
-        count_assignments(scored)
         answers |= {c: scored.row(i) for i, c in enumerate(scored.customer_ids)}
         outcomes = [
             _outcome(model, batch, first, answers, stored, suppressed, activity)
             for batch in batches
         ]
+        return outcomes, scored
+
+    @staticmethod
+    def _count(outcomes: Sequence[EventsOutcome], scored: AssignmentBatch) -> None:
+        """Metrics, once committed."""
+        count_assignments(scored)
         for outcome in outcomes:
             EVENTS.labels("stored").inc(outcome.stored)
             EVENTS.labels("duplicate").inc(outcome.duplicate)
             EVENTS.labels("suppressed").inc(outcome.suppressed)
-        return outcomes
+
+
+class KeyedAnswer(NamedTuple):
+    """The answer of a batch sent with an Idempotency-Key, and whether it is a replay."""
+
+    answer: str
+    replayed: bool
+
+
+# what a write gives each batch: its outcome; with a key, its answer; or the key's refusal
+EventResult = EventsOutcome | KeyedAnswer | AppError
+
+
+def _key(batch: EventBatch) -> Idempotency:
+    assert batch.idempotency is not None  # only batches sent with a key are answered so
+    return batch.idempotency
+
+
+def _render(batch: EventBatch, outcome: EventsOutcome) -> str:
+    assert batch.render is not None  # a batch with a key carries how its answer is written
+    return batch.render(outcome)
 
 
 class EventService:
@@ -132,7 +216,7 @@ class EventService:
         self,
         models: ModelHolder,
         writer: EventWriter,
-        committer: GroupCommitter[EventBatch, EventsOutcome],
+        committer: GroupCommitter[EventBatch, EventResult],
         clock: Clock,
         *,
         max_batch: int,
@@ -145,12 +229,24 @@ class EventService:
         self._max_batch = max_batch
         self._phone_region = phone_region
 
-    async def ingest(self, payload: Any) -> EventsOutcome:
-        """Store a `{"events": [...]}` body and re-score its customers; all or nothing."""
+    async def ingest(
+        self,
+        payload: Any,
+        idempotency: Idempotency | None = None,
+        render: Callable[[EventsOutcome], str] | None = None,
+    ) -> EventsOutcome | KeyedAnswer:
+        """Store a `{"events": [...]}` body and re-score its customers; all or nothing. With an
+        Idempotency-Key, the answer `render` writes (the first one again for a retry)."""
         batch = self._parse(payload)
+        if idempotency is not None:
+            batch = replace(batch, idempotency=idempotency, render=render)
         if len(batch.rows) == 1:
-            return await self._committer.submit(batch)
-        return (await anyio.to_thread.run_sync(self._writer.write, [batch]))[0]
+            result = await self._committer.submit(batch)
+        else:
+            result = (await anyio.to_thread.run_sync(self._writer.write, [batch]))[0]
+        if isinstance(result, AppError):
+            raise result
+        return result
 
     def _parse(self, payload: Any) -> EventBatch:
         model = self.models.model

@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Text,
     false,
     text,
     true,
@@ -298,6 +299,21 @@ class ErasureAudit(Base):
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (CheckConstraint(_one_of("action", ErasureAction), name="action"),)
+
+
+class IdempotencyKey(Base):
+    """A storing request's Idempotency-Key, kept for SEGMENTS_IDEMPOTENCY_HOURS: inserted by the
+    request's own transaction before it writes, with the answer it gives, so a retry (or a
+    concurrent duplicate, which waits on the primary key) finds the answer and stores nothing,
+    and a failed request leaves no key behind."""
+
+    __tablename__ = "idempotency_keys"
+
+    # sha256 of (the caller's key name, the route, the header's value): never the raw key
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    answer: Mapped[str | None] = mapped_column(Text)  # the response body, once written
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class ModelStatus(StrEnum):

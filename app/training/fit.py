@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
@@ -149,7 +151,11 @@ def fit_model(
     segments = _segments(frame, plan, labels, numeric_profiles, category_profiles, identities)
     baseline = _drift_baseline(frame, plan, labels, segments)
     parity = _parity_sample(frame, labels, seed)
-    chosen_version = version or f"{datetime.now(UTC):%Y-%m-%d}-{kind}-k{best.k}"
+    chosen_version = version or automatic_version(
+        kind,
+        best.k,
+        _training_inputs(plan, training_data, k, k_range, seed, previous),
+    )
     manifest = Manifest(
         version=chosen_version,
         kind="rfm" if kind == "rfm" else "customers",
@@ -172,6 +178,34 @@ def fit_model(
         lineage=lineage,
     )
     return FittedModel(pipeline, manifest)
+
+
+def automatic_version(kind: str, k: int, inputs: dict[str, object]) -> str:
+    """`<date>-<kind>-k<k>-<hash>`: the hash is the first six hex digits of the sha256 of what
+    the model is fitted from (the data file's content and every option that shapes the fit), so
+    two models trained the same day with the same k on other data never share a version, and
+    the same data with the same options, which fit the same model, get the same one."""
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return f"{datetime.now(UTC):%Y-%m-%d}-{kind}-k{k}-{digest[:6]}"
+
+
+def _training_inputs(
+    plan: FeaturePlan,
+    data: TrainingData,
+    k: int | None,
+    k_range: tuple[int, int],
+    seed: int,
+    previous: SegmentModel | None,
+) -> dict[str, object]:
+    # not the file's name (the same content under another name fits the same model)
+    return {
+        "data": data.model_dump(mode="json", exclude={"file_name"}),
+        "numeric": plan.numeric,
+        "categorical": plan.categorical,
+        "k": k if k is not None else list(k_range),
+        "seed": seed,
+        "previous": previous.version if previous is not None else None,
+    }
 
 
 def _planned_types(plan: FeaturePlan) -> dict[str, str]:

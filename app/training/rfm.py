@@ -87,14 +87,8 @@ def compute_rfm(
     invoice column); monetary: total spend of the kept rows. The rules are the module's.
     """
     frame = pd.DataFrame({"customer": normalise_ids(raw[cols.customer])})
-    frame["time"] = parse_times(raw[cols.time])
-    if cols.amount is not None:
-        frame["amount"] = pd.to_numeric(raw[cols.amount], errors="coerce")
-    else:
-        assert cols.quantity is not None
-        assert cols.price is not None
-        quantity = pd.to_numeric(raw[cols.quantity], errors="coerce")
-        frame["amount"] = quantity * pd.to_numeric(raw[cols.price], errors="coerce")
+    frame["time"], amount = check_transactions(raw, cols)
+    frame["amount"] = amount
     if cols.invoice is not None:
         frame["order_id"] = raw[cols.invoice].astype("string").str.strip()
     else:
@@ -138,6 +132,42 @@ def compute_rfm(
         columns=list(RFM_FEATURES),
     ).astype({"recency_days": np.float64, "frequency": np.int64, "monetary": np.float64})
     return RfmResult(features, reference, len(frame), dropped)
+
+
+def check_transactions(raw: pd.DataFrame, cols: TransactionColumns) -> tuple[pd.Series, pd.Series]:
+    """The rows' times and amounts, parsed; TableError when most rows of a column do not parse:
+    then it is the wrong column, or written in a way we do not read, not a few bad rows to skip.
+    Training checks its whole file, `segments ingest` the first rows before loading any."""
+    times = parse_times(raw[cols.time])
+    _most_parse(raw[cols.time], times, f"--time {cols.time}", "time", TIME_EXAMPLE)
+    numbers: dict[str, pd.Series] = {}
+    for option, column in (
+        ("--amount", cols.amount),
+        ("--quantity", cols.quantity),
+        ("--price", cols.price),
+    ):
+        if column is not None:
+            numbers[option] = pd.to_numeric(raw[column], errors="coerce")
+            _most_parse(raw[column], numbers[option], f"{option} {column}", "number", "12.50")
+    if cols.amount is not None:
+        return times, numbers["--amount"]
+    return times, numbers["--quantity"] * numbers["--price"]
+
+
+TIME_EXAMPLE = "2011-12-09 12:50 or 2011-12-09T12:50:00Z"
+
+
+def _most_parse(raw: pd.Series, parsed: pd.Series, option: str, what: str, example: str) -> None:
+    unparsed = parsed.isna()
+    bad = int(unparsed.sum())
+    if not len(raw) or bad * 2 <= len(raw):
+        return  # a few bad rows are skipped and counted, as the service skips bad events
+    seen = raw[unparsed & raw.notna()]
+    value = f" (e.g. {str(seen.iloc[0])[:40]!r})" if len(seen) else ""
+    raise TableError(
+        f"{option}: {bad:,} of {len(raw):,} rows had no parseable {what}{value}; name the "
+        f"column of {what}s, written like {example}"
+    )
 
 
 def parse_times(values: pd.Series) -> pd.Series:

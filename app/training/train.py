@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from app.datafiles import TableError, normalise_ids, read_table, sha256_of
-from app.scoring.artifact import write_artifact
+from app.scoring.artifact import MANIFEST_FILE, write_artifact
 from app.scoring.manifest import TrainingData
 from app.scoring.model import SegmentModel
-from app.training.fit import DEFAULT_K_RANGE, FeaturePlan, fit_model
+from app.training.fit import DEFAULT_K_RANGE, FeaturePlan, FittedModel, fit_model
 from app.training.rfm import TransactionColumns, compute_rfm
 
 RFM_PLAN = FeaturePlan(
@@ -80,7 +80,7 @@ def train_transactions(
         seed=seed,
         previous=previous,
     )
-    return write_artifact(fitted.pipeline, fitted.manifest, out_dir)
+    return _written(fitted, out_dir, automatic=version is None)
 
 
 def train_customers(
@@ -134,4 +134,13 @@ def train_customers(
         seed=seed,
         previous=previous,
     )
+    return _written(fitted, out_dir, automatic=version is None)
+
+
+def _written(fitted: FittedModel, out_dir: Path, *, automatic: bool) -> Path:
+    """The model's folder, written; an automatic version already there was fitted from the same
+    data and options (its name says so), so it is the same model and is kept as it is."""
+    target = out_dir / fitted.manifest.version
+    if automatic and (target / MANIFEST_FILE).is_file():
+        return target
     return write_artifact(fitted.pipeline, fitted.manifest, out_dir)

@@ -68,6 +68,7 @@ EXPECTED_ALERTS = {
         'segment_store_failures_total{reason="unavailable"}',
     ),
     "SegmentStoreDown": ("2m", "critical", "segment_store_up"),
+    "ScoredTrafficDriftHigh": ("30m", "warning", "segment_scored_feature_psi:1h > 0.25"),
     "SegmentStoreStrained": (
         "10m",
         "warning",

@@ -7,15 +7,19 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import DataError
 
+from app.errors import AppError
 from app.service.assignments import AssignmentWriter
+from app.service.idempotency import PendingRow
 from app.store.assignments import AssignmentRow
 from app.store.group_commit import GroupCommitter
 from tests.conftest import TEST_ID_HASH, clear_tables, count_rows, store_on
 
 
-def _row(customer: str) -> AssignmentRow:
-    return AssignmentRow(
-        customer, 0, "champions", "v1", 0.1, 0.9, {"recency_days": 1.0}, datetime.now(UTC)
+def _row(customer: str) -> PendingRow:
+    return PendingRow(
+        AssignmentRow(
+            customer, 0, "champions", "v1", 0.1, 0.9, {"recency_days": 1.0}, datetime.now(UTC)
+        )
     )
 
 
@@ -24,7 +28,7 @@ def test_concurrent_rows_share_commits_and_all_land(database_url: str) -> None:
     commits: list[int] = []
     counted: list[int] = []
 
-    def write(rows: list[AssignmentRow]) -> list[None]:
+    def write(rows: list[PendingRow]) -> list[str | AppError | None]:
         commits.append(len(rows))
         return writer.write_rows(rows)  # the real write, to the real database
 
@@ -49,7 +53,7 @@ def test_a_failed_commit_fails_exactly_its_requests(
 ) -> None:
     clear_tables(database_url)
 
-    async def scenario() -> list[BaseException | None]:
+    async def scenario() -> list[object]:
         committer = GroupCommitter(writer.write_rows, max_rows=3, max_wait_seconds=0)
         committer.start()
         rows = [_row("a0"), _row("x" * 200), _row("a2"), _row("b0"), _row("b1"), _row("b2")]
