@@ -15,8 +15,9 @@ $(BIN)/python:
 $(VENV)/.serve: requirements-local.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-local.lock && $(BIN)/pip install -q --no-deps -e . && touch $@
 
+# --no-deps: the lock is the whole resolved set (uv's, with pyproject's [tool.uv] override)
 $(VENV)/.test: requirements-test.lock pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -r requirements-test.lock && $(BIN)/pip install -q --no-deps -e . && touch $@ $(VENV)/.serve
+	$(BIN)/pip install -q --no-deps -r requirements-test.lock && $(BIN)/pip install -q --no-deps -e . && touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## migrate and serve the default model on 127.0.0.1:$(PORT) (embedded PostgreSQL unless DATABASE_URL); logs as text for a person
 	SEGMENTS_LOG_FORMAT=$(SEGMENTS_LOG_FORMAT) $(BIN)/segments serve --migrate --host 127.0.0.1 --port $(PORT)

@@ -14,9 +14,10 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api import assignments, audiences, erasure, events, lifecycle, operations
+from app.api import assignments, audiences, docs, erasure, events, lifecycle, operations
 from app.api.errors import install_error_handlers
 from app.api.limits import AddressLimit, BodySizeLimit
+from app.api.openapi import complete
 from app.api.responses import OrjsonResponse
 from app.audience.erasure import IdHasher
 from app.auth.guard import Guard, scope_alternatives
@@ -178,13 +179,25 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         summary="Assigns customers to marketing segments in real time and stores every assignment.",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # /openapi.json and the docs pages are app.api.docs's: the document names the served
+        # model's features, which only a request (through the lifespan's runtime) can see
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        # operation ids are the route functions' names: what a generated client calls them
+        generate_unique_id_function=lambda route: route.name,
     )
-    for module in (assignments, events, audiences, erasure, lifecycle, operations):
+    for module in (assignments, events, audiences, erasure, lifecycle, operations, docs):
         app.include_router(module.router)
     generate_openapi = app.openapi  # FastAPI's, which caches the document it builds
 
+    completed: list[dict[str, Any]] = []  # built once, on first use
+
     def openapi() -> dict[str, Any]:
-        return scope_alternatives(generate_openapi())
+        # without a model: `Features` is generic (app.api.docs serves the served model's)
+        if not completed:
+            completed.append(scope_alternatives(complete(generate_openapi())))
+        return completed[0]
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
     install_error_handlers(app, settings.max_body_bytes)

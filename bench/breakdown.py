@@ -57,6 +57,7 @@ def median_ms(work: Callable[[], object], repeats: int = REPEATS) -> float:
 def parts(database_url: str) -> dict[str, float]:
     from app.audience.erasure import IdHasher
     from app.clock import SystemClock
+    from app.errors import AppError
     from app.lifecycle.holder import ModelHolder
     from app.lifecycle.shadow import ShadowScorer
     from app.scoring.model import SegmentModel
@@ -72,10 +73,12 @@ def parts(database_url: str) -> dict[str, float]:
     store = Store(engine)
     writer = AssignmentWriter(store, IdHasher("bench-erasure-key"))
     models = ModelHolder(SegmentModel.load(DEFAULT_MODELS_DIR))
-    noop: GroupCommitter[PendingRow, None] = GroupCommitter(lambda rows: [None] * len(rows), 64, 0)
+    noop: GroupCommitter[PendingRow, str | AppError | None] = GroupCommitter(
+        lambda rows: [None] * len(rows), 64, 0
+    )
     service = AssignmentService(
         models, store, writer, noop, ShadowScorer(models), clock=SystemClock(), max_batch=10_000
-    )  # type: ignore[arg-type]
+    )
     body = {
         "customer_id": "c0",
         "features": {"recency_days": 3.0, "frequency": 7, "monetary": 4310.0},

@@ -18,8 +18,13 @@ from app.api.deps import (
     RuntimeDep,
     utc_timestamp,
 )
-from app.api.schemas import (
+from app.api.openapi import (
     ERROR_RESPONSES,
+    IDEMPOTENCY_PARAMETER,
+    error_responses,
+    request_body_schema,
+)
+from app.api.schemas import (
     AssignmentOut,
     BatchIn,
     BatchOut,
@@ -27,7 +32,6 @@ from app.api.schemas import (
     HistoryOut,
     SegmentOut,
     SegmentsOut,
-    request_body_schema,
 )
 from app.auth.guard import requires
 from app.auth.keys import Scope
@@ -90,7 +94,8 @@ def assignments_json(batch: AssignmentBatch, names: SegmentNames) -> list[str]:
     "/v1/assignments",
     response_model=AssignmentOut,
     tags=["assignments"],
-    openapi_extra=request_body_schema(CustomerIn, PERSIST_PARAMETER) | BEARER_SECURITY,
+    openapi_extra=request_body_schema(CustomerIn, PERSIST_PARAMETER, IDEMPOTENCY_PARAMETER)
+    | BEARER_SECURITY,
 )
 async def assign(request: Request) -> Response:
     """Assign one customer to a segment and store it (`?persist=false` only scores).
@@ -119,7 +124,9 @@ async def assign(request: Request) -> Response:
     "/v1/assignments/batch",
     response_model=BatchOut,
     tags=["assignments"],
-    openapi_extra=request_body_schema(BatchIn, PERSIST_PARAMETER) | BEARER_SECURITY,
+    openapi_extra=request_body_schema(BatchIn, PERSIST_PARAMETER, IDEMPOTENCY_PARAMETER)
+    | BEARER_SECURITY,
+    responses=error_responses("batch_too_large", "payload_too_large"),
 )
 async def assign_batch(request: Request) -> Response:
     """Assign many customers, stored in one transaction: all of them, or none if any row is invalid."""
@@ -164,6 +171,7 @@ def keyed_response(answer: str, replayed: bool) -> Response:
     "/v1/customers/{customer_id}/segment",
     response_model=AssignmentOut,
     tags=["customers"],
+    responses=error_responses("customer_not_found", "consent_withheld"),
 )
 def current_segment(
     customer_id: CustomerIdPath, runtime: RuntimeDep, purpose: LookupPurpose
@@ -180,6 +188,7 @@ def current_segment(
     "/v1/customers/{customer_id}/assignments",
     response_model=HistoryOut,
     tags=["customers"],
+    responses=error_responses("customer_not_found"),
     dependencies=[Depends(requires(Scope.READ))],
 )
 def customer_history(

@@ -15,11 +15,8 @@ from app.api.deps import (
     utc_timestamp,
 )
 from app.api.exports import FEED_CURSOR_HEADER, negotiate, stream_audience
-from app.api.schemas import (
-    ERROR_RESPONSES,
-    ChangesOut,
-    MembersOut,
-)
+from app.api.openapi import ERROR_RESPONSES, error_responses
+from app.api.schemas import ChangesOut, MembersOut
 from app.audience.consent import Purpose
 from app.audience.formats import (
     IDENTIFIERS_NEED_ADVERTISING,
@@ -39,10 +36,22 @@ router = APIRouter(responses=ERROR_RESPONSES)
     response_model=MembersOut,
     tags=["segments", "audiences"],
     responses={
+        **error_responses("segment_not_found", "too_many_exports"),
         200: {
+            # OpenAPI 3.1's Media Type Object has no description: it goes in the schema
             "content": {
-                "application/x-ndjson": {"description": "the whole audience, one JSON per line"},
-                "text/csv": {"description": "the whole audience, with a header row"},
+                "application/x-ndjson": {
+                    "schema": {
+                        "type": "string",
+                        "description": "the whole audience, one JSON object per line",
+                    }
+                },
+                "text/csv": {
+                    "schema": {
+                        "type": "string",
+                        "description": "the whole audience, with a header row",
+                    }
+                },
             },
             "headers": {
                 FEED_CURSOR_HEADER: {
@@ -51,7 +60,7 @@ router = APIRouter(responses=ERROR_RESPONSES)
                     "schema": {"type": "string"},
                 }
             },
-        }
+        },
     },
 )
 async def segment_members(
@@ -68,10 +77,19 @@ async def segment_members(
     ] = None,
     identifiers: Annotated[
         Identifiers,
-        Query(description="add email_sha256 and phone_sha256 in Google's or Meta's format"),
+        Query(
+            description="add email_sha256 and phone_sha256 in Google's or Meta's format; "
+            "only with purpose=advertising"
+        ),
     ] = Identifiers.NONE,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=1024,
+            description="the next_cursor of the previous page (only cursors the service issued)",
+        ),
+    ] = None,
 ) -> Response:
     """The purpose's audience of segment `key`: customers whose current segment it is and whose
     consent allows the purpose, in customer-id order. Paged JSON (follow `next_cursor`), or the
@@ -135,7 +153,11 @@ def _changes(
 
 SinceQuery = Annotated[
     str | None,
-    Query(max_length=64, description="the next_cursor of the previous page; omit to start"),
+    Query(
+        max_length=64,
+        description="the next_cursor of the previous page (only cursors the service issued); "
+        "omit to start",
+    ),
 ]
 ChangesLimit = Annotated[int, Query(ge=1, le=10_000)]
 
@@ -163,6 +185,7 @@ def all_changes(
     "/v1/segments/{key}/changes",
     response_model=ChangesOut,
     tags=["audiences"],
+    responses=error_responses("segment_not_found"),
 )
 def segment_changes(
     key: str,

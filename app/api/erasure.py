@@ -16,12 +16,11 @@ from app.api.deps import (
     json_response,
     utc_timestamp,
 )
+from app.api.openapi import ERROR_RESPONSES, error_responses, request_body_schema
 from app.api.schemas import (
-    ERROR_RESPONSES,
     AuditTrailOut,
     ErasureIn,
     ErasuresOut,
-    request_body_schema,
 )
 from app.auth.guard import requires
 from app.auth.keys import Scope
@@ -35,7 +34,8 @@ router = APIRouter(responses=ERROR_RESPONSES)
     "/v1/customers/{customer_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     tags=["customers"],
-    responses={404: {"description": "nothing was stored (a tombstone is recorded all the same)"}},
+    # customer_not_found: nothing was stored (a tombstone is recorded all the same)
+    responses=error_responses("customer_not_found"),
 )
 def erase_customer(customer_id: CustomerIdPath, runtime: RuntimeDep, key: AdminKey) -> Response:
     """Erase everything stored about the customer: history, membership, hashed identifiers,
@@ -114,6 +114,7 @@ def _erasure_ids(payload: Any) -> list[str]:
     "/v1/customers/{customer_id}/restore",
     status_code=status.HTTP_204_NO_CONTENT,
     tags=["customers"],
+    responses=error_responses("not_erased"),
 )
 def restore_customer(customer_id: CustomerIdPath, runtime: RuntimeDep, key: AdminKey) -> Response:
     """Lift the customer's erasure tombstone (e.g. they signed up again): assignments sent from

@@ -13,7 +13,13 @@ from app.api.assignments import (
     keyed_response,
 )
 from app.api.body import parse_json
-from app.api.schemas import ERROR_RESPONSES, EventsIn, EventsOut, request_body_schema
+from app.api.openapi import (
+    ERROR_RESPONSES,
+    IDEMPOTENCY_PARAMETER,
+    error_responses,
+    request_body_schema,
+)
+from app.api.schemas import EventsIn, EventsOut
 from app.auth.keys import Scope
 from app.runtime import Runtime
 from app.service.events import EventsOutcome, KeyedAnswer
@@ -25,8 +31,8 @@ router = APIRouter(responses=ERROR_RESPONSES)
     "/v1/events",
     response_model=EventsOut,
     tags=["events"],
-    openapi_extra=request_body_schema(EventsIn) | BEARER_SECURITY,
-    responses={409: {"description": "the active model does not take RFM features"}},
+    openapi_extra=request_body_schema(EventsIn, IDEMPOTENCY_PARAMETER) | BEARER_SECURITY,
+    responses=error_responses("events_unsupported", "batch_too_large", "payload_too_large"),
 )
 async def ingest_events(request: Request) -> Response:
     """Store purchase events (one, or up to SEGMENTS_MAX_BATCH) and answer with each customer's

@@ -12,8 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.api.deps import (
     RuntimeDep,
 )
+from app.api.openapi import ERROR_RESPONSES, error_responses
 from app.api.schemas import (
-    ERROR_RESPONSES,
     ActivationOut,
     ActiveModelOut,
     ComparisonOut,
@@ -106,10 +106,38 @@ def active_model(runtime: RuntimeDep) -> ActiveModelOut:
     return ActiveModelOut.model_validate(_model_out(manifest, registered) | _details(manifest))
 
 
+# literal paths before /v1/models/{version}: a 405 then names their methods in Allow (Starlette
+# answers with the first route whose path matches), as the document lists them
+@router.post(
+    "/v1/models/rollback",
+    response_model=ActivationOut,
+    tags=["models"],
+    responses=error_responses("model_not_found", "model_refused"),
+    dependencies=[Depends(requires(Scope.ADMIN))],
+)
+def rollback_model(runtime: RuntimeDep) -> ActivationOut:
+    """Activate the version that was active before the current one."""
+    return _adopted(runtime, runtime.store.call(runtime.registry.rollback))
+
+
+@router.delete(
+    "/v1/models/shadow",
+    response_model=ShadowOut,
+    tags=["models"],
+    dependencies=[Depends(requires(Scope.ADMIN))],
+)
+def stop_shadow(runtime: RuntimeDep) -> ShadowOut:
+    """Stop shadow scoring."""
+    runtime.store.call(lambda: runtime.registry.set_shadow(None))
+    runtime.watcher.adopt_shadow(None)
+    return ShadowOut(shadow=None)
+
+
 @router.get(
     "/v1/models/{version}",
     response_model=ModelDetailOut,
     tags=["models"],
+    responses=error_responses("model_not_found"),
     dependencies=[Depends(requires(Scope.READ))],
 )
 def model_detail(
@@ -135,6 +163,7 @@ def model_detail(
     "/v1/models/{version}/comparison",
     response_model=ComparisonOut,
     tags=["models"],
+    responses=error_responses("model_not_found", "model_refused", "busy"),
     dependencies=[Depends(requires(Scope.READ))],
 )
 def model_comparison(
@@ -157,6 +186,7 @@ def model_comparison(
     "/v1/models/{version}/activate",
     response_model=ActivationOut,
     tags=["models"],
+    responses=error_responses("model_not_found", "model_refused", "busy"),
     dependencies=[Depends(requires(Scope.ADMIN))],
 )
 def activate_model(
@@ -184,20 +214,10 @@ def activate_model(
 
 
 @router.post(
-    "/v1/models/rollback",
-    response_model=ActivationOut,
-    tags=["models"],
-    dependencies=[Depends(requires(Scope.ADMIN))],
-)
-def rollback_model(runtime: RuntimeDep) -> ActivationOut:
-    """Activate the version that was active before the current one."""
-    return _adopted(runtime, runtime.store.call(runtime.registry.rollback))
-
-
-@router.post(
     "/v1/models/{version}/shadow",
     response_model=ShadowOut,
     tags=["models"],
+    responses=error_responses("model_not_found", "model_refused"),
     dependencies=[Depends(requires(Scope.ADMIN))],
 )
 def shadow_model(version: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) -> ShadowOut:
@@ -206,19 +226,6 @@ def shadow_model(version: Annotated[str, Path(max_length=64)], runtime: RuntimeD
     model = runtime.store.call(lambda: runtime.registry.set_shadow(version))
     runtime.watcher.adopt_shadow(model)
     return ShadowOut(shadow=version)
-
-
-@router.delete(
-    "/v1/models/shadow",
-    response_model=ShadowOut,
-    tags=["models"],
-    dependencies=[Depends(requires(Scope.ADMIN))],
-)
-def stop_shadow(runtime: RuntimeDep) -> ShadowOut:
-    """Stop shadow scoring."""
-    runtime.store.call(lambda: runtime.registry.set_shadow(None))
-    runtime.watcher.adopt_shadow(None)
-    return ShadowOut(shadow=None)
 
 
 def _adopted(runtime: Runtime, activation: Activation) -> ActivationOut:

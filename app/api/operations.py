@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import RuntimeDep
+from app.api.openapi import error_responses
 from app.api.responses import OrjsonResponse
 from app.errors import Problem, error_body
 from app.metrics.registry import exposition
@@ -13,16 +14,15 @@ from app.metrics.registry import exposition
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["operations"])
+# HEAD registered after GET: a 405's Allow comes from the first route of the path (GET)
 @router.head("/healthz", include_in_schema=False)
+@router.get("/healthz", tags=["operations"])
 def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get(
-    "/readyz", tags=["operations"], responses={503: {"description": "not ready, with the reason"}}
-)
+@router.get("/readyz", tags=["operations"], responses=error_responses("not_ready"))
 def readyz(runtime: RuntimeDep) -> OrjsonResponse:
     """Readiness: a model is loaded and the store answers; also says which version this
     process serves, which one the registry wants, and why they differ if a load failed."""
@@ -59,7 +59,17 @@ def readyz(runtime: RuntimeDep) -> OrjsonResponse:
     return OrjsonResponse(body)
 
 
-@router.get("/metrics", tags=["operations"], response_class=Response)
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus exposition (summed over all worker processes)."""
     return Response(

@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.scoring.manifest import FeatureSpec, KScore, NumericProfile
 from app.scoring.validation import CUSTOMER_ID_PATTERN
 
-
-def request_body_schema(model: type[BaseModel], *parameters: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI for a body (and query parameters) the route reads itself, for speed, not via pydantic."""
-    schema = model.model_json_schema(ref_template="#/$defs/{model}")
-    return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
-        "parameters": list(parameters),
-    }
+# the shape the service checks (app.audience.identifiers): one @, a dotted domain, no spaces;
+# written for ASCII here (addresses in other scripts are accepted as well)
+EMAIL_PATTERN = r"^[!-?A-~]{1,64}@[!-\-/-?A-~]+(\.[!-\-/-?A-~]+)+$"
+# RFC 3339 as Python and PostgreSQL read it (app.service.event_input.parse_moment): years 1 to
+# 9999, no leap second, Z or an offset within ±15:59
+TIME_PATTERN = (
+    r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-[0-9]{2}-[0-9]{2}"
+    r"[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-](0[0-9]|1[0-5]):[0-5][0-9])$"
+)
+# event and order ids: 1 to 128 characters, no control characters
+EVENT_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+Email = Annotated[
+    str | None,
+    Field(
+        default=None,
+        max_length=254,
+        pattern=EMAIL_PATTERN,
+        description="optional: stored only as the SHA-256 of the trimmed, lower-cased address",
+        examples=["Jane.Doe@example.com"],
+    ),
+]
+Phone = Annotated[
+    str | None,
+    Field(
+        default=None,
+        max_length=64,
+        description="optional: a valid number for its country, stored only as SHA-256 hashes of "
+        "its E.164 form (+ and country code, or SEGMENTS_PHONE_DEFAULT_REGION)",
+        examples=["+44 20 7946 0958"],
+    ),
+]
 
 
 class ProblemOut(BaseModel):
@@ -37,15 +60,6 @@ class ErrorOut(BaseModel):
     error: ErrorDetailOut
 
 
-# documented on every /v1 route (instead of FastAPI's own 422 body, which this API never sends)
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no API key, or one this service does not know"},
-    403: {"model": ErrorOut, "description": "the key lacks the scope (or purpose) this needs"},
-    422: {"model": ErrorOut, "description": "invalid input; `details` name every problem"},
-    503: {"model": ErrorOut, "description": "the store is unavailable; nothing was stored"},
-}
-
-
 class CustomerIn(BaseModel):
     """Documents the request; the service validates it (app.scoring.validation) for speed."""
 
@@ -56,17 +70,8 @@ class CustomerIn(BaseModel):
         description="the model's features by name; GET /v1/models/active lists names, types and ranges",
         examples=[{"recency_days": 12, "frequency": 7, "monetary": 1830.5}],
     )
-    email: str | None = Field(
-        default=None,
-        description="optional: stored only as the SHA-256 of the trimmed, lower-cased address",
-        examples=["Jane.Doe@example.com"],
-    )
-    phone: str | None = Field(
-        default=None,
-        description="optional: stored only as SHA-256 hashes of its E.164 form (+ and country "
-        "code, or SEGMENTS_PHONE_DEFAULT_REGION)",
-        examples=["+44 20 7946 0958"],
-    )
+    email: Email = None
+    phone: Phone = None
     consent: ConsentIn | None = Field(
         default=None, description="optional: flags not sent keep their earlier value"
     )
@@ -104,23 +109,39 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_id: str = Field(
-        max_length=128, description="your id for the event: a repeat is acknowledged and ignored"
+        pattern=EVENT_ID_PATTERN,
+        max_length=128,
+        description="your id for the event: a repeat is acknowledged and ignored",
+        examples=["o-1001"],
     )
     customer_id: str = Field(pattern=CUSTOMER_ID_PATTERN, max_length=128, examples=["12347"])
-    occurred_at: datetime = Field(description="when it happened (RFC 3339, with a time zone)")
-    amount: float = Field(description="its value in the model's currency (GET /v1/models/active)")
+    occurred_at: datetime = Field(
+        json_schema_extra={"pattern": TIME_PATTERN},
+        description="when it happened (RFC 3339, with a time zone); at most 5 minutes ahead of "
+        "the service's clock",
+        examples=["2026-12-01T10:15:00Z"],
+    )
+    amount: float = Field(
+        ge=-1e9,
+        le=1e9,
+        description="its value in the model's currency (GET /v1/models/active)",
+        examples=[84.5],
+    )
     type: Literal["order", "return"] = Field(
         description="returns, cancellations (a negative amount, an order id starting with C) "
         "are stored but do not count, as in training"
     )
     order_id: str | None = Field(
-        default=None, max_length=128, description="lines of one order count as one purchase"
+        default=None,
+        pattern=EVENT_ID_PATTERN,
+        max_length=128,
+        description="lines of one order count as one purchase",
     )
     currency: str | None = Field(
         default=None, pattern=r"^[A-Za-z]{3}$", description="must be the model's if sent"
     )
-    email: str | None = None
-    phone: str | None = None
+    email: Email = None
+    phone: Phone = None
     consent: ConsentIn | None = None
 
 
@@ -244,7 +265,7 @@ class ChangesOut(BaseModel):
 class ErasureIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    customer_ids: list[str] = Field(
+    customer_ids: list[Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN, max_length=128)]] = Field(
         min_length=1, max_length=10_000, description="1 to 10,000 customer ids to erase"
     )
 

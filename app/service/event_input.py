@@ -23,6 +23,7 @@ FIELDS = frozenset(
 PROFILE_FIELDS = frozenset({"email", "phone", "consent"})
 # how far ahead of the service's clock an event may say it happened (clocks differ a little)
 CLOCK_SKEW = timedelta(minutes=5)
+MAX_OFFSET = timedelta(hours=15, minutes=59)
 MAX_AMOUNT = 1e9
 _ID = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,128}")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
@@ -164,6 +165,11 @@ def parse_moment(value: Any, loc: str, now: datetime, problems: list[Problem]) -
     if moment.tzinfo is None:
         problems.append(Problem(loc, "has no time zone: add Z (UTC) or an offset such as +01:00"))
         return None
+    offset = moment.utcoffset()
+    if offset is not None and abs(offset) > MAX_OFFSET:
+        # RFC 3339 and Python allow up to ±23:59, PostgreSQL stores ±15:59; no zone uses more
+        problems.append(Problem(loc, "has a UTC offset beyond ±15:59: send the time in UTC (Z)"))
+        return None
     if moment > now + CLOCK_SKEW:
         problems.append(Problem(loc, "is in the future: send it once it happened"))
         return None
@@ -185,6 +191,6 @@ def _amount_problem(value: Any) -> str | None:
 
 
 def _type_problem(value: Any) -> str | None:
-    if value not in {t.value for t in EventType}:
+    if not isinstance(value, str) or value not in {t.value for t in EventType}:
         return "must be order or return"
     return None

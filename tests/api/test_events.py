@@ -183,12 +183,16 @@ def test_a_bad_event_names_its_row_and_field_and_nothing_is_stored(
         {**event("g", "c6", date(2011, 12, 1), 10.0), "occurred_at": "2011-12-11T10:00:00Z"},
         {**event("h", "c6", date(2011, 12, 1), 10.0), "type": "refund", "colour": "red"},
         {**event("i", "c/6", date(2011, 12, 1), 2e9)},
+        # found by schemathesis: both were 500s (a dict is unhashable; PostgreSQL stores
+        # offsets up to ±15:59 where RFC 3339 and Python allow ±23:59)
+        {**event("j", "c6", date(2011, 12, 1), 10.0), "type": {}},
+        {**event("k", "c6", date(2011, 12, 1), 10.0), "occurred_at": "2011-12-01T10:00:00-19:14"},
     ]
     response = shop.post("/v1/events", json={"events": bad}, headers={})
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "invalid_input"
-    assert "5 of the 6 events are invalid; nothing was stored" in error["message"]
+    assert "7 of the 8 events are invalid; nothing was stored" in error["message"]
     locs = {d["loc"]: d["problem"] for d in error["details"]}
     assert "model's spend is in GBP" in locs["events[1].currency"]
     assert "no time zone" in locs["events[2].occurred_at"]
@@ -197,6 +201,8 @@ def test_a_bad_event_names_its_row_and_field_and_nothing_is_stored(
     assert locs["events[4].colour"] == "is not a field of an event"
     assert "events[5].customer_id" in locs
     assert "events[5].amount" in locs
+    assert locs["events[6].type"] == "must be order or return"
+    assert "offset beyond ±15:59" in locs["events[7].occurred_at"]
     assert count_rows(database_url, "purchase_events") == 0
     # the same currency as the model's is fine, in any case
     assert send(shop, {**good, "currency": "gbp"})["events"]["stored"] == 1
