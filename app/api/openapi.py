@@ -43,6 +43,7 @@ ERRORS: dict[str, tuple[int, str, str]] = {
         "Idempotency-Key",
     ),
     "too_many_exports": (429, "SEGMENTS_MAX_EXPORTS exports stream in this worker", "format"),
+    "rate_limited": (429, "over the key's or the address's rate limit", "authorization"),
     "internal_error": (500, "a bug; never a stack trace", "body"),
     "store_unavailable": (503, "the database does not answer; nothing was stored", "store"),
     "not_ready": (503, "not ready: the store does not answer or is not migrated", "store"),
@@ -57,7 +58,7 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "too_many_connections": (503, "the worker holds its most connections", "connections"),
 }
 # what every /v1 operation can answer: a key problem, invalid input, a body over the size limit
-# (the limit applies to every request), and a store that fails it
+# (the limit applies to every request), a store that fails it, and a rate limit
 COMMON = (
     "unauthorized",
     "forbidden",
@@ -67,6 +68,7 @@ COMMON = (
     "store_timeout",
     "store_lock_timeout",
     "store_busy",
+    "rate_limited",
 )
 RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
@@ -89,8 +91,13 @@ def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
                 }
             },
         }
-        # every 503 of a /v1 operation says when to retry; /readyz's is for probes
-        | ({"headers": RETRY_AFTER} if status == 503 and listed != ["not_ready"] else {})
+        # every 503 of a /v1 operation, and a rate limit's 429, say when to retry; /readyz's
+        # 503 is for probes
+        | (
+            {"headers": RETRY_AFTER}
+            if (status == 503 and listed != ["not_ready"]) or "rate_limited" in listed
+            else {}
+        )
         for status, listed in sorted(by_status.items())
     }
 
