@@ -127,7 +127,10 @@ class Soak:
     async def drive(self, rate: float, seconds: float, on_minute: Any) -> None:
         kinds = list(MIX)
         weights = list(MIX.values())
-        limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
+        # idle connections let go of before the server's keep-alive closes them (5 s): a client
+        # that reuses one as the server closes it gets no answer (RemoteProtocolError), the
+        # usual HTTP/1.1 race, so a client should expire them first
+        limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=3)
         async with httpx2.AsyncClient(base_url=self.base, timeout=30, limits=limits) as client:
             tasks: set[asyncio.Task[None]] = set()
             interval = 1 / rate
