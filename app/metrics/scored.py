@@ -88,4 +88,14 @@ def _category_bins(baseline: FeatureBaseline, values: list[str]) -> dict[int, in
 
 def _count(version: str, feature: str, bins: dict[int, int]) -> None:
     for index, count in bins.items():
-        SCORED_FEATURE_BINS.labels(version, feature, str(index)).inc(count)
+        child = _CHILDREN.get((version, feature, index))
+        if child is None:
+            child = _CHILDREN[version, feature, index] = SCORED_FEATURE_BINS.labels(
+                version, feature, str(index)
+            )
+        child.inc(count)
+
+
+# each series' child, kept: .labels() costs more than the increment it leads to, and this runs
+# for every feature of every scored request (a handful of versions, a bounded number of bins)
+_CHILDREN: dict[tuple[str, str, int], Counter] = {}
