@@ -8,7 +8,7 @@ bench/RESULTS.md:
 - scoring: the service validating and scoring one request body (no storage);
 - the group committer's hop: a request handed to the writer thread and answered, with a write
   that does nothing;
-- the write: the service's transaction for one row (history, the membership lock and merge with
+- the write: the service's transaction for one row (history, the customers' locks and merge with
   its feed events, pipelined), split into the statements and the COMMIT;
 - the whole: `POST /v1/assignments` persisted and `?persist=false` at c=1, p50, so HTTP and the
   framework are what the parts above leave.

@@ -173,11 +173,11 @@ def all_changes(
     since: SinceQuery = None,
     limit: ChangesLimit = 1000,
 ) -> Response:
-    """Every segment's entered/exited events for a purpose's audiences, in commit order. Poll
-    with the last `next_cursor` to see each change exactly once, even while assignments are
-    being written. Consent changes show as events with cause `consent`. An erased customer's
-    events are deleted with them, and one `exited` event with cause `erasure` tells followers
-    to drop them."""
+    """Every segment's entered/exited events for a purpose's audiences, each customer's in the
+    order they happened. Poll with the last `next_cursor` to see each change exactly once, even
+    while assignments are being written on many replicas. Consent changes show as events with
+    cause `consent`. An erased customer's events are deleted with them, and one `exited` event
+    with cause `erasure` tells followers to drop them."""
     return _changes(runtime, None, purpose, since, limit)
 
 
@@ -194,5 +194,5 @@ def segment_changes(
     since: SinceQuery = None,
     limit: ChangesLimit = 1000,
 ) -> Response:
-    """One segment's entered/exited events in commit order (see GET /v1/changes)."""
+    """One segment's entered/exited events (see GET /v1/changes)."""
     return _changes(runtime, key, purpose, since, limit)

@@ -239,7 +239,10 @@ class MembersOut(BaseModel):
 
 
 class ChangeOut(BaseModel):
-    id: int = Field(description="increases in commit order")
+    id: int = Field(
+        description="unique, never reused; increases within one customer (page with the cursor: "
+        "across customers a smaller id may follow a larger one)"
+    )
     customer_id: str
     event: str = Field(description="entered or exited")
     segment: SegmentRef

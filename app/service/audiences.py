@@ -122,16 +122,24 @@ class AudienceService:
     def changes(
         self, segment_key: str | None, purpose: Purpose, cursor: str | None, limit: int
     ) -> ChangesPage:
-        """A purpose's entered/exited events after the cursor, in commit order (one segment's,
+        """A purpose's entered/exited events after the cursor, in feed order (one segment's,
         or all). A segment of any version this process knows has a feed: its history stays."""
         if segment_key is not None and segment_key not in self.models.segment_names:
             raise SegmentNotFound(segment_key, self.models.model.segments_by_key)
-        after = decode_feed_cursor(cursor) if cursor else 0
+        after = decode_feed_cursor(cursor) if cursor else audiences.START
         with self._store.transaction("lookup") as conn:
-            rows = audiences.membership_changes(conn, segment_key, purpose, after, limit + 1)
+            horizon = audiences.feed_horizon(conn)
+            rows = audiences.membership_changes(
+                conn, segment_key, purpose, after, horizon, limit + 1
+            )
         more = len(rows) > limit
         rows = rows[:limit]
-        return ChangesPage(rows, feed_cursor(rows[-1].id if rows else after), more)
+        position = after.after(rows[-1].stamp, rows[-1].id) if rows else after
+        if not more and position.snapshot is not None:
+            # every event of this feed stamped below the horizon is behind: an export's position
+            # moves there, and soon has no more use for its snapshot
+            position = position.at_least(horizon)
+        return ChangesPage(rows, feed_cursor(position), more)
 
     def _check_segment(self, segment_key: str) -> None:
         """Audiences are the active model's segments (GET /v1/segments lists them)."""

@@ -36,7 +36,7 @@ from app.service.assignments import AssignmentWriter, score
 from app.service.periodic import Periodic
 from app.service.store import Store
 from app.store import registry as registry_store
-from app.store.assignments import lock_memberships
+from app.store.customer_locks import bucket_of, lock_customers
 from app.store.events import Activity, claim_due, forget
 from app.store.rescoring import claim_activity_behind, features_behind, memberships_behind
 from app.store.tables import Cause
@@ -168,17 +168,24 @@ class Refresher:
             if not _is_active(conn, model):
                 return None
             with_activity = not follows_purchases(model)
-            # looked for first without the membership lock: when nobody is behind (nearly
-            # always) a round must not stop every writer of the fleet, even for a moment
-            if not features_behind(conn, model.version, after, 1, with_activity=with_activity):
-                return None
-            # then under it: no writer changes these memberships while they are re-scored
-            lock_memberships(conn)
-            behind = features_behind(
+            # looked for first without locks: when nobody is behind (nearly always) a round
+            # takes none
+            found = features_behind(
                 conn, model.version, after, self.chunk, with_activity=with_activity
             )
-            if not behind:
+            if not found:
                 return None
+            # then again holding those customers' locks (app.store.customer_locks): nobody
+            # changes them while they are re-scored. One who fell behind meanwhile and is not
+            # covered by the locks taken waits for the next round.
+            lock_customers(conn, [customer_id for customer_id, _ in found])
+            locked = {bucket_of(customer_id) for customer_id, _ in found}
+            again = features_behind(
+                conn, model.version, after, self.chunk, with_activity=with_activity
+            )
+            if not again:
+                return None
+            behind = [(c, f) for c, f in again if bucket_of(c) in locked]
             valid = scorable(model, [{"customer_id": c, "features": f} for c, f in behind])
             scored = 0
             if valid is not None:
@@ -186,7 +193,7 @@ class Refresher:
                 self._writer.store(conn, batch, Cause.MODEL)
                 scored = len(batch)
         REFRESHED.labels(Cause.MODEL.value).inc(scored)
-        return scored, len(behind) - scored, behind[-1][0]
+        return scored, len(behind) - scored, again[-1][0]
 
     def start(self) -> None:
         self._periodic.start()

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Connection, Table, text
 
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
+from app.store.customer_locks import lock_statement
 from app.store.driver import copy_in, copy_text, pipelined
 from app.store.tables import (
     Assignment,
@@ -171,20 +172,21 @@ def store_batch(
     statement = _MERGE_MEMBERSHIPS if due is None else _MERGE_MEMBERSHIPS_AND_DUE
     rows = orjson.dumps(members).decode()
     merge = (statement, {"rows": rows, "count": len(members), "cause": cause.value})
-    # Held to the commit: event ids are handed out in commit order, which is what lets a feed
-    # reader page by id without missing an event a slower transaction commits later. The
-    # history stays concurrent; only the merge after the lock is serialised. The lock is its
-    # own statement (the merge's snapshot must be taken once the lock is held), sent in one
-    # round trip with the merge, and with the history's INSERT when a few rows go that way.
+    # The customers' locks (app.store.customer_locks), held to the commit: nobody else writes
+    # them meanwhile, so the moves are computed from memberships nobody is changing, and an
+    # erasure is either seen (its tombstone) or sees this. Their own statement (the merge's
+    # snapshot must be taken once they are held), in one round trip with the merge, and with
+    # the history's INSERT when a few rows go that way.
+    lock = lock_statement(batch.customer_ids)
     if len(batch) <= SMALL_BATCH:
         # a few rows (single requests committed together, a refresher's small chunk): one
         # INSERT costs less than setting up a COPY (measured: py-spy, single events at c=16)
         history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
         insert = (_INSERT_HISTORY, {"rows": orjson.dumps(history).decode()})
-        suppressed = pipelined(conn, [insert, (_LOCK, None), merge])
+        suppressed = pipelined(conn, [insert, lock, merge])
     else:
         _copy_history(conn, batch)
-        suppressed = pipelined(conn, [(_LOCK, None), merge])
+        suppressed = pipelined(conn, [lock, merge])
     return [row[0] for row in suppressed]
 
 
@@ -222,9 +224,9 @@ _MEMBERSHIP_UPDATE = ",\n".join(
 )
 
 
-# One statement, run holding MEMBERSHIP_LOCK:
+# One statement, run holding the customers' locks:
 # - customers with a tombstone are dropped, and the history this transaction copied for them
-#   is deleted again (checked under the lock that erasure takes too, so an erasure either
+#   is deleted again (checked under the locks that erasure takes too, so an erasure either
 #   committed before and is seen here, or comes after and deletes what this commits);
 # - the memberships are upserted, keeping entered_at while the segment stays the same;
 # - events are appended for each purpose's audience (the memberships' generated `advertising`
@@ -233,7 +235,8 @@ _MEMBERSHIP_UPDATE = ",\n".join(
 #   the caller's cause: an assignment, time, a model switch); one
 #   who stayed but whose consent changed enters or exits that purpose's feed (cause consent).
 #   A re-assignment to the same segment is no event. This statement is the only writer of
-#   assignment and consent events.
+#   assignment and consent events. Their feed position (stamp, id) is the columns' defaults
+#   (app.store.tables.MembershipEvent), taken after the locks.
 # Data-modifying CTEs all see the statement's starting snapshot, so `before` is the state the
 # upsert changed.
 def _merge_memberships(with_due: bool) -> str:
@@ -347,8 +350,6 @@ def _merge_memberships(with_due: bool) -> str:
 
 _MERGE_MEMBERSHIPS = text(_merge_memberships(with_due=False))
 _MERGE_MEMBERSHIPS_AND_DUE = text(_merge_memberships(with_due=True))
-# Any constant: the key of the lock that makes membership changes commit in event-id order.
-MEMBERSHIP_LOCK = 7_291_104_416
 
 
 def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:
@@ -358,11 +359,3 @@ def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:
         for c, i, k, v, d, f, x, t in batch.rows()
     )
     copy_in(conn, _COPY_HISTORY, history)
-
-
-def lock_memberships(conn: Connection) -> None:
-    """The lock membership merges (and erasures) hold to their commit."""
-    conn.execute(_LOCK)
-
-
-_LOCK = text(f"SELECT pg_advisory_xact_lock({MEMBERSHIP_LOCK})")

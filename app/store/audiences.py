@@ -10,12 +10,48 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, true
+from sqlalchemy import Connection, func, literal, select, text, true, tuple_
 
 from app.audience.consent import Purpose
 from app.audience.formats import MEMBER_COLUMNS, MemberRow
 from app.store.assignments import membership_events, memberships
 from app.store.tables import Cause, FeedEvent
+from app.store.transaction_ids import TransactionId, current_snapshot, oldest_running
+
+
+@dataclass(frozen=True)
+class FeedPosition:
+    """Where a feed reader stands: past the event (stamp, event_id) in feed order (see
+    app.store.transaction_ids). With `snapshot` (pg_snapshot's text, xmin:xmax:running), the
+    events that snapshot saw are behind it too: an export's position, whose snapshot saw some
+    events of transactions younger than its oldest running one."""
+
+    stamp: int
+    event_id: int
+    snapshot: str | None = None
+
+    def after(self, stamp: int, event_id: int) -> FeedPosition:
+        """The position past an event handed out from here."""
+        return FeedPosition(stamp, event_id, self.snapshot)._settled()
+
+    def at_least(self, horizon: int) -> FeedPosition:
+        """This position, or the one past every event stamped before `horizon` (the oldest
+        transaction running when a read found nothing more): whichever is further."""
+        if (horizon - 1, LAST_EVENT_ID) <= (self.stamp, self.event_id):
+            return self
+        return FeedPosition(horizon - 1, LAST_EVENT_ID, self.snapshot)._settled()
+
+    def _settled(self) -> FeedPosition:
+        # every event the snapshot saw was stamped at most its xmax: past that, it has no use
+        if self.snapshot is not None:
+            xmax = int(self.snapshot.split(":")[1])
+            if (self.stamp, self.event_id) >= (xmax, LAST_EVENT_ID):
+                return FeedPosition(self.stamp, self.event_id)
+        return self
+
+
+LAST_EVENT_ID = 2**63 - 1  # the id column's largest value: "past every event of that stamp"
+START = FeedPosition(0, 0)
 
 
 @dataclass(frozen=True)
@@ -29,24 +65,45 @@ class MembershipChange:
     confidence: float
     occurred_at: datetime
     cause: Cause
+    stamp: int
 
 
 _CHANGE_COLUMNS = tuple(field.name for field in fields(MembershipChange))
 
 
+def feed_horizon(conn: Connection) -> int:
+    """The oldest transaction running now: every event stamped below it is committed (or never
+    will be), so a feed may hand it out. Read before the events: it is then conservative."""
+    return int(conn.execute(select(oldest_running())).scalar_one())
+
+
 def membership_changes(
-    conn: Connection, segment_key: str | None, purpose: Purpose, after_id: int, limit: int
+    conn: Connection,
+    segment_key: str | None,
+    purpose: Purpose,
+    after: FeedPosition,
+    horizon: int,
+    limit: int,
 ) -> list[MembershipChange]:
-    """Entered/exited events of a purpose's audiences after `after_id` in commit (id) order, of
-    one segment or all."""
-    query = select(*(membership_events.c[name] for name in _CHANGE_COLUMNS)).where(
-        membership_events.c.id > after_id,
+    """Entered/exited events of a purpose's audiences past `after` in feed order, of one segment
+    or all, stamped below `horizon` (feed_horizon)."""
+    events = membership_events.c
+    query = select(*(events[name] for name in _CHANGE_COLUMNS)).where(
+        tuple_(events.stamp, events.id)
+        > tuple_(literal(after.stamp, TransactionId()), literal(after.event_id)),
+        events.stamp < literal(horizon, TransactionId()),
         # `= true`, not IS TRUE: PostgreSQL then uses the partial index of advertising events
-        membership_events.c[purpose.value] == true(),
+        events[purpose.value] == true(),
     )
+    if after.snapshot is not None:
+        query = query.where(
+            text(
+                "NOT pg_visible_in_snapshot(membership_events.tx, CAST(:seen AS pg_snapshot))"
+            ).bindparams(seen=after.snapshot)
+        )
     if segment_key is not None:
-        query = query.where(membership_events.c.segment_key == segment_key)
-    query = query.order_by(membership_events.c.id).limit(limit)
+        query = query.where(events.segment_key == segment_key)
+    query = query.order_by(events.stamp, events.id).limit(limit)
     return [
         MembershipChange(**{**row, "event": FeedEvent(row["event"]), "cause": Cause(row["cause"])})
         for row in conn.execute(query).mappings()
@@ -70,12 +127,14 @@ def audience_size(conn: Connection, segment_key: str, purpose: Purpose, model_ve
     return int(conn.execute(query).scalar_one())
 
 
-def feed_position(conn: Connection) -> int:
-    """The id of the newest event this transaction sees (0 when none). Ids follow commit order,
-    so every event up to it is visible: a consumer can follow the feed from here."""
-    return int(
-        conn.execute(select(func.coalesce(func.max(membership_events.c.id), 0))).scalar_one()
-    )
+def feed_position(conn: Connection) -> FeedPosition:
+    """The feed position of this transaction's snapshot: every event it sees is behind it, every
+    event it does not see is ahead of it, so a consumer of an export taken in this snapshot can
+    follow the feed from exactly there."""
+    snapshot = str(conn.execute(select(current_snapshot())).scalar_one())
+    oldest = int(snapshot.split(":")[0])
+    # everything stamped below the snapshot's xmin it sees; younger events it saw, it names
+    return FeedPosition(oldest - 1, LAST_EVENT_ID, snapshot)
 
 
 def _audience(segment_key: str, purpose: Purpose, model_version: str) -> Any:

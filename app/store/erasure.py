@@ -16,11 +16,11 @@ from app.store.assignments import (
     IdHash,
     assignments,
     erasure_audit,
-    lock_memberships,
     membership_events,
     memberships,
     tombstones,
 )
+from app.store.customer_locks import lock_customers
 from app.store.events import forget, lock_activity
 from app.store.tables import Cause, ErasureAction, FeedEvent
 
@@ -51,7 +51,7 @@ def erase_customers(
 ) -> list[Erasure]:
     """Erase each customer: history, membership (with hashes and consent) and change events go;
     a tombstone (their keyed id hash) is recorded and one audit row per customer says what went
-    and which key asked. Holds the membership lock, so a concurrent write either committed
+    and which key asked. Holds the customers' locks, so a concurrent write either committed
     before (and is deleted here) or sees the tombstone (and stores nothing).
 
     With `notice_days` > 0, each feed the customer was in gets one `exited` event with cause
@@ -61,8 +61,8 @@ def erase_customers(
     erasure, or by app.service.erasure.NoticePruner's timer, whichever comes first)."""
     ids = list(dict.fromkeys(customer_ids))
     hashes = {customer_id: id_hash(customer_id) for customer_id in ids}
-    lock_activity(conn, ids)  # before the membership lock, as event writers and the refresher
-    lock_memberships(conn)
+    lock_activity(conn, ids)  # before the customers' locks, as event writers and the refresher
+    lock_customers(conn, ids)
     if notice_days > 0:  # before the membership goes
         _write_erasure_notices(conn, ids, now)
     standing = set(
@@ -87,7 +87,7 @@ def erase_customers(
     }
     purchases = forget(conn, ids)  # purchase events, orders and aggregates
     prune_erasure_notices(conn, now, notice_days)
-    # under the lock: a concurrent erasure of the same id committed before `standing` was read
+    # under the locks: a concurrent erasure of the same id committed before `standing` was read
     new = [{"id_hash": h, "erased_at": now} for h in hashes.values() if h not in standing]
     if new:
         conn.execute(insert(tombstones), new)
@@ -166,11 +166,11 @@ def prune_erasure_notices(conn: Connection, now: datetime, notice_days: int) -> 
 
 
 def erased_among(conn: Connection, customer_ids: Sequence[str], id_hash: IdHash) -> set[str]:
-    """Those of the customers a tombstone stands for, checked under the membership lock that
+    """Those of the customers a tombstone stands for, checked under the customers' locks that
     erasure holds too: an erasure either committed before (and is seen) or waits for the caller's
     commit (and then deletes what it wrote)."""
     hashes = {id_hash(customer_id): customer_id for customer_id in customer_ids}
-    lock_memberships(conn)
+    lock_customers(conn, customer_ids)
     standing = conn.execute(
         select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(list(hashes)))
     ).scalars()
@@ -182,7 +182,7 @@ def restore_customer(
 ) -> bool:
     """Lift the customer's tombstone (audited); False when there was none."""
     hashed = id_hash(customer_id)
-    lock_memberships(conn)
+    lock_customers(conn, [customer_id])
     lifted = conn.execute(delete(tombstones).where(tombstones.c.id_hash == hashed)).rowcount
     if not lifted:
         return False

@@ -235,7 +235,8 @@ def activity_of(conn: Connection, customer_ids: Sequence[str]) -> dict[str, Acti
 
 def lock_activity(conn: Connection, customer_ids: Sequence[str]) -> None:
     """Lock the customers' aggregates, in key order, as every writer of them does before it takes
-    the membership lock: one order for all, so erasure and event writers cannot deadlock."""
+    the customers' locks (app.store.customer_locks): one order for all, so erasure, the
+    refresher and event writers cannot deadlock."""
     conn.execute(
         select(customer_activity.c.customer_id)
         .where(customer_activity.c.customer_id.in_(list(customer_ids)))

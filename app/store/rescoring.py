@@ -60,7 +60,7 @@ def features_behind(
     """Customers known only from features sent to them (no aggregates; with `with_activity`,
     those with aggregates too: for a model that does not take RFM features) whose membership
     another version made, after `after` in id order, with the features of their latest
-    assignment. The caller holds the membership lock, so no writer changes them meanwhile."""
+    assignment. The caller locks them (app.store.customer_locks) before it re-scores them."""
     rows = conn.execute(
         _FEATURES_BEHIND,
         {

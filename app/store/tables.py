@@ -30,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.store.transaction_ids import STAMP_DEFAULT, TX_DEFAULT, TransactionId
+
 # Stable constraint names, so migrations can refer to them (Alembic's naming-convention advice).
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -149,9 +151,10 @@ class Cause(StrEnum):
 class MembershipEvent(Base):
     """A customer entered or exited a segment: the change feed ad platforms follow.
 
-    Writers append events while holding one transaction-scoped lock, so ids are handed out in
-    commit order and a reader that pages by id after its last cursor sees every event once.
-    The events are written by one statement, app.store.assignments' membership merge.
+    Readers page in (stamp, id) order, and only below the oldest transaction still running
+    (app.store.transaction_ids says why that hands out every event once, each customer's in
+    commit order). The events are written by one statement, app.store.assignments' membership
+    merge (and erasure notices by app.store.erasure).
     """
 
     __tablename__ = "membership_events"
@@ -168,24 +171,31 @@ class MembershipEvent(Base):
     # which purposes' feeds carry the event: the customer's consent at that moment decides
     advertising: Mapped[bool] = mapped_column(Boolean, server_default=false())
     personalization: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    # the writing transaction, and the feed position's first part (events written before these
+    # columns have 0 in both, so they come first, in id order as they always were)
+    tx: Mapped[int] = mapped_column(TransactionId(), server_default=TX_DEFAULT)
+    stamp: Mapped[int] = mapped_column(TransactionId(), server_default=STAMP_DEFAULT)
 
     __table_args__ = (
         CheckConstraint(_one_of("event", FeedEvent), name="event"),
         CheckConstraint(_one_of("cause", Cause), name="cause"),
-        # one segment's feed, in commit order
-        Index("ix_membership_events_segment_key_id", "segment_key", "id"),
+        # the feeds (all segments, one segment), in feed order
+        Index("ix_membership_events_stamp_id", "stamp", "id"),
+        Index("ix_membership_events_segment_key_stamp_id", "segment_key", "stamp", "id"),
         # erasure finds a customer's events
         Index("ix_membership_events_customer_id", "customer_id"),
         # the advertising feeds (all segments, one segment): when few customers opt in, a poll
         # must not walk every personalization event after its cursor to find none
         Index(
-            "ix_membership_events_advertising_id",
+            "ix_membership_events_advertising_stamp_id",
+            "stamp",
             "id",
             postgresql_where=text("advertising"),
         ),
         Index(
-            "ix_membership_events_advertising_segment_key_id",
+            "ix_membership_events_advertising_segment_key_stamp_id",
             "segment_key",
+            "stamp",
             "id",
             postgresql_where=text("advertising"),
         ),

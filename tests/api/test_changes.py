@@ -4,6 +4,7 @@ while several worker processes write concurrently."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2
@@ -11,7 +12,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
-from tests.conftest import clear_tables
+from app.service.cursors import decode_feed_cursor
+from app.store.assignments import AssignmentBatch, AssignmentRow, store_batch
+from app.store.customer_locks import bucket_of
+from tests.conftest import TEST_ID_HASH, clear_tables
 from tests.servers import segments_server
 
 CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
@@ -102,6 +106,82 @@ def test_ids_freed_by_an_erasure_are_never_handed_out_again(client: TestClient) 
     assert [(c["customer_id"], c["event"]) for c in after] == [("b", "exited"), ("c", "entered")]
 
 
+def test_other_customers_writes_do_not_wait_and_the_feed_waits_for_older_transactions(
+    client: TestClient, database_url: str
+) -> None:
+    """A write stays open (its transaction began before another customer's write commits): the
+    other write does not wait for it (no lock but the customers' own), and the feed holds the
+    newer event back until the older transaction ends, whose event may come first in the feed.
+    A reader paging by commit alone would have passed the older event's position and lost it."""
+    slow = "slow-writer"
+    quick = next(c for c in (f"quick-{i}" for i in range(99)) if bucket_of(c) != bucket_of(slow))
+    cursor = client.get("/v1/changes", params=EVERYONE).json()["next_cursor"]
+    scored = client.post(
+        "/v1/assignments",
+        params={"persist": "false"},
+        json={"customer_id": slow, "features": CHAMPION},
+    ).json()
+    segment = scored["segment"]
+    held = AssignmentRow(
+        slow, segment["id"], segment["key"], "test-rfm-k4", 0.1, 0.9, CHAMPION, datetime.now(UTC)
+    )
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            store_batch(conn, AssignmentBatch.of_rows([held]), TEST_ID_HASH)
+            assign(client, quick, CHAMPION)  # answered (stored) while the slow one is open
+            page = client.get("/v1/changes", params={"since": cursor} | EVERYONE).json()
+            assert page["changes"] == [], "an event was handed out past an open transaction's"
+            cursor = page["next_cursor"]
+        page = client.get("/v1/changes", params={"since": cursor} | EVERYONE).json()
+    finally:
+        engine.dispose()
+    assert [(c["customer_id"], c["event"]) for c in page["changes"]] == [
+        (slow, "entered"),
+        (quick, "entered"),
+    ]
+
+
+def test_an_exports_position_is_exact_while_an_older_transaction_is_open(
+    client: TestClient, database_url: str
+) -> None:
+    """The export's snapshot sees a change committed after an older transaction began, but not
+    that transaction's: following the feed from its position gives exactly the latter."""
+    slow = "slow-writer"
+    quick = next(c for c in (f"quick-{i}" for i in range(99)) if bucket_of(c) != bucket_of(slow))
+    segment = client.post(
+        "/v1/assignments",
+        params={"persist": "false"},
+        json={"customer_id": slow, "features": CHAMPION},
+    ).json()["segment"]
+    held = AssignmentRow(
+        slow, segment["id"], segment["key"], "test-rfm-k4", 0.1, 0.9, CHAMPION, datetime.now(UTC)
+    )
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            store_batch(conn, AssignmentBatch.of_rows([held]), TEST_ID_HASH)
+            assign(client, quick, CHAMPION)
+            export = client.get(
+                f"/v1/segments/{segment['key']}/members",
+                params=EVERYONE,
+                headers={"accept": "application/x-ndjson"},
+            )
+            assert [line for line in export.text.splitlines() if quick in line]
+            assert not [line for line in export.text.splitlines() if slow in line]
+            position = export.headers["segments-feed-cursor"]
+        after = client.get("/v1/changes", params={"since": position} | EVERYONE).json()
+    finally:
+        engine.dispose()
+    assert [(c["customer_id"], c["event"]) for c in after["changes"]] == [(slow, "entered")]
+    # once the feed has moved past every event the snapshot could have seen, the cursor no
+    # longer carries it
+    assign(client, "later", CHAMPION)
+    later = client.get("/v1/changes", params={"since": after["next_cursor"]} | EVERYONE).json()
+    assert [c["customer_id"] for c in later["changes"]] == ["later"]
+    assert decode_feed_cursor(later["next_cursor"]).snapshot is None
+
+
 def test_bad_cursor_and_unknown_segment(client: TestClient) -> None:
     # garbage, a members cursor, e1:-1, a Unicode digit, past the id column's bigint
     for cursor in ("nope", "bTE6YWJj", "ZTE6LTE", "ZTE6wrI", "ZTE6OTk5OTk5OTk5OTk5OTk5OTk5OTk"):
@@ -118,69 +198,95 @@ def test_a_poller_sees_every_change_exactly_once_during_concurrent_writes(
     database_url: str, rfm_model_dir: Path, tmp_path: Path
 ) -> None:
     clear_tables(database_url)
-    customers = [f"f{i:03d}" for i in range(60)]
-
-    async def scenario(base: str) -> list[dict[str, object]]:
-        stop = asyncio.Event()
-
-        async def writer(worker: int) -> None:
-            async with httpx2.AsyncClient(base_url=base, timeout=30) as client:
-                turn = 0
-                while not stop.is_set():
-                    turn += 1
-                    features = CHAMPION if (turn + worker) % 2 else LAPSED
-                    # consent comes and goes too: the advertising feed follows it
-                    consent = {"advertising": (turn // 2 + worker) % 3 != 0}
-                    body: dict[str, object]
-                    if turn % 3 == 0:
-                        chosen = customers[worker::6]
-                        body = {
-                            "customers": [
-                                {"customer_id": c, "features": features, "consent": consent}
-                                for c in chosen
-                            ]
-                        }
-                        response = await client.post("/v1/assignments/batch", json=body)
-                    else:
-                        customer = customers[(turn * 7 + worker) % len(customers)]
-                        body = {"customer_id": customer, "features": features, "consent": consent}
-                        response = await client.post("/v1/assignments", json=body)
-                    assert response.status_code == 200, response.text
-
-        seen: list[dict[str, object]] = []
-        cursor: str | None = None
-
-        async def poll(client: httpx2.AsyncClient) -> bool:
-            nonlocal cursor
-            params: dict[str, str | int] = {"limit": 50, "purpose": "advertising"}
-            if cursor is not None:
-                params["since"] = cursor
-            page = (await client.get("/v1/changes", params=params)).json()
-            seen.extend(page["changes"])
-            cursor = page["next_cursor"]
-            return bool(page["has_more"])
-
-        writers = [asyncio.create_task(writer(w)) for w in range(6)]
-        async with httpx2.AsyncClient(base_url=base, timeout=30) as reader:
-            for _ in range(150):  # poll while the writers write
-                await poll(reader)
-                await asyncio.sleep(0.01)
-            stop.set()
-            await asyncio.gather(*writers)
-            while await poll(reader):  # drain what is left
-                pass
-            await poll(reader)
-        return seen
-
     with segments_server(database_url, rfm_model_dir, tmp_path, workers=2) as service:
-        seen = asyncio.run(scenario(service.base))
+        seen = asyncio.run(_poll_while_writing([service.base]))
+    _check_exactly_once(database_url, seen)
 
+
+@pytest.mark.slow
+def test_two_replicas_writing_while_a_reader_polls(
+    database_url: str, rfm_model_dir: Path, tmp_path: Path
+) -> None:
+    """Two separate `segments serve` processes on one database (as two pods), each written to
+    by half the writers, with no lock between them but their customers': the feed still hands
+    out every event once, each customer's in the order they happened."""
+    clear_tables(database_url)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        segments_server(database_url, rfm_model_dir, tmp_path / "a", workers=1) as first,
+        segments_server(database_url, rfm_model_dir, tmp_path / "b", workers=1) as second,
+    ):
+        seen = asyncio.run(_poll_while_writing([first.base, second.base]))
+    _check_exactly_once(database_url, seen)
+
+
+CUSTOMERS = [f"f{i:03d}" for i in range(60)]
+
+
+async def _poll_while_writing(bases: list[str]) -> list[dict[str, object]]:
+    """Six writers (spread over the servers) move 60 customers between segments and consent,
+    singly and in batches, while a reader polls the advertising feed of the first server."""
+    stop = asyncio.Event()
+
+    async def writer(worker: int) -> None:
+        base = bases[worker % len(bases)]
+        async with httpx2.AsyncClient(base_url=base, timeout=30) as client:
+            turn = 0
+            while not stop.is_set():
+                turn += 1
+                features = CHAMPION if (turn + worker) % 2 else LAPSED
+                # consent comes and goes too: the advertising feed follows it
+                consent = {"advertising": (turn // 2 + worker) % 3 != 0}
+                body: dict[str, object]
+                if turn % 3 == 0:
+                    chosen = CUSTOMERS[worker::6]
+                    body = {
+                        "customers": [
+                            {"customer_id": c, "features": features, "consent": consent}
+                            for c in chosen
+                        ]
+                    }
+                    response = await client.post("/v1/assignments/batch", json=body)
+                else:
+                    customer = CUSTOMERS[(turn * 7 + worker) % len(CUSTOMERS)]
+                    body = {"customer_id": customer, "features": features, "consent": consent}
+                    response = await client.post("/v1/assignments", json=body)
+                assert response.status_code == 200, response.text
+
+    seen: list[dict[str, object]] = []
+    cursor: str | None = None
+
+    async def poll(client: httpx2.AsyncClient) -> bool:
+        nonlocal cursor
+        params: dict[str, str | int] = {"limit": 50, "purpose": "advertising"}
+        if cursor is not None:
+            params["since"] = cursor
+        page = (await client.get("/v1/changes", params=params)).json()
+        seen.extend(page["changes"])
+        cursor = page["next_cursor"]
+        return bool(page["has_more"])
+
+    writers = [asyncio.create_task(writer(w)) for w in range(6)]
+    async with httpx2.AsyncClient(base_url=bases[0], timeout=30) as reader:
+        for _ in range(150):  # poll while the writers write
+            await poll(reader)
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.gather(*writers)
+        while await poll(reader):  # drain what is left
+            pass
+        await poll(reader)
+    return seen
+
+
+def _check_exactly_once(database_url: str, seen: list[dict[str, object]]) -> None:
     engine = create_engine(database_url)
     with engine.connect() as conn:
         stored = [
             row[0]
             for row in conn.execute(
-                text("SELECT id FROM membership_events WHERE advertising ORDER BY id")
+                text("SELECT id FROM membership_events WHERE advertising ORDER BY stamp, id")
             )
         ]
         # the advertising audience: customers whose last word on advertising was yes

@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from app.auth.keys import Scope, generate_key, key_config_line
 from app.main import create_app
 from app.store import erasure as erasure_store
-from app.store.assignments import lock_memberships
+from app.store.customer_locks import lock_customers
 from tests.conftest import TEST_ID_HASH, clear_tables, count_rows, make_settings, metric_value
 from tests.servers import segments_server
 
@@ -304,19 +304,20 @@ def test_two_erasures_of_one_customer_at_once_both_succeed(
     admin: TestClient, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retried GDPR request can erase an id while the first is still running: the membership
-    lock serialises them (each waits at the barrier for the other, which cannot come until the
-    first commits, so the barrier times out), and the second finds the tombstone standing."""
+    customer's lock serialises them (each waits at the barrier for the other, which cannot come
+    until the first commits, so the barrier times out), and the second finds the tombstone
+    standing."""
     write(admin, "twice")
     service = admin.app_state["runtime"].erasure
     both_checked = threading.Barrier(2)
-    locked = lock_memberships
+    locked = lock_customers
 
-    def lock_then_meet(conn: Connection) -> None:
-        locked(conn)
+    def lock_then_meet(conn: Connection, customer_ids: Sequence[str]) -> None:
+        locked(conn, customer_ids)
         with contextlib.suppress(threading.BrokenBarrierError):
             both_checked.wait(timeout=2)
 
-    monkeypatch.setattr(erasure_store, "lock_memberships", lock_then_meet)
+    monkeypatch.setattr(erasure_store, "lock_customers", lock_then_meet)
     outcomes: list[str] = []
 
     def erase() -> None:

@@ -65,7 +65,10 @@ def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
     with engine.connect() as conn:
         current = current_membership(conn, "c1")
         audience = audiences.segment_members(conn, "champions", Purpose.ADVERTISING, "v1", None, 10)
-        feed = audiences.membership_changes(conn, None, Purpose.ADVERTISING, 0, 10)
+        horizon = audiences.feed_horizon(conn)
+        feed = audiences.membership_changes(
+            conn, None, Purpose.ADVERTISING, audiences.START, horizon, 10
+        )
     assert current is not None
     assert current.assignment.segment_key == "champions"
     assert current.assignment.assigned_at == later
