@@ -90,10 +90,14 @@ def free_port() -> int:
 
 @contextmanager
 def server(
-    kind: str, database_url: str, extra_env: dict[str, str] | None = None, tree: Path = ROOT
+    kind: str,
+    database_url: str,
+    extra_env: dict[str, str] | None = None,
+    tree: Path = ROOT,
+    cpu: str = SERVER_CPU,
 ) -> Iterator[tuple[str, int]]:
-    """Start one server process on CPU 0; yields (base url, pid). `ours` kinds run the service
-    of the code in `tree` (this one, or an earlier commit's worktree)."""
+    """Start one server process on CPU `cpu` (0); yields (base url, pid). `ours` kinds run the
+    service of the code in `tree` (this one, or an earlier commit's worktree)."""
     port = free_port()
     uvicorn = [
         str(BIN / "uvicorn"),
@@ -122,7 +126,7 @@ def server(
         "SEGMENTS_ERASURE_KEY": "bench-erasure-key",
         **(extra_env or {}),
     }
-    process = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], cwd=tree, env=env)
+    process = subprocess.Popen(["taskset", "-c", cpu, *command], cwd=tree, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -151,12 +155,13 @@ def wrk(
     body_file: Path | None,
     vary_id: bool,
     keyed: bool = False,
+    cpu: str | None = LOAD_CPU,
 ) -> Run:
-    """One wrk run; `keyed`: each request with an Idempotency-Key of its own."""
+    """One wrk run (on CPU `cpu`, or wherever the kernel puts it); `keyed`: each request with an
+    Idempotency-Key of its own."""
+    pinned = ["taskset", "-c", cpu] if cpu is not None else []
     command = [
-        "taskset",
-        "-c",
-        LOAD_CPU,
+        *pinned,
         "wrk",
         "-t1",
         f"-c{connections}",
