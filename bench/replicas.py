@@ -20,10 +20,15 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,6 +47,64 @@ from bench.run import (
 
 CONNECTIONS = 64
 PATH = "/v1/assignments"
+# the database's sessions as pg_stat_activity shows them: running, and waiting for an advisory
+# lock (the fleet's one lock before issue 14, the customers' bucket locks after)
+_SESSIONS = text(
+    """
+    SELECT count(*) FILTER (WHERE state = 'active'),
+           count(*) FILTER (WHERE wait_event_type = 'Lock' AND wait_event = 'advisory')
+    FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+    """
+)
+
+
+@dataclass
+class LockWaits:
+    samples: int = 0
+    active: int = 0
+    waiting: int = 0
+    cpu_busy: float = 0.0  # the machine's CPU time spent busy during the block, 0-1
+
+    @property
+    def share(self) -> float:
+        """Of the sessions running a statement, the share waiting for an advisory lock."""
+        return self.waiting / self.active if self.active else 0.0
+
+
+@contextmanager
+def sampled_lock_waits(database_url: str, every: float = 0.02) -> Iterator[LockWaits]:
+    """Sample the database's sessions every `every` seconds while the block runs."""
+    waits = LockWaits()
+    stop = threading.Event()
+    engine = create_engine(database_url)
+
+    def sample() -> None:
+        with engine.connect() as conn:
+            while not stop.wait(every):
+                active, waiting = conn.execute(_SESSIONS).one()
+                conn.rollback()  # a fresh snapshot of pg_stat_activity next time
+                waits.samples += 1
+                waits.active += active
+                waits.waiting += waiting
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    busy, total = _cpu_times()
+    try:
+        yield waits
+    finally:
+        stop.set()
+        sampler.join()
+        engine.dispose()
+        busy_after, total_after = _cpu_times()
+        waits.cpu_busy = (busy_after - busy) / max(1, total_after - total)
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, all) CPU time of the machine so far, in clock ticks (/proc/stat's first line)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 def fleet_run(bases: list[str], body: Path, duration: int) -> Run:
@@ -69,6 +132,7 @@ def main() -> None:
     args = parser.parse_args()
 
     results: dict[tuple[str, int], list[Run]] = {}
+    waits: dict[tuple[str, int], list[LockWaits]] = {}
     with ExitStack() as context:
         folder = Path(context.enter_context(tempfile.TemporaryDirectory()))
         trees = {"this tree": ROOT}
@@ -76,9 +140,11 @@ def main() -> None:
             trees[args.before] = context.enter_context(worktree(args.before, folder))
         body = write_bodies(folder, real_customers())["single"]
         fleets: dict[tuple[str, int], list[str]] = {}
+        databases: dict[tuple[str, int], str] = {}
         for label, tree in trees.items():
             for replicas in (1, 2):
                 database = context.enter_context(bench_database(args.database, tree))
+                databases[(label, replicas)] = database
                 fleets[(label, replicas)] = [
                     context.enter_context(server("ours", database, tree=tree, cpu=str(cpu)))[0]
                     for cpu in range(replicas)
@@ -87,18 +153,25 @@ def main() -> None:
             fleet_run(bases, body, 2)  # warm-up, not counted
         for _ in range(args.repeats):
             for key, bases in fleets.items():
-                run = fleet_run(bases, body, args.duration)
+                with sampled_lock_waits(databases[key]) as sampled:
+                    run = fleet_run(bases, body, args.duration)
                 results.setdefault(key, []).append(run)
+                waits.setdefault(key, []).append(sampled)
                 print(
                     f"{key[0]}, {key[1]} replica(s): {run.requests_per_second:,.0f} req/s "
-                    f"p99 {run.p99_ms:.1f} ms, errors {run.errors}",
+                    f"p99 {run.p99_ms:.1f} ms, errors {run.errors}, "
+                    f"{sampled.share:.0%} of running statements waiting for an advisory lock, "
+                    f"CPU {sampled.cpu_busy:.0%} busy",
                     flush=True,
                 )
-    write_section(args.out, "replicas", report(args, trees, results))
+    write_section(args.out, "replicas", report(args, trees, results, waits))
 
 
 def report(
-    args: argparse.Namespace, trees: dict[str, Path], results: dict[tuple[str, int], list[Run]]
+    args: argparse.Namespace,
+    trees: dict[str, Path],
+    results: dict[tuple[str, int], list[Run]],
+    waits: dict[tuple[str, int], list[LockWaits]],
 ) -> str:
     def median(key: tuple[str, int]) -> float:
         return statistics.median(r.requests_per_second for r in results[key])
@@ -111,17 +184,25 @@ def report(
         "replica `segments serve` with one worker, pinned to its own core (0, and 1 for the "
         "second); PostgreSQL and wrk unpinned (two cores for everything); a fresh database per "
         f"fleet; {args.repeats} runs of {args.duration} s each, fleets alternating; 64 "
-        "connections, split evenly between the replicas; a new customer per request.",
+        "connections, split evenly between the replicas; a new customer per request. *Lock "
+        "waits*: pg_stat_activity sampled every 20 ms during the runs, the share of the "
+        "statements running that were waiting for an advisory lock; *CPU busy*: the two "
+        "cores' busy share during the runs (/proc/stat).",
         "",
-        "| tree | replicas | requests/s (median, spread) | p99 ms (median) | errors |",
-        "| --- | --- | --- | --- | --- |",
+        "| tree | replicas | requests/s (median, spread) | p99 ms (median) | lock waits "
+        "| CPU busy | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (label, replicas), runs in results.items():
         rates = [r.requests_per_second for r in runs]
+        sampled = waits[(label, replicas)]
+        share = sum(w.waiting for w in sampled) / max(1, sum(w.active for w in sampled))
         lines.append(
             f"| {label} | {replicas} | {statistics.median(rates):,.0f} "
             f"({min(rates):,.0f}–{max(rates):,.0f}) | "
-            f"{statistics.median(r.p99_ms for r in runs):.1f} | {sum(r.errors for r in runs)} |"
+            f"{statistics.median(r.p99_ms for r in runs):.1f} | {share:.0%} | "
+            f"{statistics.median(w.cpu_busy for w in sampled):.0%} | "
+            f"{sum(r.errors for r in runs)} |"
         )
     lines.append("")
     for label in trees:

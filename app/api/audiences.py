@@ -154,7 +154,8 @@ def _changes(
 SinceQuery = Annotated[
     str | None,
     Query(
-        max_length=64,
+        # an export's position names its snapshot's running transactions (app.service.cursors)
+        max_length=8192,
         description="the next_cursor of the previous page (only cursors the service issued); "
         "omit to start",
     ),

@@ -22,8 +22,11 @@ _DIGITS = "(?:0|[1-9][0-9]{0,18})"  # ASCII digits only ("²" is a digit to str.
 _FEED_POSITION = re.compile(
     rf"({_DIGITS})\.({_DIGITS})(?:\.({_DIGITS}):({_DIGITS}):((?:{_DIGITS},)*{_DIGITS})?)?"
 )
-# an issued snapshot names the transactions writing at that moment: a few hundred at most
-_MOST_RUNNING = 10_000
+# An export's position names the transactions writing at its snapshot's moment: at most this
+# many, so that its cursor stays within ?since='s 8 KB (app.api.audiences). With more (a fleet
+# far larger than any here), the export's position drops the snapshot: following the feed from
+# it may then repeat a change the export holds, never miss one.
+MOST_RUNNING = 500
 
 
 def members_cursor(customer_id: str) -> str:
@@ -34,7 +37,7 @@ def members_cursor(customer_id: str) -> str:
 def feed_cursor(position: FeedPosition) -> str:
     """The change-feed cursor that continues from `position`."""
     text = f"{position.stamp}.{position.event_id}"
-    if position.snapshot is not None:
+    if position.snapshot is not None and position.snapshot.count(",") < MOST_RUNNING:
         text += f".{position.snapshot}"
     return _encode(CHANGES_CURSOR, text)
 
@@ -59,7 +62,7 @@ def decode_feed_cursor(cursor: str) -> FeedPosition:
     ids = [int(i) for i in running.split(",")] if running else []
     # what PostgreSQL's pg_snapshot input requires: xmin <= running < xmax, non-decreasing
     if (
-        len(ids) > _MOST_RUNNING
+        len(ids) > MOST_RUNNING
         or int(oldest) > int(next_id)
         or any(a > b for a, b in itertools.pairwise(ids))
         or (ids and (ids[0] < int(oldest) or ids[-1] >= int(next_id)))

@@ -32,6 +32,7 @@ from app.service.event_input import parse_events
 from app.service.idempotency import Idempotency, kept_answer
 from app.service.store import Store
 from app.store.assignments import AssignmentBatch, AssignmentRow
+from app.store.customer_locks import FEW, lock_customers
 from app.store.events import Activity, PurchaseRow, activity_of, forget, record_events
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_assignments
@@ -146,6 +147,11 @@ class EventWriter:
         customers = list(dict.fromkeys(row.customer_id for row in rows))
         profiles = _profiles(batches, first)
         stored, activity = record_events(conn, rows, now)
+        if len(customers) > FEW:
+            # the scored and the unscored are locked below, each set on its own: when together
+            # they are many, lock them all first, so that neither takes the fleet lock shared
+            # and then wants it exclusively (app.store.customer_locks)
+            lock_customers(conn, customers)
         changed = {
             row.customer_id
             for row in rows

@@ -36,7 +36,7 @@ from app.service.assignments import AssignmentWriter, score
 from app.service.periodic import Periodic
 from app.service.store import Store
 from app.store import registry as registry_store
-from app.store.customer_locks import bucket_of, lock_customers
+from app.store.customer_locks import lock_customers
 from app.store.events import Activity, claim_due, forget
 from app.store.rescoring import claim_activity_behind, features_behind, memberships_behind
 from app.store.tables import Cause
@@ -176,16 +176,16 @@ class Refresher:
             if not found:
                 return None
             # then again holding those customers' locks (app.store.customer_locks): nobody
-            # changes them while they are re-scored. One who fell behind meanwhile and is not
-            # covered by the locks taken waits for the next round.
-            lock_customers(conn, [customer_id for customer_id, _ in found])
-            locked = {bucket_of(customer_id) for customer_id, _ in found}
+            # changes them while they are re-scored. One who fell behind meanwhile is not
+            # locked: the next round takes them.
+            locked = {customer_id for customer_id, _ in found}
+            lock_customers(conn, locked)
             again = features_behind(
                 conn, model.version, after, self.chunk, with_activity=with_activity
             )
             if not again:
                 return None
-            behind = [(c, f) for c, f in again if bucket_of(c) in locked]
+            behind = [(c, f) for c, f in again if c in locked]
             valid = scorable(model, [{"customer_id": c, "features": f} for c, f in behind])
             scored = 0
             if valid is not None:

@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
-from app.service.cursors import decode_feed_cursor
+from app.service.cursors import MOST_RUNNING, decode_feed_cursor, feed_cursor
 from app.store.assignments import AssignmentBatch, AssignmentRow, store_batch
-from app.store.customer_locks import bucket_of
+from app.store.audiences import LAST_EVENT_ID, FeedPosition
+from app.store.customer_locks import FEW, customer_key
 from tests.conftest import TEST_ID_HASH, clear_tables
 from tests.servers import segments_server
 
@@ -114,7 +115,9 @@ def test_other_customers_writes_do_not_wait_and_the_feed_waits_for_older_transac
     newer event back until the older transaction ends, whose event may come first in the feed.
     A reader paging by commit alone would have passed the older event's position and lost it."""
     slow = "slow-writer"
-    quick = next(c for c in (f"quick-{i}" for i in range(99)) if bucket_of(c) != bucket_of(slow))
+    quick = next(
+        c for c in (f"quick-{i}" for i in range(99)) if customer_key(c) != customer_key(slow)
+    )
     cursor = client.get("/v1/changes", params=EVERYONE).json()["next_cursor"]
     scored = client.post(
         "/v1/assignments",
@@ -148,7 +151,9 @@ def test_an_exports_position_is_exact_while_an_older_transaction_is_open(
     """The export's snapshot sees a change committed after an older transaction began, but not
     that transaction's: following the feed from its position gives exactly the latter."""
     slow = "slow-writer"
-    quick = next(c for c in (f"quick-{i}" for i in range(99)) if bucket_of(c) != bucket_of(slow))
+    quick = next(
+        c for c in (f"quick-{i}" for i in range(99)) if customer_key(c) != customer_key(slow)
+    )
     segment = client.post(
         "/v1/assignments",
         params={"persist": "false"},
@@ -180,6 +185,22 @@ def test_an_exports_position_is_exact_while_an_older_transaction_is_open(
     later = client.get("/v1/changes", params={"since": after["next_cursor"]} | EVERYONE).json()
     assert [c["customer_id"] for c in later["changes"]] == ["later"]
     assert decode_feed_cursor(later["next_cursor"]).snapshot is None
+
+
+def test_an_exports_position_naming_many_running_transactions_fits_the_parameter(
+    client: TestClient,
+) -> None:
+    """The most running transactions a cursor names, with ids of ten digits, still fit ?since."""
+    first = 4_000_000_000
+    running = ",".join(str(first + i) for i in range(MOST_RUNNING))
+    snapshot = f"{first}:{first + MOST_RUNNING}:{running}"
+    position = feed_cursor(FeedPosition(first - 1, LAST_EVENT_ID, snapshot))
+    assert decode_feed_cursor(position).snapshot == snapshot
+    answer = client.get("/v1/changes", params={"since": position} | EVERYONE)
+    assert answer.status_code == 200, answer.text
+    # one more and the position goes without its snapshot (see app.service.cursors)
+    more = f"{first}:{first + MOST_RUNNING + 1}:{running},{first + MOST_RUNNING}"
+    assert decode_feed_cursor(feed_cursor(FeedPosition(1, 2, more))).snapshot is None
 
 
 def test_bad_cursor_and_unknown_segment(client: TestClient) -> None:
@@ -222,11 +243,14 @@ def test_two_replicas_writing_while_a_reader_polls(
 
 
 CUSTOMERS = [f"f{i:03d}" for i in range(60)]
+CROWD = [f"crowd-{i:03d}" for i in range(FEW + 10)]
 
 
 async def _poll_while_writing(bases: list[str]) -> list[dict[str, object]]:
     """Six writers (spread over the servers) move 60 customers between segments and consent,
-    singly and in batches, while a reader polls the advertising feed of the first server."""
+    singly and in batches (one writer's with a crowd of others, so that it locks the whole
+    fleet while the others lock customer by customer), while a reader polls the advertising
+    feed of the first server."""
     stop = asyncio.Event()
 
     async def writer(worker: int) -> None:
@@ -241,6 +265,8 @@ async def _poll_while_writing(bases: list[str]) -> list[dict[str, object]]:
                 body: dict[str, object]
                 if turn % 3 == 0:
                     chosen = CUSTOMERS[worker::6]
+                    if worker == 0:  # more than FEW: this batch takes the fleet lock
+                        chosen = chosen + CROWD
                     body = {
                         "customers": [
                             {"customer_id": c, "features": features, "consent": consent}

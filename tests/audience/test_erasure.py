@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from app.auth.keys import Scope, generate_key, key_config_line
 from app.main import create_app
 from app.store import erasure as erasure_store
-from app.store.customer_locks import lock_customers
+from app.store.customer_locks import FEW, lock_customers
 from tests.conftest import TEST_ID_HASH, clear_tables, count_rows, make_settings, metric_value
 from tests.servers import segments_server
 
@@ -244,13 +244,15 @@ def test_bulk_erasure_of_ten_thousand_ids(admin: TestClient, database_url: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("count", [20, FEW + 10], ids=["customer-locks", "fleet-lock"])
 def test_a_batch_racing_the_erasure_cannot_bring_the_customer_back(
-    database_url: str, rfm_model_dir: Path, tmp_path: Path
+    database_url: str, rfm_model_dir: Path, tmp_path: Path, count: int
 ) -> None:
     """Writers replay batches naming the customer on two worker processes while the erasure
-    commits: whatever the interleaving, nothing of theirs is stored afterwards."""
+    commits: whatever the interleaving, nothing of theirs is stored afterwards. With a few
+    customers, everyone locks them one by one; with more than FEW, the whole fleet."""
     clear_tables(database_url)
-    victims = [f"v{i}" for i in range(20)]
+    victims = [f"v{i}" for i in range(count)]
 
     async def scenario(base: str) -> int:
         erased = asyncio.Event()
