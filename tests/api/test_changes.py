@@ -107,6 +107,24 @@ def test_ids_freed_by_an_erasure_are_never_handed_out_again(client: TestClient) 
     assert [(c["customer_id"], c["event"]) for c in after] == [("b", "exited"), ("c", "entered")]
 
 
+def _two_writers(client: TestClient) -> tuple[str, str, AssignmentRow]:
+    """Two customers whose locks differ: the slow one's assignment (a champion, as the service
+    scores it) to hold in an open transaction, and the quick one's id."""
+    slow = "slow-writer"
+    quick = next(
+        c for c in (f"quick-{i}" for i in range(99)) if customer_key(c) != customer_key(slow)
+    )
+    segment = client.post(
+        "/v1/assignments",
+        params={"persist": "false"},
+        json={"customer_id": slow, "features": CHAMPION},
+    ).json()["segment"]
+    held = AssignmentRow(
+        slow, segment["id"], segment["key"], "test-rfm-k4", 0.1, 0.9, CHAMPION, datetime.now(UTC)
+    )
+    return slow, quick, held
+
+
 def test_other_customers_writes_do_not_wait_and_the_feed_waits_for_older_transactions(
     client: TestClient, database_url: str
 ) -> None:
@@ -114,20 +132,8 @@ def test_other_customers_writes_do_not_wait_and_the_feed_waits_for_older_transac
     other write does not wait for it (no lock but the customers' own), and the feed holds the
     newer event back until the older transaction ends, whose event may come first in the feed.
     A reader paging by commit alone would have passed the older event's position and lost it."""
-    slow = "slow-writer"
-    quick = next(
-        c for c in (f"quick-{i}" for i in range(99)) if customer_key(c) != customer_key(slow)
-    )
+    slow, quick, held = _two_writers(client)
     cursor = client.get("/v1/changes", params=EVERYONE).json()["next_cursor"]
-    scored = client.post(
-        "/v1/assignments",
-        params={"persist": "false"},
-        json={"customer_id": slow, "features": CHAMPION},
-    ).json()
-    segment = scored["segment"]
-    held = AssignmentRow(
-        slow, segment["id"], segment["key"], "test-rfm-k4", 0.1, 0.9, CHAMPION, datetime.now(UTC)
-    )
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn, conn.begin():
@@ -150,25 +156,14 @@ def test_an_exports_position_is_exact_while_an_older_transaction_is_open(
 ) -> None:
     """The export's snapshot sees a change committed after an older transaction began, but not
     that transaction's: following the feed from its position gives exactly the latter."""
-    slow = "slow-writer"
-    quick = next(
-        c for c in (f"quick-{i}" for i in range(99)) if customer_key(c) != customer_key(slow)
-    )
-    segment = client.post(
-        "/v1/assignments",
-        params={"persist": "false"},
-        json={"customer_id": slow, "features": CHAMPION},
-    ).json()["segment"]
-    held = AssignmentRow(
-        slow, segment["id"], segment["key"], "test-rfm-k4", 0.1, 0.9, CHAMPION, datetime.now(UTC)
-    )
+    slow, quick, held = _two_writers(client)
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn, conn.begin():
             store_batch(conn, AssignmentBatch.of_rows([held]), TEST_ID_HASH)
             assign(client, quick, CHAMPION)
             export = client.get(
-                f"/v1/segments/{segment['key']}/members",
+                f"/v1/segments/{held.segment_key}/members",
                 params=EVERYONE,
                 headers={"accept": "application/x-ndjson"},
             )

@@ -1,0 +1,177 @@
+"""Where a persisted batch of 10,000 assignments spends its storage time (issue 14).
+
+`python bench/batch_breakdown.py` writes the real Online Retail customers' batch (the body
+`make bench` sends) as the service writes it, on a fresh database, part by part, and writes the
+section `batch breakdown` of bench/RESULTS.md:
+
+- build: Python making the rows (the memberships' JSON with the id hashes);
+- history: the COPY text built, and the COPY of 10,000 history rows;
+- merge: the customers' locks and the membership merge, one round trip; and, from EXPLAIN
+  ANALYZE of the same statement, its main steps: reading the rows from their JSON, the
+  tombstone and before-image probes, the upsert;
+- commit.
+
+Two cases: the batch's customers new (10,000 inserts and `entered` events), then the same batch
+again (10,000 updates that keep every segment: what `make bench`'s batch scenario repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import (  # noqa: E402
+    add_database_option,
+    bench_database,
+    real_customers,
+    scored_batch,
+    write_bodies,
+    write_section,
+)
+
+REPEATS = 7
+# EXPLAIN ANALYZE nodes worth naming: (label, a pattern of the node's line)
+_STEPS = (
+    ("rows read from their JSON", r"Function Scan on json_to_recordset"),
+    ("tombstone probes", r"CTE suppressed\n\s*->"),
+    ("before-image probes", r"CTE before\n\s*->"),
+    ("membership upsert", r"Insert on memberships"),
+    ("feed events insert", r"Insert on membership_events"),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_database_option(parser)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    from app.audience.erasure import IdHasher
+    from app.settings import Settings
+    from app.store.engine import make_engine
+
+    with tempfile.TemporaryDirectory() as folder:
+        batch = scored_batch(write_bodies(Path(folder), real_customers())["batch10000"])
+    hasher = IdHasher("bench-erasure-key")
+    results: dict[str, dict[str, float]] = {}
+    for case in ("new customers", "the same customers again"):
+        timings: dict[str, list[float]] = {}
+        steps: dict[str, list[float]] = {}
+        for _ in range(REPEATS):
+            # the timed write and the EXPLAIN each on a database of its own: EXPLAIN ANALYZE
+            # really writes (then rolls back), which would leave the timed write dead rows
+            for explained in (False, True):
+                with bench_database(args.database) as url:
+                    engine = make_engine(Settings().with_database(url))
+                    if case != "new customers":  # the customers stored once already
+                        with engine.connect() as conn:
+                            _write(conn, batch, hasher)
+                    with engine.connect() as conn:
+                        if explained:
+                            for name, ms in _explained(conn, _merge(batch, hasher)).items():
+                                steps.setdefault(name, []).append(ms)
+                        else:
+                            for name, ms in _write(conn, batch, hasher).items():
+                                timings.setdefault(name, []).append(ms)
+                    engine.dispose()
+        results[case] = {name: statistics.median(v) for name, v in timings.items()}
+        results[case] |= {
+            f"merge: {name}, done at": statistics.median(v) for name, v in steps.items()
+        }
+        print(case, {k: round(v, 1) for k, v in results[case].items()}, flush=True)
+    write_section(args.out, "batch breakdown", _report(results))
+
+
+def _merge(batch: Any, hasher: Any) -> tuple[Any, dict[str, Any]]:
+    """The membership merge store_batch runs for the batch: its statement and parameters."""
+    from app.store import assignments as store
+
+    members = batch.latest_memberships()
+    for member in members:
+        member["id_hash"] = hasher(member["customer_id"])
+    rows = orjson.dumps(members).decode()
+    return store._MERGE_MEMBERSHIPS, {"rows": rows, "count": len(members), "cause": "assignment"}
+
+
+def _write(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
+    """The service's write of the batch (app.store.assignments.store_batch), timed part by part."""
+    from app.store import assignments as store
+    from app.store.customer_locks import lock_statement
+    from app.store.driver import pipelined
+
+    started = time.perf_counter()
+    merge = _merge(batch, hasher)
+    built = time.perf_counter()
+    with conn.begin():
+        conn.exec_driver_sql("SELECT 1")  # BEGIN sent: not part of the COPY's time
+        begun = time.perf_counter()
+        store._copy_history(conn, batch)
+        copied = time.perf_counter()
+        pipelined(conn, [lock_statement(batch.customer_ids), merge])
+        merged = time.perf_counter()
+    committed = time.perf_counter()
+    return {
+        "build": (built - started) * 1000,
+        "history COPY (text built and sent)": (copied - begun) * 1000,
+        "locks and merge": (merged - copied) * 1000,
+        "commit": (committed - merged) * 1000,
+        "total": (built - started + committed - begun) * 1000,
+    }
+
+
+def _explained(conn: Any, merge: tuple[Any, dict[str, Any]]) -> dict[str, float]:
+    statement, parameters = merge
+    sql = str(statement.compile(dialect=conn.dialect))
+    transaction = conn.begin()
+    cursor = conn.connection.driver_connection.cursor()
+    cursor.execute("EXPLAIN (ANALYZE, FORMAT TEXT) " + sql, parameters)
+    plan = "\n".join(row[0] for row in cursor.fetchall())
+    transaction.rollback()
+    steps = {}
+    for name, pattern in _STEPS:
+        found = re.search(pattern, plan)
+        if found is None:
+            continue
+        line = plan[found.start() :].split("\n")
+        timed = next(part for part in line if "actual time=" in part)
+        steps[name] = float(re.search(r"actual time=[\d.]+\.\.([\d.]+)", timed).group(1))  # type: ignore[union-attr]
+    return steps
+
+
+def _report(results: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "## Batch breakdown: where a persisted batch of 10,000 spends its storage time",
+        "",
+        f"`python bench/batch_breakdown.py` on {datetime.now(UTC):%Y-%m-%d}, "
+        f"{platform.machine()}: the real Online Retail customers' batch of 10,000 (`make "
+        f"bench`'s body) written as the service writes it, on a fresh database each time, "
+        f"medians of {REPEATS}. The merge's steps come from EXPLAIN ANALYZE of the same "
+        "statement: the moment each step was done, in ms into the statement (its CTEs feed "
+        "each other, so the steps overlap: the gaps between them say what each added).",
+        "",
+        "| part | " + " | ".join(f"{case} (ms)" for case in results) + " |",
+        "| --- | " + " | ".join("---:" for _ in results) + " |",
+    ]
+    names = list(next(iter(results.values())))
+    for case_results in results.values():
+        names += [n for n in case_results if n not in names]
+    for name in names:
+        cells = [f"{r[name]:.1f}" if name in r else "" for r in results.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
