@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -110,6 +111,16 @@ def test_ids_freed_by_an_erasure_are_never_handed_out_again(client: TestClient) 
     assert [(c["customer_id"], c["event"]) for c in after] == [("b", "exited"), ("c", "entered")]
 
 
+def _scored_segment(client: TestClient, customer: str, features: dict[str, float]) -> Any:
+    """The segment the service puts the customer in (scored only, nothing stored)."""
+    answer = client.post(
+        "/v1/assignments",
+        params={"persist": "false"},
+        json={"customer_id": customer, "features": features},
+    )
+    return answer.json()["segment"]
+
+
 def _two_writers(client: TestClient) -> tuple[str, str, AssignmentRow]:
     """Two customers whose locks differ: the slow one's assignment (a champion, as the service
     scores it) to hold in an open transaction, and the quick one's id."""
@@ -117,11 +128,7 @@ def _two_writers(client: TestClient) -> tuple[str, str, AssignmentRow]:
     quick = next(
         c for c in (f"quick-{i}" for i in range(99)) if customer_key(c) != customer_key(slow)
     )
-    segment = client.post(
-        "/v1/assignments",
-        params={"persist": "false"},
-        json={"customer_id": slow, "features": CHAMPION},
-    ).json()["segment"]
+    segment = _scored_segment(client, slow, CHAMPION)
     held = AssignmentRow(
         slow, segment["id"], segment["key"], "test-rfm-k4", 0.1, 0.9, CHAMPION, datetime.now(UTC)
     )
@@ -161,11 +168,7 @@ def test_the_last_write_of_a_quiet_database_is_handed_out(
     nothing is written after it: its events are handed out all the same (stamped from the
     snapshot's xmax itself, they waited for the next write anywhere)."""
     slow, quick, held = _two_writers(client)
-    lapsed = client.post(
-        "/v1/assignments",
-        params={"persist": "false"},
-        json={"customer_id": slow, "features": LAPSED},
-    ).json()["segment"]
+    lapsed = _scored_segment(client, slow, LAPSED)
     moved = replace(
         held, segment_id=lapsed["id"], segment_key=lapsed["key"], assigned_at=datetime.now(UTC)
     )
