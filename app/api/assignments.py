@@ -107,8 +107,9 @@ async def assign(request: Request) -> Response:
     caller = runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
     raw = await request.body()
-    keyed = idempotency_from(request, caller.name, raw) if persist else None
-    if keyed is not None:
+    # a malformed key is refused even when nothing is stored: the request is wrong either way
+    keyed = idempotency_from(request, caller.name, raw)
+    if keyed is not None and persist:
         names = runtime.models.segment_names
         answer, replayed = await runtime.assignments.assign_one_keyed(
             parse_json(raw), keyed, lambda batch: assignments_json(batch, names)[0]
@@ -134,14 +135,14 @@ async def assign_batch(request: Request) -> Response:
     caller = runtime.guard.authorize(request, Scope.ASSIGN)
     persist = _persist(request)
     raw = await request.body()
-    keyed = idempotency_from(request, caller.name, raw) if persist else None
+    keyed = idempotency_from(request, caller.name, raw)
 
     def render(batch: AssignmentBatch) -> str:
         version = encode_json_string(batch.model_versions[0])
         rows = ",".join(assignments_json(batch, runtime.models.segment_names))
         return '{"model_version":' + version + ',"assignments":[' + rows + "]}"
 
-    if keyed is not None:
+    if keyed is not None and persist:
         answer, replayed = await run_in_threadpool(
             runtime.assignments.assign_batch_keyed, parse_json(raw), keyed, render
         )
