@@ -10,7 +10,11 @@ does not have.
   503 `too_many_connections` and closed at once, before it costs anything else (uvicorn's own
   `limit_concurrency` only refuses once the headers are in, and in plain text).
 
-Both answers are the contract's error body. `segments serve` runs uvicorn with this protocol.
+- A request the HTTP parser cannot read (a malformed request line or header, or one too long
+  for it: a URL of tens of kilobytes) is answered 400 `malformed_request`, where uvicorn
+  answers plain text, and the connection is closed.
+
+All three answers are the contract's error body. `segments serve` runs uvicorn with this protocol.
 """
 
 from __future__ import annotations
@@ -76,6 +80,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_timer()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's parser error, in the contract's body rather than plain text
+        self.transport.write(_malformed_request())
+        self.transport.close()
+
     def _await_headers(self) -> None:
         self._stop_timer()
         self._header_timer = self.loop.call_later(self._header_timeout, self._headers_late)
@@ -111,4 +120,15 @@ def _headers_too_slow(seconds: float) -> bytes:
         Problem(
             "headers", f"not complete within {seconds:g} s (SEGMENTS_HTTP_HEADER_TIMEOUT_SECONDS)"
         ),
+    )
+
+
+def _malformed_request() -> bytes:
+    return _answer(
+        "400 Bad Request",
+        "malformed_request",
+        "The request could not be read as HTTP/1.1 and the connection is closed; check the "
+        "request line and headers, and send long queries in a body (URLs of tens of kilobytes "
+        "are refused).",
+        Problem("request", "a malformed or oversized request line or header"),
     )

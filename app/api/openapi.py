@@ -54,12 +54,15 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "store_busy": (503, "no pooled connection came free within SEGMENTS_DB_POOL_TIMEOUT", "store"),
     "busy": (503, "this worker runs SEGMENTS_COMPARISONS_PER_WORKER comparisons", "comparisons"),
     # answered by the connection guard (app.api.connections), before any operation is known
+    "malformed_request": (400, "the HTTP parser could not read the request", "request"),
     "request_timeout": (408, "the request's headers did not arrive in time", "headers"),
     "too_many_connections": (503, "the worker holds its most connections", "connections"),
 }
-# what every /v1 operation can answer: a key problem, invalid input, a body over the size limit
-# (the limit applies to every request), a store that fails it, and a rate limit
+# what every /v1 operation can answer: a request the HTTP parser refuses (a URL too long), a key
+# problem, invalid input, a body over the size limit (the limit applies to every request), a
+# store that fails it, and a rate limit
 COMMON = (
+    "malformed_request",
     "unauthorized",
     "forbidden",
     "invalid_input",

@@ -125,3 +125,22 @@ def test_connections_over_the_cap_are_refused_with_the_contract_body(
                     assert error["details"][0]["loc"] == "connection"
         # the held ones closed: room again
         assert httpx2.get(f"{service.base}/healthz", timeout=10).status_code == 200
+
+
+def test_a_request_the_parser_refuses_gets_the_contract_body(
+    database_url: str, rfm_model_dir: Path, tmp_path: Path
+) -> None:
+    # a URL far over what the parser takes (schemathesis sent one, as a 100 KB cursor), and a
+    # request line that is not HTTP
+    with segments_server(database_url, rfm_model_dir, tmp_path, workers=1) as service:
+        for request in (
+            b"GET /v1/changes?since=" + b"%F0%97%84%AE" * 8192 + b" HTTP/1.1\r\nHost: s\r\n\r\n",
+            b"NOT HTTP AT ALL\r\n\r\n",
+        ):
+            with connections(service, 1) as (sock,):
+                sock.sendall(request)
+                status, error = error_of(read_until_closed(sock, 10))
+            assert status == "HTTP/1.1 400 Bad Request"
+            assert error["code"] == "malformed_request"
+            assert error["details"][0]["loc"] == "request"
+        assert httpx2.get(f"{service.base}/healthz", timeout=10).status_code == 200
