@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -45,7 +43,7 @@ from bench.run import (  # noqa: E402
 REPEATS = 7
 # EXPLAIN ANALYZE nodes worth naming: (label, a pattern of the node's line)
 _STEPS = (
-    ("rows read from their JSON", r"Function Scan on json_to_recordset"),
+    ("staged rows read", r"Seq Scan on staged_memberships"),
     ("tombstone probes", r"CTE suppressed\n\s*->"),
     ("before-image probes", r"CTE before\n\s*->"),
     ("membership upsert", r"Insert on memberships"),
@@ -80,7 +78,7 @@ def main() -> None:
                             _write(conn, batch, hasher)
                     with engine.connect() as conn:
                         if explained:
-                            for name, ms in _explained(conn, _merge(batch, hasher)).items():
+                            for name, ms in _explained(conn, batch, hasher).items():
                                 steps.setdefault(name, []).append(ms)
                         else:
                             for name, ms in _write(conn, batch, hasher).items():
@@ -94,15 +92,12 @@ def main() -> None:
     write_section(args.out, "batch breakdown", _report(results))
 
 
-def _merge(batch: Any, hasher: Any) -> tuple[Any, dict[str, Any]]:
-    """The membership merge store_batch runs for the batch: its statement and parameters."""
-    from app.store import assignments as store
-
-    members = batch.latest_memberships()
+def _members(batch: Any, hasher: Any) -> list[dict[str, Any]]:
+    """The memberships store_batch merges for the batch."""
+    members: list[dict[str, Any]] = batch.latest_memberships()
     for member in members:
         member["id_hash"] = hasher(member["customer_id"])
-    rows = orjson.dumps(members).decode()
-    return store._MERGE_MEMBERSHIPS, {"rows": rows, "count": len(members), "cause": "assignment"}
+    return members
 
 
 def _write(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
@@ -110,31 +105,41 @@ def _write(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
     from app.store import assignments as store
     from app.store.customer_locks import lock_statement
     from app.store.driver import pipelined
+    from app.store.membership_merge import merge_staged, stage
+    from app.store.tables import Cause
 
     started = time.perf_counter()
-    merge = _merge(batch, hasher)
+    members = _members(batch, hasher)
     built = time.perf_counter()
     with conn.begin():
         conn.exec_driver_sql("SELECT 1")  # BEGIN sent: not part of the COPY's time
         begun = time.perf_counter()
         store._copy_history(conn, batch)
         copied = time.perf_counter()
-        pipelined(conn, [lock_statement(batch.customer_ids), merge])
+        stage(conn, members)
+        staged = time.perf_counter()
+        statements = [lock_statement(batch.customer_ids), *merge_staged(Cause.ASSIGNMENT, False)]
+        pipelined(conn, statements, rows_of=-2)
         merged = time.perf_counter()
     committed = time.perf_counter()
     return {
         "build": (built - started) * 1000,
         "history COPY (text built and sent)": (copied - begun) * 1000,
-        "locks and merge": (merged - copied) * 1000,
+        "memberships COPY into staging (text built and sent)": (staged - copied) * 1000,
+        "locks and merge": (merged - staged) * 1000,
         "commit": (committed - merged) * 1000,
         "total": (built - started + committed - begun) * 1000,
     }
 
 
-def _explained(conn: Any, merge: tuple[Any, dict[str, Any]]) -> dict[str, float]:
-    statement, parameters = merge
+def _explained(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
+    from app.store.membership_merge import merge_staged, stage
+    from app.store.tables import Cause
+
+    _, (statement, parameters), _ = merge_staged(Cause.ASSIGNMENT, False)
     sql = str(statement.compile(dialect=conn.dialect))
     transaction = conn.begin()
+    stage(conn, _members(batch, hasher))
     cursor = conn.connection.driver_connection.cursor()
     cursor.execute("EXPLAIN (ANALYZE, FORMAT TEXT) " + sql, parameters)
     plan = "\n".join(row[0] for row in cursor.fetchall())

@@ -59,7 +59,8 @@ class AssignmentWriter:
 
     def write(self, batch: AssignmentBatch, operation: str = "assign") -> None:
         with self._store.transaction(operation, writing=True) as conn:
-            self.store(conn, batch)
+            # the COMMIT in the statements' round trip: one round trip a write
+            self.store(conn, batch, commit=True)
 
     def write_keyed(
         self, batch: AssignmentBatch, idempotency: Idempotency, answer: str, operation: str
@@ -93,10 +94,13 @@ class AssignmentWriter:
         batch: AssignmentBatch,
         cause: Cause = Cause.ASSIGNMENT,
         due: Mapping[str, datetime | None] | None = None,
+        *,
+        commit: bool = False,
     ) -> set[str]:
         """Store the batch in the caller's transaction (with the customers' due times, when
-        scored from aggregates); returns the erased customers' ids."""
-        suppressed = set(store_batch(conn, batch, self._id_hash, cause, due))
+        scored from aggregates; committing it, with `commit`); returns the erased customers'
+        ids."""
+        suppressed = set(store_batch(conn, batch, self._id_hash, cause, due, commit=commit))
         if suppressed:
             SUPPRESSED_ASSIGNMENTS.inc(sum(1 for c in batch.customer_ids if c in suppressed))
         return suppressed

@@ -51,20 +51,30 @@ def copy_text(value: str) -> str:
 
 
 def pipelined(
-    conn: Connection, statements: Sequence[tuple[TextClause, Mapping[str, Any] | None]]
+    conn: Connection,
+    statements: Sequence[tuple[TextClause, Mapping[str, Any] | None]],
+    *,
+    commit: bool = False,
+    rows_of: int = -1,
 ) -> list[tuple[Any, ...]]:
     """Run the statements in order in one round trip (the transaction's BEGIN too, when they are
-    its first); returns the rows of the last one. The first that fails raises, and the
-    transaction is then aborted: the caller's block rolls it back."""
+    its first); returns the rows of the last one (or of the one at index `rows_of`). The first
+    that fails raises, and the transaction is then aborted: the caller's block rolls it back.
+    With `commit`, the transaction's COMMIT goes in the same round trip: the caller's block then
+    finds nothing left to commit (psycopg sends no COMMIT for a connection outside a
+    transaction)."""
     driver = _driver(conn)
     compiled = [(_compiled(clause, conn.dialect), params) for clause, params in statements]
     # the pipeline's errors surface when it ends (at its sync), inside _driver_errors
-    with _driver_errors(conn, str(compiled[-1][0][0])), driver.pipeline():
+    with _driver_errors(conn, str(compiled[rows_of][0][0])), driver.pipeline():
         cursors = [driver.cursor() for _ in compiled]
         try:
             for cursor, ((sql, names), params) in zip(cursors, compiled, strict=True):
                 cursor.execute(sql, {name: (params or {})[name] for name in names})
-            return cursors[-1].fetchall()
+            if commit:
+                # a failed statement before it skips it: the transaction is then rolled back
+                driver.execute("COMMIT")
+            return cursors[rows_of].fetchall()
         finally:
             for cursor in cursors:
                 cursor.close()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.settings import Settings
@@ -27,17 +28,34 @@ def make_engine(settings: Settings) -> Engine:
         "keepalives_interval": 2,
         "keepalives_count": 2,
     }
-    return create_engine(
+    engine = create_engine(
         settings.database,
         connect_args=connect_args,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_timeout=settings.db_pool_timeout,
-        # a connection the server dropped is replaced on checkout: recovery without a restart
-        pool_pre_ping=True,
         # errors and logs must not carry customer ids or features
         hide_parameters=True,
     )
+    # a connection the server dropped is replaced on checkout: recovery without a restart
+    event.listen(engine, "checkout", _refuse_dropped)
+    return engine
+
+
+def _refuse_dropped(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Check a pooled connection as it is handed out, without a round trip (SQLAlchemy's
+    pool_pre_ping costs one: 0.1-0.15 ms of a one-row write's ~1.5): an idle connection has
+    nothing to read, so a socket with something to read was closed by the server (a restart,
+    pg_terminate_backend, its idle timeout) or told why it will be. The pool then discards it
+    and connects anew. A server gone silent (no FIN) shows nothing here: the TCP keepalives
+    above find it, and the statement on it fails as a store outage."""
+    if dbapi_connection.closed or dbapi_connection.pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise DisconnectionError("the connection is closed")
+    # poll, not select: a worker may hold descriptors above select's 1,024
+    readable = select.poll()
+    readable.register(dbapi_connection.pgconn.socket, select.POLLIN)
+    if readable.poll(0):
+        raise DisconnectionError("the server closed the connection")
 
 
 def failure_reason(exc: BaseException) -> str | None:

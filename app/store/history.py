@@ -14,13 +14,8 @@ from sqlalchemy import Connection, select
 
 from app.audience.consent import Purpose
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
-from app.store.assignments import (
-    HISTORY_COLUMNS,
-    MEMBERSHIP_COLUMNS,
-    AssignmentRow,
-    assignments,
-    memberships,
-)
+from app.store.assignments import AssignmentRow, assignments, memberships
+from app.store.tables import HISTORY_COLUMNS, MEMBERSHIP_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,20 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# the columns a stored assignment fills in the history, and in the customer's membership
+HISTORY_COLUMNS = (
+    "customer_id",
+    "segment_id",
+    "segment_key",
+    "model_version",
+    "distance",
+    "confidence",
+    "features",
+    "assigned_at",
+)
+MEMBERSHIP_COLUMNS = tuple(c for c in HISTORY_COLUMNS if c != "features")
+
+
 class Assignment(Base):
     """One scoring of one customer, kept as history (and as the live sample drift is computed from)."""
 

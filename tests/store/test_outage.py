@@ -102,6 +102,36 @@ def test_store_outage_fails_fast_and_recovers_without_restart(
     assert count_rows(database_url, "memberships") == 2
 
 
+def test_connections_the_server_closed_while_idle_fail_no_request(
+    database_url: str, rfm_model_dir: Path
+) -> None:
+    # a database restart (or an idle-connection killer) between requests: each pooled connection
+    # is found closed as it is handed out and replaced, so no request sees it
+    clear_tables(database_url)
+    name = make_url(database_url).database
+    admin = create_engine(
+        make_url(database_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+    )
+    with TestClient(create_app(make_settings(database_url, rfm_model_dir))) as client:
+        for round_ in range(3):
+            for index in range(5):
+                body = {"customer_id": f"c{round_}.{index}", "features": CHAMPION}
+                assert client.post("/v1/assignments", json=body).status_code == 200
+                assert client.get(f"/v1/customers/c{round_}.{index}/segment").status_code == 200
+            with admin.connect() as conn:
+                closed = conn.execute(
+                    text(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                        "FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+                    ),
+                    {"n": name},
+                ).scalar()
+            assert closed  # the service's pooled connections
+            time.sleep(0.2)  # the terminated backends' goodbyes arrive
+    admin.dispose()
+    assert count_rows(database_url, "memberships") == 15
+
+
 def test_failure_mid_write_rolls_back(database_url: str, rfm_model_dir: Path) -> None:
     """Rows written before a failure in the same request's transaction are not kept."""
     clear_tables(database_url)

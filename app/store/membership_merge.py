@@ -1,0 +1,255 @@
+"""The membership merge: the one statement that upserts a write's memberships and appends the
+feed events their moves cause (app.store.assignments.store_batch runs it, holding the customers'
+locks), and how its rows reach it:
+
+- a few rows (single requests committed together): one bound JSON parameter, and the statement's
+  generic plan. Planning it took longer than running it for one row (0.4 against 0.3 ms), and
+  PostgreSQL planned it anew for every write (its custom plans looked cheaper than the generic
+  one). psycopg prepares a statement run five times; its generic plan is made once per
+  connection, and again when a table's statistics change. For a few rows any plan of its index
+  probes does.
+- more rows (a batch): COPYed into a temporary table of the session (`staged_memberships`,
+  emptied by each commit), which the statement reads with a plan made for the rows there.
+  Reading 10,000 rows from one JSON parameter took ~55 ms; COPY takes ~15.
+
+The two are separate statements (prepared apart): a batch never runs a plan made for a few rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, TextClause, text
+
+from app.audience.profile import PROFILE_COLUMNS
+from app.store.driver import NULL, copy_in, copy_text
+from app.store.tables import MEMBERSHIP_COLUMNS, Cause, FeedEvent
+
+Statement = tuple[TextClause, dict[str, Any] | None]
+_STAGED = "staged_memberships"
+
+_INCOMING_COLUMNS = """customer_id varchar, segment_id integer, segment_key varchar,
+    model_version varchar, distance float8, confidence float8, assigned_at timestamptz,
+    email_sha256 varchar, phone_sha256 varchar, phone_digits_sha256 varchar,
+    consent_personalization boolean, consent_advertising boolean, id_hash varchar"""
+_EVENT_COLUMNS = """customer_id, segment_id, segment_key, event, model_version, confidence,
+    occurred_at, cause, advertising, personalization"""
+_NEWER = "memberships.assigned_at <= excluded.assigned_at"
+_MEMBERSHIP_UPDATE = ",\n".join(
+    # the segment follows the latest assignment (a late-committing older one changes nothing)
+    [
+        f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE memberships.{c} END"
+        for c in MEMBERSHIP_COLUMNS
+        if c != "customer_id"
+    ]
+    # consent and hashes follow the last word received, whatever its assignment's time (a
+    # withdrawal must never be lost); a flag or hash not sent keeps the one sent before
+    + [f"{c} = COALESCE(excluded.{c}, memberships.{c})" for c in PROFILE_COLUMNS]
+)
+
+
+# One statement, run holding the customers' locks:
+# - customers with a tombstone are dropped, and the history this transaction copied for them
+#   is deleted again (checked under the locks that erasure takes too, so an erasure either
+#   committed before and is seen here, or comes after and deletes what this commits);
+# - the memberships are upserted, keeping entered_at while the segment stays the same;
+# - events are appended for each purpose's audience (the memberships' generated `advertising`
+#   and `personalization` columns, app.store.tables): a customer who moved exits the old
+#   segment in the feeds they were in and enters the new one in the feeds they are now in (with
+#   the caller's cause: an assignment, time, a model switch); one
+#   who stayed but whose consent changed enters or exits that purpose's feed (cause consent).
+#   A re-assignment to the same segment is no event. This statement is the only writer of
+#   assignment and consent events. Their feed position (stamp, id) is the columns' defaults
+#   (app.store.tables.MembershipEvent), taken after the locks.
+# Data-modifying CTEs all see the statement's starting snapshot, so `before` is the state the
+# upsert changed.
+def _merge_memberships(with_due: bool, staged: bool) -> str:
+    columns = _INCOMING_COLUMNS + (", due_at timestamptz" if with_due else "")
+    # constant names; the rows are COPYed, or one bound parameter (LIMIT: the planner's row
+    # count, see app.store.events._RECORD)
+    rows = (
+        f"SELECT * FROM {_STAGED}"  # noqa: S608
+        if staged
+        else f"SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS rows({columns}) "  # noqa: S608
+        "LIMIT :count"
+    )
+    # the customers with a tombstone: a few rows probe its index one by one; a batch (planned
+    # for its rows) is joined to it as the planner sees fit (probing 10,000 rows took 50 ms even
+    # with no tombstone at all, and one index scan for all of them as long: sorting the hashes)
+    tombstoned = (
+        """SELECT incoming.customer_id FROM incoming
+        JOIN erasure_tombstones AS t ON t.id_hash = incoming.id_hash"""
+        if staged
+        else """SELECT incoming.customer_id FROM incoming
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM erasure_tombstones AS t WHERE t.id_hash = incoming.id_hash
+            LIMIT 1 OFFSET 0
+        ) AS tombstone"""
+    )
+    # the customers' aggregates' due times, set in the same statement (their rows are locked
+    # already: by the event writer's insert, or the refresher's claim)
+    due_update = (
+        """,
+    due AS (
+        -- each row found by its key, then updated by its ctid (a join on customer_id let a
+        -- plan kept from a small table scan the whole of it: see the comment below)
+        UPDATE customer_activity AS a SET due_at = d.due_at, due_cause = NULL
+        FROM (
+            SELECT i.due_at, found.row_id FROM incoming AS i
+            CROSS JOIN LATERAL (
+                SELECT ctid AS row_id FROM customer_activity
+                WHERE customer_activity.customer_id = i.customer_id OFFSET 0
+            ) AS found
+            WHERE i.customer_id NOT IN (SELECT customer_id FROM suppressed)
+        ) AS d
+        WHERE a.ctid = d.row_id
+    )"""
+        if with_due
+        else ""
+    )
+    return f"""
+    WITH incoming AS ({rows}),
+    -- Each customer's rows are found by index probes, whatever the planner believes of the
+    -- tables' sizes: its plans are prepared and kept, and one made while the tables were small
+    -- (a new database) scanned them whole in every write long after they had grown (half the
+    -- throughput of single events within a minute). Hence the LATERAL … OFFSET 0 here (a
+    -- probe per incoming row; the planner may not turn it into a join) and the ANY(ARRAY(…)).
+    suppressed AS ({tombstoned}),
+    purged AS (
+        -- the EXISTS is checked once, first: with nobody suppressed (nearly always) the
+        -- history is not touched at all
+        DELETE FROM assignments
+        WHERE EXISTS (SELECT FROM suppressed)
+          AND customer_id = ANY (ARRAY(SELECT customer_id FROM suppressed))
+    ),
+    -- MATERIALIZED: read once, by one join. Inlined into `moves` (PostgreSQL inlines a CTE
+    -- used once) it became a nested loop rescanning `incoming` per row: 100 ms a batch of 1000.
+    before AS MATERIALIZED (
+        SELECT m.customer_id, m.segment_id, m.segment_key, m.advertising, m.personalization
+        FROM incoming CROSS JOIN LATERAL (
+            SELECT * FROM memberships WHERE memberships.customer_id = incoming.customer_id
+            OFFSET 0
+        ) AS m
+    ),
+    merged AS (
+        INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)}, entered_at,
+                                 {", ".join(PROFILE_COLUMNS)})
+        SELECT {", ".join(MEMBERSHIP_COLUMNS)}, assigned_at, {", ".join(PROFILE_COLUMNS)}
+        FROM incoming WHERE customer_id NOT IN (SELECT customer_id FROM suppressed)
+        ON CONFLICT (customer_id) DO UPDATE SET
+            {_MEMBERSHIP_UPDATE},
+            entered_at = CASE WHEN {_NEWER} AND memberships.segment_key <> excluded.segment_key
+                THEN excluded.assigned_at ELSE memberships.entered_at END
+        RETURNING customer_id, segment_id, segment_key, model_version, confidence, assigned_at,
+                  advertising, personalization
+    ),
+    moves AS (
+        SELECT m.*, b.customer_id IS NOT NULL AS known, b.segment_id AS old_segment_id,
+               b.segment_key AS old_segment_key,
+               COALESCE(b.segment_key = m.segment_key, false) AS stayed,
+               COALESCE(b.advertising, false) AS was_advertising,
+               COALESCE(b.personalization, false) AS was_personalization
+        FROM merged AS m LEFT JOIN before AS b USING (customer_id)
+    ),
+    recorded AS (
+    INSERT INTO membership_events ({_EVENT_COLUMNS})
+    SELECT customer_id, segment_id, segment_key, event, model_version, confidence, occurred_at,
+           cause, advertising, personalization
+    FROM (
+        SELECT customer_id, old_segment_id AS segment_id, old_segment_key AS segment_key,
+               '{FeedEvent.EXITED}' AS event, model_version, confidence, assigned_at AS occurred_at,
+               CAST(:cause AS varchar) AS cause, was_advertising AS advertising,
+               was_personalization AS personalization, 0 AS position
+        FROM moves WHERE known AND NOT stayed AND (was_advertising OR was_personalization)
+        UNION ALL
+        SELECT customer_id, segment_id, segment_key, '{FeedEvent.EXITED}', model_version, confidence,
+               assigned_at, '{Cause.CONSENT}', was_advertising AND NOT advertising,
+               was_personalization AND NOT personalization, 0
+        FROM moves WHERE stayed AND ((was_advertising AND NOT advertising)
+                                     OR (was_personalization AND NOT personalization))
+        UNION ALL
+        SELECT customer_id, segment_id, segment_key, '{FeedEvent.ENTERED}', model_version, confidence,
+               assigned_at, '{Cause.CONSENT}', advertising AND NOT was_advertising,
+               personalization AND NOT was_personalization, 1
+        FROM moves WHERE stayed AND ((advertising AND NOT was_advertising)
+                                     OR (personalization AND NOT was_personalization))
+        UNION ALL
+        SELECT customer_id, segment_id, segment_key, '{FeedEvent.ENTERED}', model_version, confidence,
+               assigned_at, CAST(:cause AS varchar), advertising, personalization, 1
+        FROM moves WHERE NOT stayed AND (advertising OR personalization)
+    ) AS changes
+    ORDER BY customer_id, position
+    ){due_update}
+    SELECT customer_id FROM suppressed
+    """  # noqa: S608 - constant table and column names; the rows are bound or COPYed
+
+
+_MERGES = {
+    (with_due, staged): text(_merge_memberships(with_due, staged))
+    for with_due in (False, True)
+    for staged in (False, True)
+}
+# each set for the merge alone: the caller's later statements are planned as usual
+_GENERIC_PLAN = (text("SET LOCAL plan_cache_mode = force_generic_plan"), None)
+_CUSTOM_PLAN = (text("SET LOCAL plan_cache_mode = force_custom_plan"), None)
+_USUAL_PLANS = (text("SET LOCAL plan_cache_mode TO DEFAULT"), None)
+
+
+def merge_few(members: list[dict[str, Any]], cause: Cause, with_due: bool) -> list[Statement]:
+    """The merge of these members (with their due times), as statements for one pipeline: the
+    merge's rows (the suppressed customers' ids) are the second last one's."""
+    parameters = {"rows": orjson.dumps(members).decode(), "count": len(members)}
+    merge = (_MERGES[with_due, False], parameters | {"cause": cause.value})
+    return [_GENERIC_PLAN, merge, _USUAL_PLANS]
+
+
+def merge_staged(cause: Cause, with_due: bool) -> list[Statement]:
+    """The merge of the members `stage` copied, as merge_few's statements."""
+    return [_CUSTOM_PLAN, (_MERGES[with_due, True], {"cause": cause.value}), _USUAL_PLANS]
+
+
+# in the order `stage` writes them
+_STAGED_COLUMNS = (*MEMBERSHIP_COLUMNS, *PROFILE_COLUMNS, "id_hash", "due_at")
+# created once a session (and again after a rollback of its creation); emptied first too, as a
+# transaction may store two batches. Two statements in one round trip (no parameters: the
+# simple protocol takes both)
+_PREPARE_STAGED = (  # constant names
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGED} ({_INCOMING_COLUMNS}, due_at timestamptz) "  # noqa: S608
+    f"ON COMMIT DELETE ROWS; DELETE FROM {_STAGED}"
+)
+
+
+def stage(conn: Connection, members: Sequence[dict[str, Any]]) -> None:
+    """COPY the members (latest_memberships' rows, with id_hash and maybe due_at) into the
+    session's staging table, for merge_staged; in the caller's transaction."""
+    conn.exec_driver_sql(_PREPARE_STAGED)
+    moments: dict[Any, str] = {}
+    unsent = "\t".join([NULL] * len(PROFILE_COLUMNS))  # nearly every row: no profile sent
+    lines = []
+    for member in members:
+        moment = member["assigned_at"]
+        stamp = moments.get(moment) or moments.setdefault(moment, moment.isoformat())
+        profile = (
+            unsent
+            if all(member[column] is None for column in PROFILE_COLUMNS)
+            else "\t".join(_optional(member[column]) for column in PROFILE_COLUMNS)
+        )
+        due = member.get("due_at")
+        lines.append(
+            f"{copy_text(member['customer_id'])}\t{member['segment_id']}\t"
+            f"{copy_text(member['segment_key'])}\t{copy_text(member['model_version'])}\t"
+            f"{member['distance']!r}\t{member['confidence']!r}\t{stamp}\t{profile}\t"
+            f"{member['id_hash']}\t{NULL if due is None else due}\n"
+        )
+    copy_in(conn, f"COPY {_STAGED} ({', '.join(_STAGED_COLUMNS)}) FROM STDIN", "".join(lines))
+
+
+def _optional(value: Any) -> str:
+    """A profile's hash or flag, or its absence, in COPY's text format."""
+    if value is None:
+        return NULL
+    if value is True or value is False:
+        return "t" if value else "f"
+    return copy_text(value)
