@@ -118,8 +118,8 @@ def _write(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
         copied = time.perf_counter()
         stage(conn, members)
         staged = time.perf_counter()
-        statements = [lock_statement(batch.customer_ids), *merge_staged(Cause.ASSIGNMENT, False)]
-        pipelined(conn, statements, rows_of=-2)
+        lock = lock_statement(batch.customer_ids)
+        pipelined(conn, merge_staged(lock, Cause.ASSIGNMENT, False, committing=False), rows_of=1)
         merged = time.perf_counter()
     committed = time.perf_counter()
     return {
@@ -133,10 +133,12 @@ def _write(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
 
 
 def _explained(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
+    from app.store.customer_locks import lock_statement
     from app.store.membership_merge import merge_staged, stage
     from app.store.tables import Cause
 
-    _, (statement, parameters), _ = merge_staged(Cause.ASSIGNMENT, False)
+    lock = lock_statement(batch.customer_ids)
+    _, (statement, parameters), _ = merge_staged(lock, Cause.ASSIGNMENT, False, committing=False)
     sql = str(statement.compile(dialect=conn.dialect))
     transaction = conn.begin()
     stage(conn, _members(batch, hasher))

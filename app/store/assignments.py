@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, Table, text
+from sqlalchemy import Connection, Table
 
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
 from app.store.customer_locks import lock_statement
@@ -183,39 +183,26 @@ def store_batch(
     # The customers' locks (app.store.customer_locks), held to the commit: nobody else writes
     # them meanwhile, so the moves are computed from memberships nobody is changing, and an
     # erasure is either seen (its tombstone) or sees this. Their own statement (the merge's
-    # snapshot must be taken once they are held), in one round trip with the merge, and with
-    # the history's INSERT when a few rows go that way.
+    # snapshot must be taken once they are held), in one round trip with the merge.
     lock = lock_statement(batch.customer_ids)
     with_due = due is not None
     if len(batch) <= SMALL_BATCH:
-        # a few rows (single requests committed together, a refresher's small chunk): one
-        # INSERT costs less than setting up a COPY (measured: py-spy, single events at c=16)
+        # a few rows (single requests committed together, a refresher's small chunk): the
+        # history goes with the merge, as JSON; less than setting up a COPY costs
         history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
-        insert = (_INSERT_HISTORY, {"rows": orjson.dumps(history).decode()})
-        merge = merge_few(members, cause, with_due)
-        suppressed = pipelined(conn, [insert, lock, *merge], commit=commit, rows_of=-2)
+        merge = merge_few(lock, members, history, cause, with_due, committing=commit)
     else:
         _copy_history(conn, batch)
         stage(conn, members)
-        merge = merge_staged(cause, with_due)
-        suppressed = pipelined(conn, [lock, *merge], commit=commit, rows_of=-2)
+        merge = merge_staged(lock, cause, with_due, committing=commit)
+    suppressed = pipelined(conn, merge, commit=commit, rows_of=1)
     return [row[0] for row in suppressed]
 
 
-# COPY for the history; for the memberships one INSERT … SELECT FROM json_to_recordset(one bound
-# JSON parameter) … ON CONFLICT. Two round trips whatever the batch size, and both payloads are
-# built in one pass (orjson for the JSON): psycopg's per-value adaptation of 10,000-row arrays
-# cost more than the database's own work.
+# A batch's history: COPY, its text built in one pass (psycopg's per-value adaptation of
+# 10,000-row arrays cost more than the database's own work).
 _COPY_HISTORY = f"COPY assignments ({', '.join(HISTORY_COLUMNS)}) FROM STDIN"
 SMALL_BATCH = 64
-_INSERT_HISTORY = text(
-    f"""
-    INSERT INTO assignments ({", ".join(HISTORY_COLUMNS)})
-    SELECT {", ".join(HISTORY_COLUMNS)} FROM json_to_recordset(CAST(:rows AS json)) AS rows(
-        customer_id varchar, segment_id integer, segment_key varchar, model_version varchar,
-        distance float8, confidence float8, features json, assigned_at timestamptz)
-    """  # noqa: S608 - constant table and column names; the rows are one bound parameter
-)
 
 
 def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:

@@ -18,6 +18,7 @@ The two are separate statements (prepared apart): a batch never runs a plan made
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ from sqlalchemy import Connection, TextClause, text
 
 from app.audience.profile import PROFILE_COLUMNS
 from app.store.driver import NULL, copy_in, copy_text
-from app.store.tables import MEMBERSHIP_COLUMNS, Cause, FeedEvent
+from app.store.tables import HISTORY_COLUMNS, MEMBERSHIP_COLUMNS, Cause, FeedEvent
 
 Statement = tuple[TextClause, dict[str, Any] | None]
 _STAGED = "staged_memberships"
@@ -34,6 +35,9 @@ _INCOMING_COLUMNS = """customer_id varchar, segment_id integer, segment_key varc
     model_version varchar, distance float8, confidence float8, assigned_at timestamptz,
     email_sha256 varchar, phone_sha256 varchar, phone_digits_sha256 varchar,
     consent_personalization boolean, consent_advertising boolean, id_hash varchar"""
+_HISTORY_TYPES = """customer_id varchar, segment_id integer, segment_key varchar,
+    model_version varchar, distance float8, confidence float8, features json,
+    assigned_at timestamptz"""
 _EVENT_COLUMNS = """customer_id, segment_id, segment_key, event, model_version, confidence,
     occurred_at, cause, advertising, personalization"""
 _NEWER = "memberships.assigned_at <= excluded.assigned_at"
@@ -88,6 +92,18 @@ def _merge_memberships(with_due: bool, staged: bool) -> str:
             LIMIT 1 OFFSET 0
         ) AS tombstone"""
     )
+    # a few rows' history, inserted here (a batch's is COPYed before), but the suppressed ones'
+    history = (
+        ""
+        if staged
+        else f"""
+    history AS (
+        INSERT INTO assignments ({", ".join(HISTORY_COLUMNS)})
+        SELECT {", ".join(HISTORY_COLUMNS)}
+        FROM json_to_recordset(CAST(:history AS json)) AS rows({_HISTORY_TYPES})
+        WHERE customer_id NOT IN (SELECT customer_id FROM suppressed)
+    ),"""  # noqa: S608 - constant names; the rows are one bound parameter
+    )
     # the customers' aggregates' due times, set in the same statement (their rows are locked
     # already: by the event writer's insert, or the refresher's claim)
     due_update = (
@@ -116,7 +132,7 @@ def _merge_memberships(with_due: bool, staged: bool) -> str:
     -- (a new database) scanned them whole in every write long after they had grown (half the
     -- throughput of single events within a minute). Hence the LATERAL … OFFSET 0 here (a
     -- probe per incoming row; the planner may not turn it into a join) and the ANY(ARRAY(…)).
-    suppressed AS ({tombstoned}),
+    suppressed AS ({tombstoned}),{history}
     purged AS (
         -- the EXISTS is checked once, first: with nobody suppressed (nearly always) the
         -- history is not touched at all
@@ -191,23 +207,53 @@ _MERGES = {
     for with_due in (False, True)
     for staged in (False, True)
 }
-# each set for the merge alone: the caller's later statements are planned as usual
-_GENERIC_PLAN = (text("SET LOCAL plan_cache_mode = force_generic_plan"), None)
-_CUSTOM_PLAN = (text("SET LOCAL plan_cache_mode = force_custom_plan"), None)
+
+
+def merge_few(
+    lock: Statement,
+    members: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+    cause: Cause,
+    with_due: bool,
+    *,
+    committing: bool,
+) -> list[Statement]:
+    """The customers' `lock`, then the merge of these members (with their due times) and their
+    `history` rows (HISTORY_COLUMNS), as statements for one pipeline, the merge's rows (the
+    suppressed customers' ids) the second's. `committing`: nothing follows them but COMMIT."""
+    parameters = {
+        "rows": orjson.dumps(members).decode(),
+        "count": len(members),
+        "history": orjson.dumps(history).decode(),
+        "cause": cause.value,
+    }
+    merge = (_MERGES[with_due, False], parameters)
+    return _planned(lock, "force_generic_plan", merge, committing)
+
+
+def merge_staged(
+    lock: Statement, cause: Cause, with_due: bool, *, committing: bool
+) -> list[Statement]:
+    """The customers' `lock`, then the merge of the members `stage` copied, as merge_few's."""
+    merge = (_MERGES[with_due, True], {"cause": cause.value})
+    return _planned(lock, "force_custom_plan", merge, committing)
+
+
+def _planned(lock: Statement, mode: str, merge: Statement, committing: bool) -> list[Statement]:
+    """The lock statement also sets how the merge after it is planned (one statement less a
+    write: each costs its share of a single write's ~1 ms); the setting is undone after the
+    merge, for the caller's later statements, unless only COMMIT follows."""
+    clause, parameters = lock
+    planned = (_with_plan_mode(clause, mode), parameters)
+    return [planned, merge] if committing else [planned, merge, _USUAL_PLANS]
+
+
+@lru_cache(maxsize=8)
+def _with_plan_mode(lock: TextClause, mode: str) -> TextClause:
+    return text(f"SELECT set_config('plan_cache_mode', '{mode}', true), ({lock.text})")
+
+
 _USUAL_PLANS = (text("SET LOCAL plan_cache_mode TO DEFAULT"), None)
-
-
-def merge_few(members: list[dict[str, Any]], cause: Cause, with_due: bool) -> list[Statement]:
-    """The merge of these members (with their due times), as statements for one pipeline: the
-    merge's rows (the suppressed customers' ids) are the second last one's."""
-    parameters = {"rows": orjson.dumps(members).decode(), "count": len(members)}
-    merge = (_MERGES[with_due, False], parameters | {"cause": cause.value})
-    return [_GENERIC_PLAN, merge, _USUAL_PLANS]
-
-
-def merge_staged(cause: Cause, with_due: bool) -> list[Statement]:
-    """The merge of the members `stage` copied, as merge_few's statements."""
-    return [_CUSTOM_PLAN, (_MERGES[with_due, True], {"cause": cause.value}), _USUAL_PLANS]
 
 
 # in the order `stage` writes them
