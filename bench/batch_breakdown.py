@@ -43,7 +43,7 @@ from bench.run import (  # noqa: E402
 REPEATS = 7
 # EXPLAIN ANALYZE nodes worth naming: (label, a pattern of the node's line)
 _STEPS = (
-    ("staged rows read", r"Seq Scan on staged_memberships"),
+    ("rows read from their JSON", r"Function Scan on json_to_recordset"),
     ("tombstone probes", r"CTE suppressed\n\s*->"),
     ("before-image probes", r"CTE before\n\s*->"),
     ("membership upsert", r"Insert on memberships"),
@@ -105,7 +105,7 @@ def _write(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
     from app.store import assignments as store
     from app.store.customer_locks import lock_statement
     from app.store.driver import pipelined
-    from app.store.membership_merge import merge_staged, stage
+    from app.store.membership_merge import merge_many
     from app.store.tables import Cause
 
     started = time.perf_counter()
@@ -116,32 +116,30 @@ def _write(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
         begun = time.perf_counter()
         store._copy_history(conn, batch)
         copied = time.perf_counter()
-        stage(conn, members)
-        staged = time.perf_counter()
         lock = lock_statement(batch.customer_ids)
-        pipelined(conn, merge_staged(lock, Cause.ASSIGNMENT, False, committing=False), rows_of=1)
+        merge = merge_many(lock, members, Cause.ASSIGNMENT, False, committing=True)
+        pipelined(conn, merge, commit=True, rows_of=1)
         merged = time.perf_counter()
-    committed = time.perf_counter()
     return {
         "build": (built - started) * 1000,
         "history COPY (text built and sent)": (copied - begun) * 1000,
-        "memberships COPY into staging (text built and sent)": (staged - copied) * 1000,
-        "locks and merge": (merged - staged) * 1000,
-        "commit": (committed - merged) * 1000,
-        "total": (built - started + committed - begun) * 1000,
+        "locks, merge and COMMIT (one round trip)": (merged - copied) * 1000,
+        "total": (built - started + merged - begun) * 1000,
     }
 
 
 def _explained(conn: Any, batch: Any, hasher: Any) -> dict[str, float]:
     from app.store.customer_locks import lock_statement
-    from app.store.membership_merge import merge_staged, stage
+    from app.store.membership_merge import merge_many
     from app.store.tables import Cause
 
     lock = lock_statement(batch.customer_ids)
-    _, (statement, parameters), _ = merge_staged(lock, Cause.ASSIGNMENT, False, committing=False)
+    members = _members(batch, hasher)
+    _, (statement, parameters), _ = merge_many(
+        lock, members, Cause.ASSIGNMENT, False, committing=False
+    )
     sql = str(statement.compile(dialect=conn.dialect))
     transaction = conn.begin()
-    stage(conn, _members(batch, hasher))
     cursor = conn.connection.driver_connection.cursor()
     cursor.execute("EXPLAIN (ANALYZE, FORMAT TEXT) " + sql, parameters)
     plan = "\n".join(row[0] for row in cursor.fetchall())

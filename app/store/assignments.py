@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Table
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
 from app.store.customer_locks import lock_statement
 from app.store.driver import copy_in, copy_text, pipelined
-from app.store.membership_merge import merge_few, merge_staged, stage
+from app.store.membership_merge import merge_few, merge_many
 from app.store.tables import (
     HISTORY_COLUMNS,
     Assignment,
@@ -193,8 +193,7 @@ def store_batch(
         merge = merge_few(lock, members, history, cause, with_due, committing=commit)
     else:
         _copy_history(conn, batch)
-        stage(conn, members)
-        merge = merge_staged(lock, cause, with_due, committing=commit)
+        merge = merge_many(lock, members, cause, with_due, committing=commit)
     suppressed = pipelined(conn, merge, commit=commit, rows_of=1)
     return [row[0] for row in suppressed]
 

@@ -8,28 +8,25 @@ locks), and how its rows reach it:
   one). psycopg prepares a statement run five times; its generic plan is made once per
   connection, and again when a table's statistics change. For a few rows any plan of its index
   probes does.
-- more rows (a batch): COPYed into a temporary table of the session (`staged_memberships`,
-  emptied by each commit), which the statement reads with a plan made for the rows there.
-  Reading 10,000 rows from one JSON parameter took ~55 ms; COPY takes ~15.
+- more rows (a batch): the JSON too (COPY into a session's staging table measured slower: 280
+  against 245 ms for 10,000), with a plan made for them each time, and the tombstones joined as
+  the planner sees fit.
 
 The two are separate statements (prepared apart): a batch never runs a plan made for a few rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import TextClause, text
 
 from app.audience.profile import PROFILE_COLUMNS
-from app.store.driver import NULL, copy_in, copy_text
 from app.store.tables import HISTORY_COLUMNS, MEMBERSHIP_COLUMNS, Cause, FeedEvent
 
 Statement = tuple[TextClause, dict[str, Any] | None]
-_STAGED = "staged_memberships"
 
 _INCOMING_COLUMNS = """customer_id varchar, segment_id integer, segment_key varchar,
     model_version varchar, distance float8, confidence float8, assigned_at timestamptz,
@@ -69,23 +66,17 @@ _MEMBERSHIP_UPDATE = ",\n".join(
 #   (app.store.tables.MembershipEvent), taken after the locks.
 # Data-modifying CTEs all see the statement's starting snapshot, so `before` is the state the
 # upsert changed.
-def _merge_memberships(with_due: bool, staged: bool) -> str:
+def _merge_memberships(with_due: bool, few: bool) -> str:
     columns = _INCOMING_COLUMNS + (", due_at timestamptz" if with_due else "")
-    # constant names; the rows are COPYed, or one bound parameter (LIMIT: the planner's row
-    # count, see app.store.events._RECORD)
-    rows = (
-        f"SELECT * FROM {_STAGED}"  # noqa: S608
-        if staged
-        else f"SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS rows({columns}) "  # noqa: S608
-        "LIMIT :count"
-    )
+    # LIMIT: the planner's row count (see app.store.events._RECORD)
+    rows = f"SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS rows({columns}) LIMIT :count"  # noqa: S608
     # the customers with a tombstone: a few rows probe its index one by one; a batch (planned
     # for its rows) is joined to it as the planner sees fit (probing 10,000 rows took 50 ms even
     # with no tombstone at all, and one index scan for all of them as long: sorting the hashes)
     tombstoned = (
         """SELECT incoming.customer_id FROM incoming
         JOIN erasure_tombstones AS t ON t.id_hash = incoming.id_hash"""
-        if staged
+        if not few
         else """SELECT incoming.customer_id FROM incoming
         CROSS JOIN LATERAL (
             SELECT 1 FROM erasure_tombstones AS t WHERE t.id_hash = incoming.id_hash
@@ -95,7 +86,7 @@ def _merge_memberships(with_due: bool, staged: bool) -> str:
     # a few rows' history, inserted here (a batch's is COPYed before), but the suppressed ones'
     history = (
         ""
-        if staged
+        if not few
         else f"""
     history AS (
         INSERT INTO assignments ({", ".join(HISTORY_COLUMNS)})
@@ -203,9 +194,9 @@ def _merge_memberships(with_due: bool, staged: bool) -> str:
 
 
 _MERGES = {
-    (with_due, staged): text(_merge_memberships(with_due, staged))
+    (with_due, few): text(_merge_memberships(with_due, few))
     for with_due in (False, True)
-    for staged in (False, True)
+    for few in (False, True)
 }
 
 
@@ -227,15 +218,25 @@ def merge_few(
         "history": orjson.dumps(history).decode(),
         "cause": cause.value,
     }
-    merge = (_MERGES[with_due, False], parameters)
+    merge = (_MERGES[with_due, True], parameters)
     return _planned(lock, "force_generic_plan", merge, committing)
 
 
-def merge_staged(
-    lock: Statement, cause: Cause, with_due: bool, *, committing: bool
+def merge_many(
+    lock: Statement,
+    members: list[dict[str, Any]],
+    cause: Cause,
+    with_due: bool,
+    *,
+    committing: bool,
 ) -> list[Statement]:
-    """The customers' `lock`, then the merge of the members `stage` copied, as merge_few's."""
-    merge = (_MERGES[with_due, True], {"cause": cause.value})
+    """As merge_few, for a batch whose history was COPYed before."""
+    parameters = {
+        "rows": orjson.dumps(members).decode(),
+        "count": len(members),
+        "cause": cause.value,
+    }
+    merge = (_MERGES[with_due, False], parameters)
     return _planned(lock, "force_custom_plan", merge, committing)
 
 
@@ -254,48 +255,3 @@ def _with_plan_mode(lock: TextClause, mode: str) -> TextClause:
 
 
 _USUAL_PLANS = (text("SET LOCAL plan_cache_mode TO DEFAULT"), None)
-
-
-# in the order `stage` writes them
-_STAGED_COLUMNS = (*MEMBERSHIP_COLUMNS, *PROFILE_COLUMNS, "id_hash", "due_at")
-# created once a session (and again after a rollback of its creation); emptied first too, as a
-# transaction may store two batches. Two statements in one round trip (no parameters: the
-# simple protocol takes both)
-_PREPARE_STAGED = (  # constant names
-    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGED} ({_INCOMING_COLUMNS}, due_at timestamptz) "  # noqa: S608
-    f"ON COMMIT DELETE ROWS; DELETE FROM {_STAGED}"
-)
-
-
-def stage(conn: Connection, members: Sequence[dict[str, Any]]) -> None:
-    """COPY the members (latest_memberships' rows, with id_hash and maybe due_at) into the
-    session's staging table, for merge_staged; in the caller's transaction."""
-    conn.exec_driver_sql(_PREPARE_STAGED)
-    moments: dict[Any, str] = {}
-    unsent = "\t".join([NULL] * len(PROFILE_COLUMNS))  # nearly every row: no profile sent
-    lines = []
-    for member in members:
-        moment = member["assigned_at"]
-        stamp = moments.get(moment) or moments.setdefault(moment, moment.isoformat())
-        profile = (
-            unsent
-            if all(member[column] is None for column in PROFILE_COLUMNS)
-            else "\t".join(_optional(member[column]) for column in PROFILE_COLUMNS)
-        )
-        due = member.get("due_at")
-        lines.append(
-            f"{copy_text(member['customer_id'])}\t{member['segment_id']}\t"
-            f"{copy_text(member['segment_key'])}\t{copy_text(member['model_version'])}\t"
-            f"{member['distance']!r}\t{member['confidence']!r}\t{stamp}\t{profile}\t"
-            f"{member['id_hash']}\t{NULL if due is None else due}\n"
-        )
-    copy_in(conn, f"COPY {_STAGED} ({', '.join(_STAGED_COLUMNS)}) FROM STDIN", "".join(lines))
-
-
-def _optional(value: Any) -> str:
-    """A profile's hash or flag, or its absence, in COPY's text format."""
-    if value is None:
-        return NULL
-    if value is True or value is False:
-        return "t" if value else "f"
-    return copy_text(value)
