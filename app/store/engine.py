@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import time
 from typing import Any
 
 import psycopg
@@ -38,8 +39,21 @@ def make_engine(settings: Settings) -> Engine:
         hide_parameters=True,
     )
     # a connection the server dropped is replaced on checkout: recovery without a restart
+    event.listen(engine, "checkin", _note_returned)
     event.listen(engine, "checkout", _refuse_dropped)
     return engine
+
+
+# A connection handed back this recently was working then, and is handed out again unchecked:
+# under load (connections reused within milliseconds) the check's system call gave the GIL
+# away on every write, and the writer thread then waited for the event loop to give it back
+# (py-spy at c=16: 19% of the writer thread's time). A server restart within this window fails
+# one write (a 503 to retry), and SQLAlchemy then replaces every pooled connection.
+_CHECKED_AFTER_SECONDS = 1.0
+
+
+def _note_returned(dbapi_connection: Any, record: Any) -> None:
+    record.info["returned_at"] = time.monotonic()
 
 
 def _refuse_dropped(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -51,6 +65,9 @@ def _refuse_dropped(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     above find it, and the statement on it fails as a store outage."""
     if dbapi_connection.closed or dbapi_connection.pgconn.status != psycopg.pq.ConnStatus.OK:
         raise DisconnectionError("the connection is closed")
+    returned_at = record.info.get("returned_at")
+    if returned_at is not None and time.monotonic() - returned_at < _CHECKED_AFTER_SECONDS:
+        return
     # poll, not select: a worker may hold descriptors above select's 1,024
     readable = select.poll()
     readable.register(dbapi_connection.pgconn.socket, select.POLLIN)
