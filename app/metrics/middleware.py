@@ -15,12 +15,11 @@ import re
 import time
 
 import orjson
-from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import INTERNAL_ERROR, error_body
 from app.logformat import REQUEST_ID
-from app.metrics.registry import REQUEST_DURATION
+from app.metrics.registry import REQUEST_DURATION, labelled
 
 ACCESS_LOG = logging.getLogger("app.access")
 REQUEST_ID_HEADER = b"x-request-id"
@@ -41,8 +40,6 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> str:
 class RequestRecorder:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # the labelled child per (route, method, status): .labels() costs more than observe()
-        self._children: dict[tuple[str, str, str], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,11 +75,7 @@ class RequestRecorder:
             # the route template, never the raw path: label values must stay few
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            key = (template, method, str(status))
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = REQUEST_DURATION.labels(*key)
-            child.observe(elapsed)
+            labelled(REQUEST_DURATION, template, method, str(status)).observe(elapsed)
             if ACCESS_LOG.isEnabledFor(logging.INFO):
                 ACCESS_LOG.info(
                     "%s %s %d",

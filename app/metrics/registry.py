@@ -7,6 +7,8 @@ folder before the workers start, so these counters and histograms are summed ove
 from __future__ import annotations
 
 import os
+from functools import lru_cache
+from typing import TypeVar, cast
 
 from prometheus_client import (
     REGISTRY,
@@ -17,6 +19,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
+
+Metric = TypeVar("Metric", bound=MetricWrapperBase)
 
 # Scoring takes tens of microseconds to a few milliseconds: the default buckets start at 5 ms.
 FAST_BUCKETS = (
@@ -147,3 +152,14 @@ def exposition(extra: CollectorRegistry) -> bytes:
     else:
         counted = generate_latest(REGISTRY)
     return counted + generate_latest(extra)
+
+
+def labelled(metric: Metric, *values: str) -> Metric:
+    """`metric.labels(*values)`, kept: on the request path .labels() costs more than the
+    increment it leads to (label values are few: model versions, segments, routes, bins)."""
+    return cast(Metric, _labelled(metric, values))
+
+
+@lru_cache(maxsize=4096)
+def _labelled(metric: MetricWrapperBase, values: tuple[str, ...]) -> MetricWrapperBase:
+    return metric.labels(*values)

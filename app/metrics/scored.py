@@ -21,6 +21,7 @@ from bisect import bisect_left
 import numpy as np
 from prometheus_client import Counter, Gauge
 
+from app.metrics.registry import labelled
 from app.scoring.manifest import FeatureBaseline
 from app.scoring.model import SegmentModel
 from app.scoring.validation import ValidBatch
@@ -87,15 +88,6 @@ def _category_bins(baseline: FeatureBaseline, values: list[str]) -> dict[int, in
 
 
 def _count(version: str, feature: str, bins: dict[int, int]) -> None:
+    # for every feature of every scored request: the labelled children are kept
     for index, count in bins.items():
-        child = _CHILDREN.get((version, feature, index))
-        if child is None:
-            child = _CHILDREN[version, feature, index] = SCORED_FEATURE_BINS.labels(
-                version, feature, str(index)
-            )
-        child.inc(count)
-
-
-# each series' child, kept: .labels() costs more than the increment it leads to, and this runs
-# for every feature of every scored request (a handful of versions, a bounded number of bins)
-_CHILDREN: dict[tuple[str, str, int], Counter] = {}
+        labelled(SCORED_FEATURE_BINS, version, feature, str(index)).inc(count)

@@ -34,6 +34,7 @@ from app.metrics.registry import (
     INFERENCE_DURATION,
     SUPPRESSED_ASSIGNMENTS,
     UNKNOWN_CATEGORIES,
+    labelled,
 )
 from app.metrics.scored import count_scored
 from app.scoring.model import SegmentModel
@@ -284,7 +285,7 @@ def score(
     describes (`observed`, app.service.observed), offered to the shadow too."""
     started = time.perf_counter()
     scores = model.score_arrays(valid.numeric, valid.categorical)
-    INFERENCE_DURATION.labels(mode).observe(time.perf_counter() - started)
+    labelled(INFERENCE_DURATION, mode).observe(time.perf_counter() - started)
     for feature, unknown in model.unknown_categories(valid.categorical).items():
         UNKNOWN_CATEGORIES.labels(model.version, feature).inc(unknown)
     rows = len(valid.customer_ids)
@@ -309,7 +310,7 @@ def count_assignments(batch: AssignmentBatch) -> None:
     for (version, key), number in Counter(
         zip(batch.model_versions, batch.segment_keys, strict=True)
     ).items():
-        ASSIGNMENTS.labels(version, key).inc(number)
+        labelled(ASSIGNMENTS, version, key).inc(number)
 
 
 def _validate(model: SegmentModel, customers: Sequence[Any], *, prefix: str) -> ValidBatch:
