@@ -54,6 +54,8 @@ PERSIST_PARAMETER = {
 
 def _persist(request: Request) -> bool:
     """?persist=false (or 0/no/off) scores without storing; read by hand on the hot routes."""
+    if not request.scope["query_string"]:  # the usual request: no query to parse
+        return True
     value = request.query_params.get("persist")
     if value is None or value.lower() in {"true", "1", "yes", "on"}:
         return True
