@@ -424,14 +424,16 @@ def main() -> None:
                 bodies["batch1000"],
                 rows=1000,
             )
-        write_ms = database_write_ms(databases["ours"], bodies["batch10000"])
-        print(f"storing 10,000 assignments, no HTTP: median {write_ms:.0f} ms", flush=True)
+        write_ms, floor_ms = database_write_ms(databases["ours"], bodies["batch10000"])
+        print(f"storing 10,000 assignments, no HTTP: {write_ms:.0f} ms (floor {floor_ms:.0f})")
     elapsed = time.time() - started
-    write_report(args, scenarios, memory, elapsed, write_ms, labels)
+    write_report(args, scenarios, memory, elapsed, (write_ms, floor_ms), labels)
 
 
-def database_write_ms(database_url: str, body: Path, repeats: int = 5) -> float:
-    """The storage floor: one 10,000-row batch written as the service writes it, without HTTP."""
+def database_write_ms(database_url: str, body: Path, repeats: int = 5) -> tuple[float, float]:
+    """One 10,000-row batch of customers already stored (as `make bench`'s batch scenarios
+    repeat them) written as the service writes it, without HTTP or scoring; and PostgreSQL's own
+    floor for the same rows, alternating with it: medians in ms (ours, floor)."""
     from app.service.assignments import AssignmentWriter
     from app.service.store import Store
     from app.settings import Settings
@@ -440,13 +442,56 @@ def database_write_ms(database_url: str, body: Path, repeats: int = 5) -> float:
     engine = make_engine(Settings().with_database(database_url))
     writer = AssignmentWriter(Store(engine), IdHasher("bench-erasure-key"))
     batch = scored_batch(body)
-    timings = []
+    writer.write(batch)  # the customers stored, whatever ran before
+    ours, floor = [], []
     for _ in range(repeats):
         started = time.perf_counter()
         writer.write(batch)
-        timings.append((time.perf_counter() - started) * 1000)
+        ours.append((time.perf_counter() - started) * 1000)
+        floor.append(postgres_floor_ms(engine, batch))
     engine.dispose()
-    return statistics.median(timings)
+    return statistics.median(ours), statistics.median(floor)
+
+
+def postgres_floor_ms(engine: Any, batch: Any) -> float:
+    """The least PostgreSQL does to store a batch of known customers durably, on the same
+    tables and indexes: the history rows COPYed in, the memberships' new values COPYed into a
+    temporary table and updated from it by customer id, one commit. No feed, consent, tombstone
+    check or locks, and the COPY text is built before the clock starts."""
+    from app.store.driver import copy_text
+    from app.store.tables import HISTORY_COLUMNS
+
+    history = "".join(
+        f"{copy_text(c)}\t{i}\t{copy_text(k)}\t{copy_text(v)}\t{d!r}\t{f!r}\t"
+        f"{copy_text(json.dumps(x))}\t{t.isoformat()}\n"
+        for c, i, k, v, d, f, x, t in batch.rows()
+    )
+    updates = "".join(
+        f"{copy_text(c)}\t{d!r}\t{f!r}\t{t.isoformat()}\n"
+        for c, _, _, _, d, f, _, t in batch.rows()
+    )
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        started = time.perf_counter()
+        with driver.cursor() as cursor:
+            with cursor.copy(f"COPY assignments ({', '.join(HISTORY_COLUMNS)}) FROM STDIN") as copy:
+                copy.write(history)
+            cursor.execute(
+                "CREATE TEMPORARY TABLE floor_rows (customer_id varchar, distance float8,"
+                " confidence float8, assigned_at timestamptz) ON COMMIT DROP"
+            )
+            with cursor.copy("COPY floor_rows FROM STDIN") as copy:
+                copy.write(updates)
+            cursor.execute(
+                "UPDATE memberships AS m SET distance = r.distance, confidence = r.confidence,"
+                " assigned_at = r.assigned_at FROM floor_rows AS r"
+                " WHERE m.customer_id = r.customer_id"
+            )
+        driver.commit()
+        return (time.perf_counter() - started) * 1000
+    finally:
+        raw.close()
 
 
 def scored_batch(body: Path) -> Any:
@@ -480,7 +525,7 @@ def write_report(
     scenarios: dict[str, Scenario],
     memory: dict[str, tuple[float, float]],
     elapsed: float,
-    write_ms: float,
+    write_ms: tuple[float, float],
     labels: list[str],
 ) -> None:
     def rps(key: str) -> float:
@@ -625,14 +670,22 @@ def write_report(
             "(for comparison)",
         ),
     ]
-    budget_ms = 10_000 / (2 * rps("batch 10000 scored [baseline]")) * 1000
+    ours_ms, floor_ms = write_ms
+    # issue 14's target: the usual way's scored-only rows/s (issue 3's was twice that)
+    budget_ms = 10_000 / rps("batch 10000 scored [baseline]") * 1000
     lines += [
         "",
         "## Storage floor",
         "",
-        "Writing one 10,000-row batch as the service does (COPY text built, COPY, membership merge, commit),",
-        f"without HTTP or scoring: median {write_ms:.0f} ms of 5. For the batch-persisted target (2x the baseline's",
-        f"scored-only rows/s) the whole request, scoring included, must take at most {budget_ms:.0f} ms in this run.",
+        "One 10,000-row batch of customers already stored (as the batch scenarios repeat them), without HTTP",
+        "or scoring, medians of 5, alternating: written as the service writes it (history COPY, locks, membership merge",
+        f"with the feed and the tombstone check, commit) **{ours_ms:.0f} ms**; PostgreSQL's own floor for the same rows on",
+        "the same tables and indexes (the history COPYed, the memberships updated from a COPYed temporary table,",
+        f"one commit; no feed, tombstones or locks) **{floor_ms:.0f} ms**: the service's write is "
+        f"**{ours_ms / floor_ms:.2f}x** the floor.",
+        f"At the usual way's scored-only rate ({rps('batch 10000 scored [baseline]') * 10_000:,.0f} rows/s in this run) "
+        f"a whole request of 10,000 takes {budget_ms:.0f} ms, so",
+        f"PostgreSQL's floor alone is {floor_ms / budget_ms:.2f}x of that budget, before any scoring or HTTP.",
     ]
     lines += [
         "",
