@@ -602,12 +602,12 @@ def write_report(
         (
             "single persisted, c=16: ours / baseline scored-only",
             ratio("single persisted c=16 [ours]", "single scored c=16 [baseline]"),
-            ">= 5",
+            ">= 5; issue 14: >= 6",
         ),
         (
             "single persisted, c=64: ours / baseline scored-only",
             ratio("single persisted c=64 [ours]", "single scored c=64 [baseline]"),
-            ">= 5",
+            ">= 5; issue 14: >= 6",
         ),
         (
             "batch 10,000 scored: ours / baseline (rows/s)",
@@ -617,7 +617,7 @@ def write_report(
         (
             "batch 10,000 persisted: ours / baseline scored-only",
             ratio("batch 10000 persisted [ours]", "batch 10000 scored [baseline]"),
-            ">= 2",
+            ">= 2; issue 14: >= 1",
         ),
         (
             "single event, c=16: ours / single persisted assignment c=16",
@@ -683,7 +683,7 @@ def write_report(
         "the same tables and indexes (the history COPYed, the memberships updated from a COPYed temporary table,",
         f"one commit; no feed, tombstones or locks) **{floor_ms:.0f} ms**: the service's write is "
         f"**{ours_ms / floor_ms:.2f}x** the floor.",
-        f"At the usual way's scored-only rate ({rps('batch 10000 scored [baseline]') * 10_000:,.0f} rows/s in this run) "
+        f"At the usual way's scored-only rate ({rps('batch 10000 scored [baseline]'):,.0f} rows/s in this run) "
         f"a whole request of 10,000 takes {budget_ms:.0f} ms, so",
         f"PostgreSQL's floor alone is {floor_ms / budget_ms:.2f}x of that budget, before any scoring or HTTP.",
     ]
@@ -719,6 +719,11 @@ def before_and_now(scenarios: dict[str, Scenario], before: str, now: str) -> lis
             continue
         earlier = scenarios.get(key.replace(f"[{now}", f"[{before}", 1))
         if earlier is None or not earlier.median("requests_per_second"):
+            continue
+        if any(run.errors for run in earlier.runs):
+            # the earlier commit's requests failed (an endpoint it did not have yet): no figure
+            name = key.replace(f" [{now}]", "").replace(f"[{now}, ", "[")
+            lines.append(f"| {name} | (its requests errored) | | | | |")
             continue
         ratio = scenario.median("requests_per_second") / earlier.median("requests_per_second")
         lowest = min(lowest, (ratio, key))
