@@ -17,8 +17,8 @@ from sqlalchemy import Connection, Table
 
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
 from app.store.customer_locks import lock_statement
-from app.store.driver import copy_in, copy_text, pipelined
-from app.store.membership_merge import merge_few, merge_many
+from app.store.driver import NULL, copy_text, copying, pipelined
+from app.store.membership_merge import merge_few, merge_many, stage_members
 from app.store.tables import (
     HISTORY_COLUMNS,
     Assignment,
@@ -112,33 +112,35 @@ class AssignmentBatch:
             strict=True,
         )
 
-    def latest_memberships(self) -> list[dict[str, Any]]:
-        """One row per customer (MEMBERSHIP_COLUMNS and PROFILE_COLUMNS): their latest assignment
-        here, later rows winning ties. Profiles merge oldest first: a field the latest row left
-        out comes from an earlier row that sent it."""
-        # by index and column, one dict a customer: a batch of 10,000 is built on every write
-        # (tuples per row and dict merges cost 40 ms of it)
+    def latest(self) -> list[tuple[str, int, CustomerProfile | None]]:
+        """One (customer id, index, profile) per customer: the index of their latest assignment
+        here, later rows winning ties, and the profiles they sent merged oldest first (a field
+        the latest row left out comes from an earlier row that sent it; None: none sent)."""
         latest: dict[str, int] = {}
         assigned_at = self.assigned_at
         for index, customer_id in enumerate(self.customer_ids):
             kept = latest.get(customer_id)
             if kept is None or assigned_at[kept] <= assigned_at[index]:
                 latest[customer_id] = index
-        profiles: dict[str, dict[str, Any]] = {}
+        merged: dict[str, CustomerProfile] = {}
         if self.profiles is not None:
-            merged: dict[str, CustomerProfile] = {}
             for index in sorted(range(len(self)), key=assigned_at.__getitem__):
                 profile = self.profiles[index]
                 if profile is not None:
                     customer_id = self.customer_ids[index]
                     merged[customer_id] = profile.merged_over(merged.get(customer_id))
-            profiles = {
-                customer_id: dict(zip(PROFILE_COLUMNS, profile.values(), strict=True))
-                for customer_id, profile in merged.items()
-            }
-        empty = dict.fromkeys(PROFILE_COLUMNS)
+        return [
+            (customer_id, index, merged.get(customer_id)) for customer_id, index in latest.items()
+        ]
+
+    def latest_memberships(self) -> list[dict[str, Any]]:
+        """latest(), one dict a customer (MEMBERSHIP_COLUMNS and PROFILE_COLUMNS)."""
+        # by index and column: a batch of 10,000 is built on every write (tuples per row and
+        # dict merges cost 40 ms of it)
+        empty = (None,) * len(PROFILE_COLUMNS)
         segment_ids, segment_keys = self.segment_ids, self.segment_keys
         versions, distances, confidences = self.model_versions, self.distances, self.confidences
+        assigned_at = self.assigned_at
         return [
             {
                 # MEMBERSHIP_COLUMNS
@@ -149,9 +151,15 @@ class AssignmentBatch:
                 "distance": distances[index],
                 "confidence": confidences[index],
                 "assigned_at": assigned_at[index],
-                **profiles.get(customer_id, empty),
+                **dict(
+                    zip(
+                        PROFILE_COLUMNS,
+                        profile.values() if profile is not None else empty,
+                        strict=True,
+                    )
+                ),
             }
-            for customer_id, index in latest.items()
+            for customer_id, index, profile in self.latest()
         ]
 
 
@@ -173,13 +181,6 @@ def store_batch(
     the erased customers' ids."""
     if not len(batch):
         return []
-    members = batch.latest_memberships()
-    for member in members:
-        member["id_hash"] = id_hash(member["customer_id"])
-    if due is not None:
-        for member in members:
-            moment = due[member["customer_id"]]
-            member["due_at"] = moment.isoformat() if moment is not None else None
     # The customers' locks (app.store.customer_locks), held to the commit: nobody else writes
     # them meanwhile, so the moves are computed from memberships nobody is changing, and an
     # erasure is either seen (its tombstone) or sees this. Their own statement (the merge's
@@ -188,12 +189,24 @@ def store_batch(
     with_due = due is not None
     if len(batch) <= SMALL_BATCH:
         # a few rows (single requests committed together, a refresher's small chunk): the
-        # history goes with the merge, as JSON; less than setting up a COPY costs
+        # memberships and the history go with the merge, as JSON; less than setting up a COPY
+        members = batch.latest_memberships()
+        for member in members:
+            member["id_hash"] = id_hash(member["customer_id"])
+        if due is not None:
+            for member in members:
+                moment = due[member["customer_id"]]
+                member["due_at"] = moment.isoformat() if moment is not None else None
         history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
         merge = merge_few(lock, members, history, cause, with_due, committing=commit)
     else:
-        _copy_history(conn, batch)
-        merge = merge_many(lock, members, cause, with_due, committing=commit)
+        # a batch: its history COPYed; while the server takes it in, its memberships' rows are
+        # built here (the two overlap), then COPYed into the staging table the merge reads
+        with copying(conn, _COPY_HISTORY) as history_copy:
+            history_copy.write(_history_text(batch))
+            staged = _members_text(batch, id_hash, due)
+        stage_members(conn, staged)
+        merge = merge_many(lock, cause, with_due, committing=commit)
     suppressed = pipelined(conn, merge, commit=commit, rows_of=1)
     return [row[0] for row in suppressed]
 
@@ -204,10 +217,45 @@ _COPY_HISTORY = f"COPY assignments ({', '.join(HISTORY_COLUMNS)}) FROM STDIN"
 SMALL_BATCH = 64
 
 
-def _copy_history(conn: Connection, batch: AssignmentBatch) -> None:
+def _history_text(batch: AssignmentBatch) -> str:
     stamps = {moment: moment.isoformat() for moment in set(batch.assigned_at)}
-    history = "".join(
+    return "".join(
         f"{copy_text(c)}\t{i}\t{k}\t{v}\t{d!r}\t{f!r}\t{copy_text(orjson.dumps(x).decode())}\t{stamps[t]}\n"
         for c, i, k, v, d, f, x, t in batch.rows()
     )
-    copy_in(conn, _COPY_HISTORY, history)
+
+
+def _members_text(
+    batch: AssignmentBatch, id_hash: IdHash, due: Mapping[str, datetime | None] | None
+) -> str:
+    """The batch's latest memberships (AssignmentBatch.latest) with their id hashes and due
+    times, as COPY text for app.store.membership_merge.stage_members."""
+    stamps = {moment: moment.isoformat() for moment in set(batch.assigned_at)}
+    segment_ids, segment_keys = batch.segment_ids, batch.segment_keys
+    versions, distances, confidences = batch.model_versions, batch.distances, batch.confidences
+    assigned_at = batch.assigned_at
+    lines = []
+    for customer_id, index, profile in batch.latest():
+        sent = _NOTHING_SENT if profile is None else _profile_text(profile)
+        moment = due[customer_id] if due is not None else None
+        lines.append(
+            f"{copy_text(customer_id)}\t{segment_ids[index]}\t{segment_keys[index]}\t"
+            f"{versions[index]}\t{distances[index]!r}\t{confidences[index]!r}\t"
+            f"{stamps[assigned_at[index]]}\t{sent}\t{id_hash(customer_id)}\t"
+            f"{moment.isoformat() if moment is not None else NULL}\n"
+        )
+    return "".join(lines)
+
+
+_NOTHING_SENT = "\t".join(NULL for _ in PROFILE_COLUMNS)
+
+
+def _profile_text(profile: CustomerProfile) -> str:
+    return "\t".join(
+        NULL
+        if value is None
+        else ("t" if value else "f")  # COPY's booleans
+        if isinstance(value, bool)
+        else copy_text(value)
+        for value in profile.values()
+    )

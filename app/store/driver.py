@@ -30,12 +30,21 @@ NULL = "\\N"
 
 def copy_in(conn: Connection, statement: str, payload: str) -> None:
     """Run a `COPY … FROM STDIN` with `payload` in the caller's transaction."""
+    with copying(conn, statement) as copy:
+        copy.write(payload)
+
+
+@contextmanager
+def copying(conn: Connection, statement: str) -> Iterator[psycopg.Copy]:
+    """A `COPY … FROM STDIN` in the caller's transaction, to write to: the server takes the
+    rows in as they arrive, while the block goes on; it ends (and waits for the server) when
+    the block does."""
     with (
         _driver_errors(conn, statement),
         _driver(conn).cursor() as cursor,
         cursor.copy(statement) as copy,
     ):
-        copy.write(payload)
+        yield copy
 
 
 def copy_text(value: str) -> str:

@@ -94,7 +94,7 @@ class Assignment(Base):
 class Membership(Base):
     """A customer's current segment: the assignment with the latest assigned_at, one row per customer.
 
-    Concurrent writers may commit out of order; the upsert keeps the row whose assigned_at is
+    Concurrent writers may commit out of order; the merge keeps the row whose assigned_at is
     latest, and history is read in the same order, so the two always agree.
     """
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import create_engine
 
 from app.audience.consent import Purpose
 from app.audience.profile import CustomerProfile
 from app.service.assignments import AssignmentWriter
 from app.store import audiences
-from app.store.assignments import AssignmentBatch, AssignmentRow, store_batch
+from app.store.assignments import SMALL_BATCH, AssignmentBatch, AssignmentRow, store_batch
 from app.store.history import current_membership, customer_history
 from tests.conftest import TEST_ID_HASH, clear_tables, store_on
 
@@ -19,6 +20,17 @@ def _row(
     customer: str, key: str, at: datetime, profile: CustomerProfile | None = None
 ) -> AssignmentRow:
     return AssignmentRow(customer, 1, key, "v1", 0.5, 0.5, {"recency_days": 1.0}, at, profile)
+
+
+# store_batch's two ways in: a few rows go with the merge as JSON, a batch is COPYed (its history,
+# and its memberships into the staging table); the tests below run both, a batch made of their
+# rows and enough other customers
+BOTH_PATHS = pytest.mark.parametrize("others", [0, SMALL_BATCH], ids=["few-rows", "batch"])
+
+
+def _with_others(rows: list[AssignmentRow], others: int) -> AssignmentBatch:
+    at = rows[0].assigned_at
+    return AssignmentBatch.of_rows(rows + [_row(f"other-{i}", "other", at) for i in range(others)])
 
 
 def test_membership_follows_the_latest_assignment_not_the_last_commit(database_url: str) -> None:
@@ -39,8 +51,9 @@ def test_membership_follows_the_latest_assignment_not_the_last_commit(database_u
     assert [r.segment_key for r in history] == ["champions", "hibernating"]
 
 
+@BOTH_PATHS
 def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
-    database_url: str,
+    database_url: str, others: int
 ) -> None:
     """The segment follows the latest assignment; consent follows the last word received, so a
     withdrawal that arrives on a request scored a moment earlier is never lost."""
@@ -53,13 +66,13 @@ def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
     with engine.begin() as conn:
         store_batch(
             conn,
-            AssignmentBatch.of_rows([_row("c1", "champions", later, opted_in)]),
+            _with_others([_row("c1", "champions", later, opted_in)], others),
             TEST_ID_HASH,
         )
     with engine.begin() as conn:
         store_batch(
             conn,
-            AssignmentBatch.of_rows([_row("c1", "hibernating", earlier, withdrawn)]),
+            _with_others([_row("c1", "hibernating", earlier, withdrawn)], others),
             TEST_ID_HASH,
         )
     with engine.connect() as conn:
@@ -84,12 +97,17 @@ def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
     engine.dispose()
 
 
-def test_a_customer_twice_in_one_batch_keeps_the_later_row(database_url: str) -> None:
+@BOTH_PATHS
+def test_a_customer_twice_in_one_batch_keeps_the_later_row(database_url: str, others: int) -> None:
+    """The later row's segment; the profile fields each row sent, the later winning."""
     clear_tables(database_url)
     engine = create_engine(database_url)
     now = datetime.now(UTC)
-    batch = AssignmentBatch.of_rows(
-        [_row("d", "first", now), _row("e", "other", now), _row("d", "second", now)]
+    first = CustomerProfile(email_sha256="a" * 64, consent_advertising=True)
+    second = CustomerProfile(consent_advertising=False, consent_personalization=False)
+    batch = _with_others(
+        [_row("d", "first", now, first), _row("e", "other", now), _row("d", "second", now, second)],
+        others,
     )
     with engine.begin() as conn:
         store_batch(conn, batch, TEST_ID_HASH)
@@ -97,11 +115,17 @@ def test_a_customer_twice_in_one_batch_keeps_the_later_row(database_url: str) ->
         current = current_membership(conn, "d")
         assert current is not None
         assert current.assignment.segment_key == "second"
+        assert current.assignment.profile == CustomerProfile(
+            email_sha256="a" * 64, consent_advertising=False, consent_personalization=False
+        )
+        assert current.purposes == frozenset()
         assert len(customer_history(conn, "d", 10)) == 2
+        assert current_membership(conn, "e") is not None
     engine.dispose()
 
 
-def test_awkward_text_survives_the_bulk_write(database_url: str) -> None:
+@BOTH_PATHS
+def test_awkward_text_survives_the_bulk_write(database_url: str, others: int) -> None:
     """COPY's text format gives backslashes and tabs meaning: they must arrive unchanged."""
     clear_tables(database_url)
     engine = create_engine(database_url)
@@ -109,7 +133,7 @@ def test_awkward_text_survives_the_bulk_write(database_url: str) -> None:
     features = {"job": 'tab\there, back\\slash, "quoted", new\nline', "age": 41.0}
     row = AssignmentRow(awkward_id, 2, "loyal", "v1", 0.123456, 0.5, features, datetime.now(UTC))
     with engine.begin() as conn:
-        store_batch(conn, AssignmentBatch.of_rows([row]), TEST_ID_HASH)
+        store_batch(conn, _with_others([row], others), TEST_ID_HASH)
     with engine.connect() as conn:
         stored = customer_history(conn, awkward_id, 1)[0]
         current = current_membership(conn, awkward_id)
