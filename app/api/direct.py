@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -35,11 +35,19 @@ class DirectRoutes:
     ) -> None:
         self.app = app
         self._routes: dict[tuple[str, str], APIRoute] = {}
-        for route in routes:
+        # the app's routes by the path each serves: FastAPI keeps an included router's routes
+        # behind one entry of app.routes, and its route contexts name them
+        for context in iter_route_contexts(routes):
+            route = context.original_route
             if isinstance(route, APIRoute) and route.endpoint in endpoints:
                 _check_takes_only_the_request(route)
-                for method in route.methods or ():
-                    self._routes[method, route.path] = route
+                for method in context.methods or ():
+                    self._routes[method, context.path or route.path] = route
+        routed = {route.endpoint for route in self._routes.values()}
+        if missing := [endpoint.__name__ for endpoint in endpoints if endpoint not in routed]:
+            # never a silent fall-back to the router (as once, when FastAPI began wrapping
+            # included routers): the app does not start
+            raise LookupError(f"no route of the app serves {', '.join(missing)}")
         # a bug (any other exception) propagates as it would from the router: the request
         # recorder answers its 500 and the server logs it
         self._handlers = {

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
 from app.api.direct import DirectRoutes
@@ -103,5 +104,37 @@ def test_an_endpoint_with_parameters_cannot_be_dispatched_directly() -> None:
             lambda *_: None,  # type: ignore[arg-type]
             routes=router.routes,
             endpoints=[takes_a_query],
+            exception_handlers={},
+        )
+
+
+def test_an_endpoint_no_route_serves_stops_the_app_starting() -> None:
+    """Never a silent fall-back to the router: the app's routes must serve every endpoint named
+    (they are found through included routers too, as FastAPI keeps them)."""
+    router = APIRouter()
+
+    @router.post("/served")
+    async def served(request: Request) -> Response:
+        return Response(status_code=204)
+
+    async def not_served(request: Request) -> Response:
+        return Response()
+
+    app = FastAPI()
+    app.include_router(router)
+    direct = DirectRoutes(
+        PlainTextResponse("the router", status_code=404),
+        routes=app.routes,
+        endpoints=[served],
+        exception_handlers={},
+    )
+    client = TestClient(direct)  # no lifespan: the router stand-in answers only requests
+    assert client.post("/served").status_code == 204  # the endpoint, not the router
+    assert client.post("/elsewhere").text == "the router"
+    with pytest.raises(LookupError, match="no route of the app serves not_served"):
+        DirectRoutes(
+            PlainTextResponse("the router", status_code=404),
+            routes=app.routes,
+            endpoints=[served, not_served],
             exception_handlers={},
         )
