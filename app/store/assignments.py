@@ -134,9 +134,8 @@ class AssignmentBatch:
         ]
 
     def latest_memberships(self) -> list[dict[str, Any]]:
-        """latest(), one dict a customer (MEMBERSHIP_COLUMNS and PROFILE_COLUMNS)."""
-        # by index and column: a batch of 10,000 is built on every write (tuples per row and
-        # dict merges cost 40 ms of it)
+        """latest(), one dict a customer (MEMBERSHIP_COLUMNS and PROFILE_COLUMNS): the JSON a few
+        rows are merged from (a batch's are COPYed: _members_text)."""
         empty = (None,) * len(PROFILE_COLUMNS)
         segment_ids, segment_keys = self.segment_ids, self.segment_keys
         versions, distances, confidences = self.model_versions, self.distances, self.confidences
