@@ -3,6 +3,7 @@ the change feeds, each under a consent purpose."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -103,19 +104,22 @@ async def segment_members(
     export_format = negotiate(format, request.headers.get("accept"))
     if export_format is not ExportFormat.JSON:
         return await stream_audience(runtime.audiences, key, purpose, export_format, identifiers)
-    page = await run_in_threadpool(runtime.audiences.members, key, purpose, cursor, limit)
+    with_records = identifiers is not Identifiers.NONE
+    page = await run_in_threadpool(
+        partial(runtime.audiences.members, records=with_records), key, purpose, cursor, limit
+    )
     # a page holds up to 10,000 ids: orjson straight from the list, not a model per response
     body: dict[str, Any] = {
         "segment": page.segment,
         "purpose": purpose.value,
-        "members": [m.customer_id for m in page.members],
+        "members": page.member_ids,
         "next_cursor": page.next_cursor,
     }
-    if identifiers is not Identifiers.NONE:
+    if page.records is not None:
         body["records"] = [
             {"customer_id": m.customer_id, "entered_at": utc_timestamp(m.entered_at)}
             | member_fields(m, identifiers)
-            for m in page.members
+            for m in page.records
         ]
     return json_response(body)
 

@@ -28,7 +28,9 @@ from app.store.audiences import MembershipChange
 @dataclass(frozen=True)
 class MembersPage:
     segment: str
-    members: list[MemberRow]
+    member_ids: list[str]
+    # each member's entry time and hashed identifiers, when asked for (None otherwise)
+    records: list[MemberRow] | None
     next_cursor: str | None
 
 
@@ -71,20 +73,38 @@ class AudienceService:
         return self._open_exports
 
     def members(
-        self, segment_key: str, purpose: Purpose, cursor: str | None, limit: int
+        self,
+        segment_key: str,
+        purpose: Purpose,
+        cursor: str | None,
+        limit: int,
+        *,
+        records: bool = False,
     ) -> MembersPage:
         """A page of the purpose's audience of the served model's segment, in customer-id
-        order: the customers that model put in it."""
+        order: the customers that model put in it; with `records`, their entry times and
+        hashed identifiers too."""
         self._check_segment(segment_key)
         after = decode_members_cursor(cursor) if cursor else None
         version = self.models.model.version
+        # one extra row tells whether another page follows, without a count query
+        rows: list[MemberRow] | None = None
         with self._store.transaction("lookup") as conn:
-            # one extra row tells whether another page follows, without a count query
-            rows = audiences.segment_members(conn, segment_key, purpose, version, after, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
+            if records:
+                rows = audiences.segment_members(
+                    conn, segment_key, purpose, version, after, limit + 1
+                )
+                ids = [row.customer_id for row in rows]
+            else:
+                ids = audiences.segment_member_ids(
+                    conn, segment_key, purpose, version, after, limit + 1
+                )
+        more = len(ids) > limit
         return MembersPage(
-            segment_key, rows, members_cursor(rows[-1].customer_id) if more else None
+            segment_key,
+            ids[:limit],
+            rows[:limit] if rows is not None else None,
+            members_cursor(ids[limit - 1]) if more else None,
         )
 
     @contextmanager

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, literal, select, text, true, tuple_
+from sqlalchemy import Connection, Select, func, literal, select, text, true, tuple_
 
 from app.audience.consent import Purpose
 from app.audience.formats import MEMBER_COLUMNS, MemberRow
@@ -158,13 +158,39 @@ def segment_members(
     limit: int,
 ) -> list[MemberRow]:
     """Members of a purpose's audience of the segment, in id order, after `after` (keyset paging)."""
-    query = select(*(memberships.c[name] for name in MEMBER_COLUMNS)).where(
-        _audience(segment_key, purpose, model_version)
+    columns = [memberships.c[name] for name in MEMBER_COLUMNS]
+    query = _page(select(*columns), segment_key, purpose, model_version, after, limit)
+    return [_member(row) for row in conn.execute(query)]
+
+
+def segment_member_ids(
+    conn: Connection,
+    segment_key: str,
+    purpose: Purpose,
+    model_version: str,
+    after: str | None,
+    limit: int,
+) -> list[str]:
+    """segment_members' ids alone: what a page without identifiers holds (converting each
+    member's entry time and hashes cost more than reading them)."""
+    query = _page(
+        select(memberships.c.customer_id), segment_key, purpose, model_version, after, limit
     )
+    return list(conn.execute(query).scalars())
+
+
+def _page(
+    query: Select[Any],
+    segment_key: str,
+    purpose: Purpose,
+    model_version: str,
+    after: str | None,
+    limit: int,
+) -> Select[Any]:
+    query = query.where(_audience(segment_key, purpose, model_version))
     if after is not None:
         query = query.where(memberships.c.customer_id > after)
-    query = query.order_by(memberships.c.customer_id).limit(limit)
-    return [_member(row) for row in conn.execute(query)]
+    return query.order_by(memberships.c.customer_id).limit(limit)
 
 
 def stream_members(

@@ -274,6 +274,20 @@ def test_streamed_exports_match_the_pages_in_both_formats(client: TestClient) ->
         if cursor is None:
             break
     assert sorted(paged) == sorted(ids)
+    # pages with identifiers (read with each member's record) page the same way
+    recorded: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 1000, **GOOGLE_ADS}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/v1/segments/champions/members", params=params).json()
+        assert [record["customer_id"] for record in page["records"]] == page["members"]
+        recorded += page["members"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert recorded == paged
 
     ndjson = client.get(
         "/v1/segments/champions/members",
