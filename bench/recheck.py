@@ -16,8 +16,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
+
+import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,17 +39,22 @@ from bench.run import (  # noqa: E402
 )
 
 TWO_WORKERS = " [2 workers]"
+# run.py's audience scenario: each database holds the batch of 10,000 first (make bench's come
+# from its scenarios), then the biggest segment's first page of 1,000 at c=16
+AUDIENCE = ("audience page of 1000 c=16", "", 16, None, 1000, False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenarios", nargs="+", help="names from bench/run.py's OURS")
+    parser.add_argument(
+        "scenarios", nargs="+", help=f"names from bench/run.py's OURS, or {AUDIENCE[0]!r}"
+    )
     parser.add_argument("--before", required=True)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
     add_database_option(parser)
     args = parser.parse_args()
-    known = {scenario[0]: scenario for scenario in OURS}
+    known = {scenario[0]: scenario for scenario in [*OURS, AUDIENCE]}
     unknown = [s for s in args.scenarios if s.removesuffix(TWO_WORKERS) not in known]
     if unknown:
         sys.exit(f"unknown scenarios {unknown}; known: {sorted(known)}")
@@ -70,14 +78,32 @@ def main() -> None:
                     )[0]
                     for label, tree in trees.items()
                 }
+                body_file = bodies[body] if body is not None else None
+                if scenario == AUDIENCE[0]:
+                    path = _seeded_audience(bases.values(), bodies["batch10000"])
                 for base in bases.values():
-                    wrk(base + path, connections, 2, bodies[body], vary)  # warm-up
+                    wrk(base + path, connections, 2, body_file, vary)  # warm-up
                 for _ in range(args.repeats):
                     for label, base in bases.items():
-                        run = wrk(base + path, connections, args.duration, bodies[body], vary)
+                        run = wrk(base + path, connections, args.duration, body_file, vary)
                         runs.setdefault((scenario, label), []).append(run)
             print(f"{scenario}: done", flush=True)
     report(args, runs, time.monotonic() - started)
+
+
+def _seeded_audience(bases: Iterable[str], batch: Path) -> str:
+    """Store the batch through each server; the path of the biggest segment's first page."""
+    for base in bases:
+        stored = httpx2.post(
+            f"{base}/v1/assignments/batch",
+            content=batch.read_bytes(),
+            headers={"content-type": "application/json"},
+            timeout=120,
+        )
+        stored.raise_for_status()
+    segments = httpx2.get(f"{base}/v1/segments").json()["segments"]
+    biggest = max(segments, key=lambda segment: segment["share"])["key"]
+    return f"/v1/segments/{biggest}/members?limit=1000"
 
 
 def report(
