@@ -47,23 +47,29 @@ _HISTORY_TYPES = """customer_id varchar, segment_id integer, segment_key varchar
     assigned_at timestamptz"""
 _EVENT_COLUMNS = """customer_id, segment_id, segment_key, event, model_version, confidence,
     occurred_at, cause, advertising, personalization"""
-_NEWER = "memberships.assigned_at <= sent.assigned_at"
-_MEMBERSHIP_UPDATE = ",\n".join(
-    # the segment follows the latest assignment (a late-committing older one changes nothing)
-    [
-        f"{c} = CASE WHEN {_NEWER} THEN sent.{c} ELSE memberships.{c} END"
-        for c in MEMBERSHIP_COLUMNS
-        if c != "customer_id"
-    ]
-    # consent and hashes follow the last word received, whatever its assignment's time (a
-    # withdrawal must never be lost); a flag or hash not sent keeps the one sent before
-    + [f"{c} = COALESCE(sent.{c}, memberships.{c})" for c in PROFILE_COLUMNS]
-    # entered_at is kept while the segment stays the same
-    + [
-        f"entered_at = CASE WHEN {_NEWER} AND memberships.segment_key <> sent.segment_key"
-        " THEN sent.assigned_at ELSE memberships.entered_at END"
-    ]
-)
+
+
+def _membership_update(sent: str) -> str:
+    """The SET list that merges the row `sent` (its alias) into a customer's membership."""
+    newer = f"memberships.assigned_at <= {sent}.assigned_at"
+    return ",\n".join(
+        # the segment follows the latest assignment (a late-committing older one changes nothing)
+        [
+            f"{c} = CASE WHEN {newer} THEN {sent}.{c} ELSE memberships.{c} END"
+            for c in MEMBERSHIP_COLUMNS
+            if c != "customer_id"
+        ]
+        # consent and hashes follow the last word received, whatever its assignment's time (a
+        # withdrawal must never be lost); a flag or hash not sent keeps the one sent before
+        + [f"{c} = COALESCE({sent}.{c}, memberships.{c})" for c in PROFILE_COLUMNS]
+        # entered_at is kept while the segment stays the same
+        + [
+            f"entered_at = CASE WHEN {newer} AND memberships.segment_key <> {sent}.segment_key"
+            f" THEN {sent}.assigned_at ELSE memberships.entered_at END"
+        ]
+    )
+
+
 _RETURNED = """memberships.customer_id, memberships.segment_id, memberships.segment_key,
     memberships.model_version, memberships.confidence, memberships.assigned_at,
     memberships.advertising, memberships.personalization"""
@@ -170,30 +176,7 @@ def _merge_memberships(with_due: bool, few: bool) -> str:
         ) AS m ON true
         WHERE incoming.customer_id NOT IN (SELECT customer_id FROM suppressed)
     ),
-    -- known customers updated in place, by the row found (no second index probe, as an upsert's
-    -- conflict check makes), new ones inserted: the two sets are apart, and nobody else inserts
-    -- these customers meanwhile (their locks)
-    updated AS (
-        UPDATE memberships SET
-            {_MEMBERSHIP_UPDATE}
-        FROM found AS sent WHERE memberships.ctid = sent.row_id
-        RETURNING {_RETURNED}, sent.old_segment_id, sent.old_segment_key,
-                  sent.was_advertising, sent.was_personalization
-    ),
-    inserted AS (
-        INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)}, entered_at,
-                                 {", ".join(PROFILE_COLUMNS)})
-        SELECT {", ".join(MEMBERSHIP_COLUMNS)}, assigned_at, {", ".join(PROFILE_COLUMNS)}
-        FROM found WHERE row_id IS NULL
-        RETURNING {_RETURNED}
-    ),
-    moves AS (
-        SELECT *, true AS known, COALESCE(old_segment_key = segment_key, false) AS stayed
-        FROM updated
-        UNION ALL
-        SELECT *, CAST(NULL AS integer), CAST(NULL AS varchar), false, false, false, false
-        FROM inserted
-    ),
+{_membership_write(few)}
     recorded AS (
     INSERT INTO membership_events ({_EVENT_COLUMNS})
     SELECT customer_id, segment_id, segment_key, event, model_version, confidence, occurred_at,
@@ -225,6 +208,57 @@ def _merge_memberships(with_due: bool, few: bool) -> str:
     ){due_update}
     SELECT customer_id FROM suppressed
     """  # noqa: S608 - constant table and column names; the rows are bound or COPYed
+
+
+def _membership_write(few: bool) -> str:
+    """The `moves` CTE (each customer's membership before and after, and whether it was known)
+    and the writes it comes from: a few rows upserted, a batch's updated and inserted."""
+    insert = f"""INSERT INTO memberships ({", ".join(MEMBERSHIP_COLUMNS)}, entered_at,
+                                 {", ".join(PROFILE_COLUMNS)})
+        SELECT {", ".join(MEMBERSHIP_COLUMNS)}, assigned_at, {", ".join(PROFILE_COLUMNS)}
+        FROM found"""  # noqa: S608 - constant table and column names
+    if few:
+        # an upsert: its conflict check probes the primary key, whatever the kept generic plan
+        # believes of the table's size (an update joined to the rows found by their ctid was
+        # planned, while the table was small, as a scan of all of it)
+        return f"""
+    merged AS (
+        {insert}
+        ON CONFLICT (customer_id) DO UPDATE SET
+            {_membership_update("excluded")}
+        RETURNING {_RETURNED}
+    ),
+    moves AS (
+        SELECT merged.*, found.row_id IS NOT NULL AS known, found.old_segment_id,
+               found.old_segment_key,
+               COALESCE(found.old_segment_key = merged.segment_key, false) AS stayed,
+               COALESCE(found.was_advertising, false) AS was_advertising,
+               COALESCE(found.was_personalization, false) AS was_personalization
+        FROM merged JOIN found USING (customer_id)
+    ),"""  # noqa: S608 - constant table and column names
+    # a batch, planned for its rows each time: known customers updated in place by the row
+    # found (no second probe, as an upsert's conflict check makes: 10,000 known customers 183
+    # against 154 ms), new ones inserted; the two sets are apart, and nobody else inserts these
+    # customers meanwhile (their locks)
+    return f"""
+    updated AS (
+        UPDATE memberships SET
+            {_membership_update("sent")}
+        FROM found AS sent WHERE memberships.ctid = sent.row_id
+        RETURNING {_RETURNED}, sent.old_segment_id, sent.old_segment_key,
+                  sent.was_advertising, sent.was_personalization
+    ),
+    inserted AS (
+        {insert} WHERE row_id IS NULL
+        RETURNING {_RETURNED}
+    ),
+    moves AS (
+        SELECT *, true AS known, COALESCE(old_segment_key = segment_key, false) AS stayed
+        FROM updated
+        UNION ALL
+        SELECT *, CAST(NULL AS integer), CAST(NULL AS varchar), false, false, false, false
+        FROM inserted
+    ),"""  # noqa: S608 - constant table and column names
 
 
 _MERGES = {
