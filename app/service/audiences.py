@@ -88,17 +88,14 @@ class AudienceService:
         after = decode_members_cursor(cursor) if cursor else None
         version = self.models.model.version
         # one extra row tells whether another page follows, without a count query
+        page = audiences.AudiencePage(segment_key, purpose, version, after, limit + 1)
         rows: list[MemberRow] | None = None
         with self._store.transaction("lookup") as conn:
             if records:
-                rows = audiences.segment_members(
-                    conn, segment_key, purpose, version, after, limit + 1
-                )
+                rows = audiences.segment_members(conn, page)
                 ids = [row.customer_id for row in rows]
             else:
-                ids = audiences.segment_member_ids(
-                    conn, segment_key, purpose, version, after, limit + 1
-                )
+                ids = audiences.segment_member_ids(conn, page)
         more = len(ids) > limit
         return MembersPage(
             segment_key,

@@ -149,48 +149,36 @@ def _audience(segment_key: str, purpose: Purpose, model_version: str) -> Any:
     )
 
 
-def segment_members(
-    conn: Connection,
-    segment_key: str,
-    purpose: Purpose,
-    model_version: str,
-    after: str | None,
-    limit: int,
-) -> list[MemberRow]:
-    """Members of a purpose's audience of the segment, in id order, after `after` (keyset paging)."""
-    columns = [memberships.c[name] for name in MEMBER_COLUMNS]
-    query = _page(select(*columns), segment_key, purpose, model_version, after, limit)
+@dataclass(frozen=True)
+class AudiencePage:
+    """Which page of an audience: a purpose's members of a model's segment, in id order, after
+    `after` (keyset paging), at most `limit`."""
+
+    segment_key: str
+    purpose: Purpose
+    model_version: str
+    after: str | None
+    limit: int
+
+    def query(self, *columns: Any) -> Select[Any]:
+        query = select(*columns).where(
+            _audience(self.segment_key, self.purpose, self.model_version)
+        )
+        if self.after is not None:
+            query = query.where(memberships.c.customer_id > self.after)
+        return query.order_by(memberships.c.customer_id).limit(self.limit)
+
+
+def segment_members(conn: Connection, page: AudiencePage) -> list[MemberRow]:
+    """The page's members, with their entry times and hashed identifiers."""
+    query = page.query(*(memberships.c[name] for name in MEMBER_COLUMNS))
     return [_member(row) for row in conn.execute(query)]
 
 
-def segment_member_ids(
-    conn: Connection,
-    segment_key: str,
-    purpose: Purpose,
-    model_version: str,
-    after: str | None,
-    limit: int,
-) -> list[str]:
-    """segment_members' ids alone: what a page without identifiers holds (converting each
+def segment_member_ids(conn: Connection, page: AudiencePage) -> list[str]:
+    """The page's members' ids alone: what a page without identifiers holds (converting each
     member's entry time and hashes cost more than reading them)."""
-    query = _page(
-        select(memberships.c.customer_id), segment_key, purpose, model_version, after, limit
-    )
-    return list(conn.execute(query).scalars())
-
-
-def _page(
-    query: Select[Any],
-    segment_key: str,
-    purpose: Purpose,
-    model_version: str,
-    after: str | None,
-    limit: int,
-) -> Select[Any]:
-    query = query.where(_audience(segment_key, purpose, model_version))
-    if after is not None:
-        query = query.where(memberships.c.customer_id > after)
-    return query.order_by(memberships.c.customer_id).limit(limit)
+    return list(conn.execute(page.query(memberships.c.customer_id)).scalars())
 
 
 def stream_members(

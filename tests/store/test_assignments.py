@@ -77,7 +77,8 @@ def test_a_late_older_assignment_keeps_the_segment_but_its_consent_counts(
         )
     with engine.connect() as conn:
         current = current_membership(conn, "c1")
-        audience = audiences.segment_members(conn, "champions", Purpose.ADVERTISING, "v1", None, 10)
+        page = audiences.AudiencePage("champions", Purpose.ADVERTISING, "v1", None, 10)
+        audience = audiences.segment_members(conn, page)
         horizon = audiences.feed_horizon(conn)
         feed = audiences.membership_changes(
             conn, None, Purpose.ADVERTISING, audiences.START, horizon, 10
