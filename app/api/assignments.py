@@ -70,26 +70,30 @@ def _persist(request: Request) -> bool:
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-def assignments_json(batch: AssignmentBatch, names: SegmentNames) -> list[str]:
-    """Each assignment as JSON text, written directly: building 10,000 nested dicts for orjson
-    cost more than scoring them. Every value is a number we made, an escaped string, or JSON
-    produced by orjson, so the text is always valid JSON (tested against the response model)."""
-    stamp = {moment: f'"{utc_timestamp(moment)}"' for moment in set(batch.assigned_at)}
+def assignments_json(batch: AssignmentBatch, names: SegmentNames) -> str:
+    """The assignments as JSON objects separated by commas (one assignment: one object), for
+    the callers' bodies. orjson writes them from one dict a row whose segment object is shared
+    by every row of that segment: half the time of writing each row's text ourselves (a batch
+    of 1,000: 0.44 against 0.80 ms)."""
+    stamp = {moment: utc_timestamp(moment) for moment in set(batch.assigned_at)}
     segment = {
-        (version, segment_id, key): orjson.dumps(
-            {"id": segment_id, "key": key, "name": names.name(version, key)}
-        ).decode()
+        (version, segment_id, key): {"id": segment_id, "key": key, "name": names.name(version, key)}
         for version, segment_id, key in set(
             zip(batch.model_versions, batch.segment_ids, batch.segment_keys, strict=True)
         )
     }
-    version = {v: encode_json_string(v) for v in set(batch.model_versions)}
-    return [
-        f'{{"customer_id":{encode_json_string(customer_id)},"segment":{segment[model_version, segment_id, key]},'
-        f'"model_version":{version[model_version]},"distance":{distance!r},"confidence":{confidence!r},'
-        f'"assigned_at":{stamp[moment]}}}'
+    rows = [
+        {
+            "customer_id": customer_id,
+            "segment": segment[model_version, segment_id, key],
+            "model_version": model_version,
+            "distance": distance,
+            "confidence": confidence,
+            "assigned_at": stamp[moment],
+        }
         for customer_id, segment_id, key, model_version, distance, confidence, _, moment in batch.rows()
     ]
+    return orjson.dumps(rows)[1:-1].decode()  # the list's brackets off
 
 
 @router.post(
@@ -114,12 +118,12 @@ async def assign(request: Request) -> Response:
     if keyed is not None and persist:
         names = runtime.models.segment_names
         answer, replayed = await runtime.assignments.assign_one_keyed(
-            parse_json(raw), keyed, lambda batch: assignments_json(batch, names)[0]
+            parse_json(raw), keyed, lambda batch: assignments_json(batch, names)
         )
         return keyed_response(answer, replayed)
     batch = await runtime.assignments.assign_one(parse_json(raw), persist=persist)
     return Response(
-        assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
+        assignments_json(batch, runtime.models.segment_names), media_type="application/json"
     )
 
 
@@ -141,7 +145,7 @@ async def assign_batch(request: Request) -> Response:
 
     def render(batch: AssignmentBatch) -> str:
         version = encode_json_string(batch.model_versions[0])
-        rows = ",".join(assignments_json(batch, runtime.models.segment_names))
+        rows = assignments_json(batch, runtime.models.segment_names)
         return '{"model_version":' + version + ',"assignments":[' + rows + "]}"
 
     if keyed is not None and persist:
@@ -183,7 +187,7 @@ def current_segment(
     the purpose: 404 consent_withheld otherwise."""
     batch = AssignmentBatch.of_rows([runtime.assignments.current(customer_id, purpose)])
     return Response(
-        assignments_json(batch, runtime.models.segment_names)[0], media_type="application/json"
+        assignments_json(batch, runtime.models.segment_names), media_type="application/json"
     )
 
 
@@ -201,7 +205,7 @@ def customer_history(
 ) -> Response:
     """The customer's stored assignments, newest first."""
     batch = AssignmentBatch.of_rows(runtime.assignments.history(customer_id, limit))
-    rows = ",".join(assignments_json(batch, runtime.models.segment_names))
+    rows = assignments_json(batch, runtime.models.segment_names)
     return Response('{"assignments":[' + rows + "]}", media_type="application/json")
 
 

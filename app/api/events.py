@@ -44,7 +44,7 @@ async def ingest_events(request: Request) -> Response:
     names = runtime.models.segment_names
 
     def render(outcome: EventsOutcome) -> str:
-        customers = ",".join(assignments_json(outcome.assignments, names))
+        customers = assignments_json(outcome.assignments, names)
         unscored = ",".join(encode_json_string(c) for c in outcome.unscored)
         return (
             f'{{"model_version":{encode_json_string(outcome.model_version)},'
