@@ -9,11 +9,14 @@ from sqlalchemy import create_engine
 
 from app.audience.consent import Purpose
 from app.audience.profile import CustomerProfile
+from app.errors import StoreFailed
 from app.service.assignments import AssignmentWriter
+from app.service.store import Store
 from app.store import audiences
 from app.store.assignments import SMALL_BATCH, AssignmentBatch, AssignmentRow, store_batch
 from app.store.history import current_membership, customer_history
 from tests.conftest import TEST_ID_HASH, clear_tables, store_on
+from tests.store.test_store_failures import table_locked
 
 
 def _row(
@@ -143,4 +146,33 @@ def test_awkward_text_survives_the_bulk_write(database_url: str, others: int) ->
     assert stored.distance == 0.123456
     assert current is not None
     assert current.assignment.customer_id == awkward_id
+    engine.dispose()
+
+
+def test_a_single_write_commits_alone_and_hands_its_connection_back_as_it_was(
+    database_url: str,
+) -> None:
+    """A write of a few rows goes without BEGIN and COMMIT: its statements are one implicit
+    transaction that the pipeline's end commits (app.store.driver.pipelined). It is stored; one
+    that fails (a lock wait past the timeout) stores nothing; and the pooled connection comes
+    back in transactions, so the next block on it still rolls back."""
+    clear_tables(database_url)
+    engine = create_engine(
+        database_url, pool_size=1, max_overflow=0, connect_args={"options": "-c lock_timeout=200"}
+    )
+    store = Store(engine)
+    writer = AssignmentWriter(store, TEST_ID_HASH)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    writer.write(AssignmentBatch.of_rows([_row("stored", "champions", at)]))
+    with table_locked(database_url, "memberships"), pytest.raises(StoreFailed):
+        writer.write(AssignmentBatch.of_rows([_row("failed", "champions", at)]))
+    with pytest.raises(RuntimeError), store.transaction("assign") as conn:
+        # the one pooled connection, after both writes
+        store_batch(conn, AssignmentBatch.of_rows([_row("rolled-back", "loyal", at)]), TEST_ID_HASH)
+        raise RuntimeError("the caller's block fails after the write")
+    with engine.connect() as conn:
+        assert current_membership(conn, "stored") is not None
+        for customer in ("failed", "rolled-back"):
+            assert current_membership(conn, customer) is None
+            assert customer_history(conn, customer, 1) == []
     engine.dispose()
