@@ -55,7 +55,8 @@ from app.service.store import OPERATIONS, Store
 from app.settings import Settings
 from app.startup import check_settings
 from app.store.engine import make_engine
-from app.store.group_commit import GroupCommitter
+from app.store.group_commit import GroupCommitter, in_thread
+from app.store.loop_connection import LoopConnection
 from app.store.tables import Cause
 
 log = logging.getLogger("app")
@@ -85,7 +86,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                 known_segment_names=_known_segment_names(registry),
             )
             id_hash = IdHasher(settings.erasure_key.get_secret_value())
-            writer = AssignmentWriter(store, id_hash)
+            loop_connection = LoopConnection(engine, settings)
+            running.push_async_callback(loop_connection.close)
+            writer = AssignmentWriter(store, id_hash, loop_connection)
             committer: GroupCommitter[PendingRow, str | AppError | None] = GroupCommitter(
                 writer.write_rows,
                 settings.group_commit_max_rows,
@@ -97,7 +100,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             shadow = ShadowScorer(models, settings.shadow_flush_ms / 1000)
             event_writer = EventWriter(models, store, writer, shadow, clock)
             event_committer: GroupCommitter[EventBatch, EventResult] = GroupCommitter(
-                event_writer.write,
+                in_thread(event_writer.write),
                 settings.group_commit_max_rows,
                 settings.group_commit_wait_ms / 1000,
             )

@@ -73,9 +73,11 @@ def parts(database_url: str) -> dict[str, float]:
     store = Store(engine)
     writer = AssignmentWriter(store, IdHasher("bench-erasure-key"))
     models = ModelHolder(SegmentModel.load(DEFAULT_MODELS_DIR))
-    noop: GroupCommitter[PendingRow, str | AppError | None] = GroupCommitter(
-        lambda rows: [None] * len(rows), 64, 0
-    )
+
+    async def nothing(rows: list[PendingRow]) -> list[str | AppError | None]:
+        return [None] * len(rows)
+
+    noop: GroupCommitter[PendingRow, str | AppError | None] = GroupCommitter(nothing, 64, 0)
     service = AssignmentService(
         models, store, writer, noop, ShadowScorer(models), clock=SystemClock(), max_batch=10_000
     )

@@ -42,11 +42,20 @@ from app.scoring.validation import ValidBatch, require_customer_id
 from app.service.idempotency import Idempotency, PendingRow, Render, kept_answer, write_keyed_rows
 from app.service.observed import split_observed
 from app.service.store import Store
-from app.store.assignments import AssignmentBatch, AssignmentRow, IdHash, store_batch
+from app.store.assignments import (
+    MERGE,
+    SMALL_BATCH,
+    AssignmentBatch,
+    AssignmentRow,
+    IdHash,
+    few_rows_write,
+    store_batch,
+)
 from app.store.erasure import erased_among
 from app.store.group_commit import GroupCommitter
 from app.store.history import current_membership, customer_history
 from app.store.idempotency import claim_keys, kept_answers
+from app.store.loop_connection import LoopConnection
 from app.store.tables import Cause
 
 
@@ -54,9 +63,12 @@ class AssignmentWriter:
     """Stores batches of assignments (history, memberships and feed events, one transaction).
     Customers with an erasure tombstone are scored but not stored, and counted."""
 
-    def __init__(self, store: Store, id_hash: IdHash) -> None:
+    def __init__(self, store: Store, id_hash: IdHash, loop: LoopConnection | None = None) -> None:
         self._store = store
         self._id_hash = id_hash  # names erased customers in tombstones (app.audience.erasure)
+        # the event loop's connection, for the group committer's writes of a few rows (None:
+        # they go to a thread, as every other write does)
+        self._loop = loop
 
     def write(self, batch: AssignmentBatch, operation: str = "assign") -> None:
         with self._store.transaction(operation, writing=True) as conn:
@@ -77,9 +89,23 @@ class AssignmentWriter:
             kept = kept_answers(conn, [idempotency.key_hash]).get(idempotency.key_hash)
         return kept_answer(kept, idempotency)
 
-    def write_rows(self, pending: list[PendingRow]) -> list[str | AppError | None]:
+    async def write_rows(self, pending: list[PendingRow]) -> list[str | AppError | None]:
         """Single assignments committed together (the group committer's write): None for each
-        stored; for one whose Idempotency-Key was answered before, that answer (or KeyReused)."""
+        stored; for one whose Idempotency-Key was answered before, that answer (or KeyReused).
+        A few rows without keys are written from the event loop, the rest in a thread."""
+        keyed = any(item.idempotency is not None for item in pending)
+        if self._loop is None or keyed or len(pending) > SMALL_BATCH:
+            return await asyncio.to_thread(self.write_rows_blocking, pending)
+        batch = AssignmentBatch.of_rows([item.row for item in pending])
+        with self._store.failures_as_errors("assign", writing=True):
+            suppressed = await self._loop.write(
+                few_rows_write(batch, self._id_hash, committing=True), rows_of=MERGE
+            )
+        self._count_suppressed(batch, {row[0] for row in suppressed})
+        return [None] * len(pending)
+
+    def write_rows_blocking(self, pending: list[PendingRow]) -> list[str | AppError | None]:
+        """write_rows, all in the caller's thread."""
         if all(item.idempotency is None for item in pending):
             self.write(AssignmentBatch.of_rows([item.row for item in pending]))
             return [None] * len(pending)
@@ -102,9 +128,13 @@ class AssignmentWriter:
         scored from aggregates; committing it, with `commit`); returns the erased customers'
         ids."""
         suppressed = set(store_batch(conn, batch, self._id_hash, cause, due, commit=commit))
+        self._count_suppressed(batch, suppressed)
+        return suppressed
+
+    @staticmethod
+    def _count_suppressed(batch: AssignmentBatch, suppressed: set[str]) -> None:
         if suppressed:
             SUPPRESSED_ASSIGNMENTS.inc(sum(1 for c in batch.customer_ids if c in suppressed))
-        return suppressed
 
 
 class AssignmentService:

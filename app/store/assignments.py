@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Table
 
 from app.audience.profile import PROFILE_COLUMNS, CustomerProfile
 from app.store.customer_locks import lock_statement
-from app.store.driver import NULL, copy_text, copying, pipelined
+from app.store.driver import NULL, Statement, copy_text, copying, pipelined
 from app.store.membership_merge import merge_few, merge_many, stage_members
 from app.store.tables import (
     HISTORY_COLUMNS,
@@ -180,24 +180,8 @@ def store_batch(
     the erased customers' ids."""
     if not len(batch):
         return []
-    # The customers' locks (app.store.customer_locks), held to the commit: nobody else writes
-    # them meanwhile, so the moves are computed from memberships nobody is changing, and an
-    # erasure is either seen (its tombstone) or sees this. Their own statement (the merge's
-    # snapshot must be taken once they are held), in one round trip with the merge.
-    lock = lock_statement(batch.customer_ids)
-    with_due = due is not None
     if len(batch) <= SMALL_BATCH:
-        # a few rows (single requests committed together, a refresher's small chunk): the
-        # memberships and the history go with the merge, as JSON; less than setting up a COPY
-        members = batch.latest_memberships()
-        for member in members:
-            member["id_hash"] = id_hash(member["customer_id"])
-        if due is not None:
-            for member in members:
-                moment = due[member["customer_id"]]
-                member["due_at"] = moment.isoformat() if moment is not None else None
-        history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
-        merge = merge_few(lock, members, history, cause, with_due, committing=commit)
+        merge = few_rows_write(batch, id_hash, cause, due, committing=commit)
     else:
         # a batch: its history COPYed; while the server takes it in, its memberships' rows are
         # built here (the two overlap), then COPYed into the staging table the merge reads
@@ -205,9 +189,45 @@ def store_batch(
             history_copy.write(_history_text(batch))
             staged = _members_text(batch, id_hash, due)
         stage_members(conn, staged)
-        merge = merge_many(lock, cause, with_due, committing=commit)
-    suppressed = pipelined(conn, merge, commit=commit, rows_of=1)
+        merge = merge_many(_locks(batch), cause, with_due=due is not None, committing=commit)
+    suppressed = pipelined(conn, merge, commit=commit, rows_of=MERGE)
     return [row[0] for row in suppressed]
+
+
+def few_rows_write(
+    batch: AssignmentBatch,
+    id_hash: IdHash,
+    cause: Cause = Cause.ASSIGNMENT,
+    due: Mapping[str, datetime | None] | None = None,
+    *,
+    committing: bool,
+) -> list[Statement]:
+    """store_batch's statements for at most SMALL_BATCH rows (single requests committed
+    together, a refresher's small chunk), for one pipeline: the memberships and the history go
+    with the merge as JSON (less than setting up a COPY). The rows at index MERGE are the
+    erased customers' ids. `committing`: nothing follows them but the commit."""
+    members = batch.latest_memberships()
+    for member in members:
+        member["id_hash"] = id_hash(member["customer_id"])
+    if due is not None:
+        for member in members:
+            moment = due[member["customer_id"]]
+            member["due_at"] = moment.isoformat() if moment is not None else None
+    history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in batch.rows()]
+    return merge_few(
+        _locks(batch), members, history, cause, with_due=due is not None, committing=committing
+    )
+
+
+MERGE = 1  # the merge's place in the statements (after the locks)
+
+
+def _locks(batch: AssignmentBatch) -> Statement:
+    # The customers' locks (app.store.customer_locks), held to the commit: nobody else writes
+    # them meanwhile, so the moves are computed from memberships nobody is changing, and an
+    # erasure is either seen (its tombstone) or sees this. Their own statement (the merge's
+    # snapshot must be taken once they are held), in one round trip with the merge.
+    return lock_statement(batch.customer_ids)
 
 
 # A batch's history: COPY, its text built in one pass (psycopg's per-value adaptation of

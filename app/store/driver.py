@@ -21,11 +21,13 @@ from functools import lru_cache
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Connection, TextClause
+from sqlalchemy import Connection, Dialect, TextClause
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 NULL = "\\N"
+# a statement for a pipeline: the clause and its bound parameters
+Statement = tuple[TextClause, Mapping[str, Any] | None]
 
 
 def copy_in(conn: Connection, statement: str, payload: str) -> None:
@@ -61,7 +63,7 @@ def copy_text(value: str) -> str:
 
 def pipelined(
     conn: Connection,
-    statements: Sequence[tuple[TextClause, Mapping[str, Any] | None]],
+    statements: Sequence[Statement],
     *,
     commit: bool = False,
     rows_of: int = -1,
@@ -73,7 +75,7 @@ def pipelined(
     finds nothing left to commit (psycopg sends no COMMIT for a connection outside a
     transaction)."""
     driver = _driver(conn)
-    compiled = [(_compiled(clause), params) for clause, params in statements]
+    compiled = [numbered(clause, params) for clause, params in statements]
     # The whole transaction, when these are its first statements and it ends with them: sent
     # without BEGIN and COMMIT, they run as one implicit transaction that the pipeline's Sync
     # commits (PostgreSQL's extended protocol: statements before a Sync are one transaction,
@@ -83,15 +85,14 @@ def pipelined(
     implicit = commit and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     # the pipeline's errors surface when it ends (at its sync), inside _driver_errors
     with (
-        _driver_errors(conn, compiled[rows_of][0][0]),
+        _driver_errors(conn, compiled[rows_of][0]),
         _autocommit(driver, implicit),
         driver.pipeline(),
     ):
         cursors = [psycopg.RawCursor(driver) for _ in compiled]
         try:
-            for cursor, ((sql, names), params) in zip(cursors, compiled, strict=True):
-                values = [(params or {})[name] for name in names]
-                cursor.execute(sql, values or None)
+            for cursor, (sql, values) in zip(cursors, compiled, strict=True):
+                cursor.execute(sql, values)
             if commit and not implicit:
                 # a failed statement before it skips it: the transaction is then rolled back
                 driver.execute("COMMIT")
@@ -124,9 +125,17 @@ def _autocommit(driver: psycopg.Connection[Any], on: bool) -> Iterator[None]:
 _NUMBERED = postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 
 
+def numbered(
+    clause: TextClause, parameters: Mapping[str, Any] | None
+) -> tuple[str, list[Any] | None]:
+    """The clause's SQL with $n placeholders, and its parameters' values in their order (None:
+    it has none), for a RawCursor."""
+    sql, names = _compiled(clause)
+    return sql, [(parameters or {})[name] for name in names] or None
+
+
 @lru_cache(maxsize=64)
 def _compiled(clause: TextClause) -> tuple[str, tuple[str, ...]]:
-    """The clause's SQL with $n placeholders, and the parameter names in their order."""
     compiled = clause.compile(dialect=_NUMBERED)
     return str(compiled), tuple(compiled.positiontup or ())
 
@@ -150,6 +159,15 @@ def _driver_errors(conn: Connection, statement: str) -> Iterator[None]:
         dead = conn.dialect.is_disconnect(driver_error, conn.connection.dbapi_connection, None)
         if dead:
             conn.invalidate(exc)
-        raise DBAPIError.instance(
-            statement, None, exc, psycopg.Error, dialect=conn.dialect, connection_invalidated=dead
-        ) from exc
+        raise as_sqlalchemy_error(exc, statement, conn.dialect, dead=dead) from exc
+
+
+def as_sqlalchemy_error(
+    exc: psycopg.Error, statement: str, dialect: Dialect, *, dead: bool
+) -> StatementError:
+    """The driver's error as SQLAlchemy raises it (DataError, OperationalError …: the family
+    app.store.engine.failure_reason reads), without parameters (they may hold customer data);
+    `dead`: the connection died with it."""
+    return DBAPIError.instance(
+        statement, None, exc, psycopg.Error, dialect=dialect, connection_invalidated=dead
+    )

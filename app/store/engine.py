@@ -16,7 +16,25 @@ from app.settings import Settings
 
 def make_engine(settings: Settings) -> Engine:
     """An engine for the settings' PostgreSQL (psycopg 3, whatever the URL's scheme said)."""
-    connect_args: dict[str, Any] = {
+    engine = create_engine(
+        settings.database,
+        connect_args=connection_options(settings),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout,
+        # errors and logs must not carry customer ids or features
+        hide_parameters=True,
+    )
+    # a connection the server dropped is replaced on checkout: recovery without a restart
+    event.listen(engine, "checkin", _note_returned)
+    event.listen(engine, "checkout", _refuse_dropped)
+    return engine
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """psycopg's connection options beyond the URL's, for every connection the service opens
+    (the engine's pool, app.store.loop_connection)."""
+    return {
         "connect_timeout": settings.db_connect_timeout,
         # a statement that hangs (a lock, a dying server) must not hold a request forever; a
         # lock wait gives up first, so the two are told apart (failure_reason)
@@ -29,19 +47,6 @@ def make_engine(settings: Settings) -> Engine:
         "keepalives_interval": 2,
         "keepalives_count": 2,
     }
-    engine = create_engine(
-        settings.database,
-        connect_args=connect_args,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-        pool_timeout=settings.db_pool_timeout,
-        # errors and logs must not carry customer ids or features
-        hide_parameters=True,
-    )
-    # a connection the server dropped is replaced on checkout: recovery without a restart
-    event.listen(engine, "checkin", _note_returned)
-    event.listen(engine, "checkout", _refuse_dropped)
-    return engine
 
 
 # A connection handed back this recently was working then, and is handed out again unchecked:
@@ -57,22 +62,27 @@ def _note_returned(dbapi_connection: Any, record: Any) -> None:
 
 
 def _refuse_dropped(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """Check a pooled connection as it is handed out, without a round trip (SQLAlchemy's
-    pool_pre_ping costs one: 0.1-0.15 ms of a one-row write's ~1.5): an idle connection has
-    nothing to read, so a socket with something to read was closed by the server (a restart,
-    pg_terminate_backend, its idle timeout) or told why it will be. The pool then discards it
-    and connects anew. A server gone silent (no FIN) shows nothing here: the TCP keepalives
-    above find it, and the statement on it fails as a store outage."""
-    if dbapi_connection.closed or dbapi_connection.pgconn.status != psycopg.pq.ConnStatus.OK:
-        raise DisconnectionError("the connection is closed")
-    returned_at = record.info.get("returned_at")
-    if returned_at is not None and time.monotonic() - returned_at < _CHECKED_AFTER_SECONDS:
-        return
+    """Check a pooled connection as it is handed out (dropped(); the pool then discards it and
+    connects anew)."""
+    if dropped(dbapi_connection.pgconn, record.info.get("returned_at")):
+        raise DisconnectionError("the server closed the connection")
+
+
+def dropped(pgconn: psycopg.pq.abc.PGconn, used_at: float | None) -> bool:
+    """Whether an idle connection, last used at `used_at` (time.monotonic()), is gone, without
+    a round trip (SQLAlchemy's pool_pre_ping costs one: 0.1-0.15 ms of a one-row write's
+    ~1.5): an idle connection has nothing to read, so a socket with something to read was
+    closed by the server (a restart, pg_terminate_backend, its idle timeout) or told why it
+    will be. A server gone silent (no FIN) shows nothing here: the TCP keepalives find it, and
+    the statement on it fails as a store outage."""
+    if pgconn.status != psycopg.pq.ConnStatus.OK:
+        return True
+    if used_at is not None and time.monotonic() - used_at < _CHECKED_AFTER_SECONDS:
+        return False
     # poll, not select: a worker may hold descriptors above select's 1,024
     readable = select.poll()
-    readable.register(dbapi_connection.pgconn.socket, select.POLLIN)
-    if readable.poll(0):
-        raise DisconnectionError("the server closed the connection")
+    readable.register(pgconn.socket, select.POLLIN)
+    return bool(readable.poll(0))
 
 
 def failure_reason(exc: BaseException) -> str | None:

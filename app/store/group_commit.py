@@ -11,7 +11,7 @@ answered with what its commit made of them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -21,13 +21,14 @@ Result = TypeVar("Result")
 class GroupCommitter(Generic[Item, Result]):
     def __init__(
         self,
-        write: Callable[[list[Item]], Sequence[Result]],
+        write: Callable[[list[Item]], Awaitable[Sequence[Result]]],
         max_rows: int,
         max_wait_seconds: float,
         *,
         on_commit: Callable[[int], None] = lambda rows: None,
     ) -> None:
-        self._write = write  # writes the items in one transaction: one result per item
+        # writes the items in one transaction: one result per item (a blocking write: in_thread)
+        self._write = write
         self._max_rows = max_rows
         self._max_wait = max_wait_seconds
         self._on_commit = on_commit  # told each committed group's size (for a metric)
@@ -71,7 +72,7 @@ class GroupCommitter(Generic[Item, Result]):
 
     async def _commit(self, taken: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
-            results = await asyncio.to_thread(self._write, [item for item, _ in taken])
+            results = await self._write([item for item, _ in taken])
         except Exception as exc:
             for _, done in taken:
                 if not done.done():
@@ -81,3 +82,14 @@ class GroupCommitter(Generic[Item, Result]):
             for (_, done), result in zip(taken, results, strict=True):
                 if not done.done():
                     done.set_result(result)
+
+
+def in_thread(
+    write: Callable[[list[Item]], Sequence[Result]],
+) -> Callable[[list[Item]], Awaitable[Sequence[Result]]]:
+    """A blocking write, for a GroupCommitter: run in a thread, the event loop going on."""
+
+    async def threaded(items: list[Item]) -> Sequence[Result]:
+        return await asyncio.to_thread(write, items)
+
+    return threaded

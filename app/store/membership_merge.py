@@ -24,10 +24,8 @@ import orjson
 from sqlalchemy import Connection, TextClause, text
 
 from app.audience.profile import PROFILE_COLUMNS
-from app.store.driver import copy_in
+from app.store.driver import Statement, copy_in
 from app.store.tables import HISTORY_COLUMNS, MEMBERSHIP_COLUMNS, Cause, FeedEvent
-
-Statement = tuple[TextClause, dict[str, Any] | None]
 
 _INCOMING_COLUMNS = """customer_id varchar, segment_id integer, segment_key varchar,
     model_version varchar, distance float8, confidence float8, assigned_at timestamptz,
