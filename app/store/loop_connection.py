@@ -47,15 +47,16 @@ class LoopConnection:
         compiled = [numbered(clause, parameters) for clause, parameters in statements]
         try:
             conn = await self._connection()
-            async with conn.pipeline():
-                cursors = [psycopg.AsyncRawCursor(conn) for _ in compiled]
-                try:
+            cursors = [psycopg.AsyncRawCursor(conn) for _ in compiled]
+            try:
+                async with conn.pipeline():
                     for cursor, (sql, values) in zip(cursors, compiled, strict=True):
                         await cursor.execute(sql, values)
-                    return await cursors[rows_of].fetchall()
-                finally:
-                    for cursor in cursors:
-                        await cursor.close()
+                # read after the pipeline's end, as app.store.driver.pipelined does: one round trip
+                return await cursors[rows_of].fetchall()
+            finally:
+                for cursor in cursors:
+                    await cursor.close()
         except psycopg.Error as exc:
             dead = self._conn is None or self._conn.broken or self._conn.closed
             if dead:
