@@ -6,10 +6,11 @@ bench/RESULTS.md:
 
 - the floors: a round trip (`SELECT 1`) and a one-row autocommit INSERT (the commit floor);
 - scoring: the service validating and scoring one request body (no storage);
-- the group committer's hop: a request handed to the writer thread and answered, with a write
-  that does nothing;
+- the group committer: a request handed to it and answered, with a write that does nothing;
+  and, for comparison, a thread's hop (the way writes went before 239df98);
 - the write: the service's transaction for one row (the customers' locks, then the merge with
-  its history and feed events, and the COMMIT, in one round trip);
+  its history and feed events, committed in one round trip) awaited on the event loop's own
+  connection, as the service does; and, for comparison, in a thread on a pooled connection;
 - the whole: `POST /v1/assignments` persisted and `?persist=false` at c=1, p50, so HTTP and the
   framework are what the parts above leave.
 """
@@ -22,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sqlalchemy import text
@@ -41,6 +42,7 @@ from bench.run import (  # noqa: E402
 )
 
 REPEATS = 500
+WRITE = "write on the event loop's connection (the service's way, one round trip)"
 
 
 def median_ms(work: Callable[[], object], repeats: int = REPEATS) -> float:
@@ -67,9 +69,11 @@ def parts(database_url: str) -> dict[str, float]:
     from app.settings import DEFAULT_MODELS_DIR, Settings
     from app.store.assignments import AssignmentBatch
     from app.store.engine import make_engine
-    from app.store.group_commit import GroupCommitter
+    from app.store.group_commit import GroupCommitter, in_thread
+    from app.store.loop_connection import LoopConnection
 
-    engine = make_engine(Settings().with_database(database_url))
+    settings = Settings().with_database(database_url)
+    engine = make_engine(settings)
     store = Store(engine)
     writer = AssignmentWriter(store, IdHasher("bench-erasure-key"))
     models = ModelHolder(SegmentModel.load(DEFAULT_MODELS_DIR))
@@ -107,29 +111,38 @@ def parts(database_url: str) -> dict[str, float]:
         batch = service._score_single(model, body | {"customer_id": f"c{next(counter)}"})
         return AssignmentBatch.of_rows([batch.row(0)])
 
-    # the group committer's write: BEGIN, the history, locks and merge, and COMMIT, one round trip
-    writes: list[float] = []
-    for index in range(REPEATS + 20):
-        batch = one_row()
-        started = time.perf_counter()
-        writer.write(batch)
-        if index >= 20:
-            writes.append((time.perf_counter() - started) * 1000)
-    figures["write: BEGIN, statements and COMMIT (one round trip)"] = statistics.median(writes)
+    # the service's way (239df98 on): the group committer awaits the write on the event loop's
+    # own connection; the locks, then the merge with its history and events, committed by the
+    # pipeline's end: one round trip
+    loop = LoopConnection(engine, settings)
+    on_loop = AssignmentWriter(store, IdHasher("bench-erasure-key"), loop)
 
-    async def hops() -> float:
-        noop.start()
+    async def awaited(write: Callable[[list[PendingRow]], Awaitable[object]]) -> float:
         timings = []
-        row = one_row().row(0)
         for index in range(REPEATS + 20):
+            pending = [PendingRow(one_row().row(0))]
             started = time.perf_counter()
-            await noop.submit(PendingRow(row))
+            await write(pending)
             if index >= 20:
                 timings.append((time.perf_counter() - started) * 1000)
-        await noop.close()
         return statistics.median(timings)
 
-    figures["group committer hop (a write doing nothing)"] = asyncio.run(hops())
+    async def ways() -> None:
+        noop.start()
+        figures["group committer (a write doing nothing)"] = await awaited(
+            lambda pending: noop.submit(pending[0])
+        )
+        await noop.close()
+        figures["a thread's hop (a write doing nothing, in a thread)"] = await awaited(
+            in_thread(lambda pending: [None] * len(pending))
+        )
+        figures[WRITE] = await awaited(on_loop.write_rows)
+        figures["write in a thread on a pooled connection (before 239df98)"] = await awaited(
+            in_thread(writer.write_rows_blocking)
+        )
+        await loop.close()
+
+    asyncio.run(ways())
     engine.dispose()
     return figures
 
@@ -153,10 +166,10 @@ def main() -> None:
                 figures[name] = statistics.median(r.p50_ms for r in runs)
     for name, value in figures.items():
         print(f"{name:<50} {value:8.3f} ms")
-    write = figures["write: BEGIN, statements and COMMIT (one round trip)"]
+    write = figures[WRITE]
     parts_sum = (
         figures["scoring (validate and score one body)"]
-        + figures["group committer hop (a write doing nothing)"]
+        + figures["group committer (a write doing nothing)"]
         + write
     )
     lines = [
@@ -169,7 +182,7 @@ def main() -> None:
         "| part | ms |",
         "| --- | ---: |",
         *(f"| {name} | {value:.3f} |" for name, value in figures.items()),
-        f"| the parts (scoring + hop + write) | {parts_sum:.3f} |",
+        f"| the parts (scoring + group committer + write on the loop) | {parts_sum:.3f} |",
         f"| left for HTTP, the framework and the event loop (persisted p50 − parts) | "
         f"{figures['HTTP: persisted single, c=1, p50'] - parts_sum:.3f} |",
         "",

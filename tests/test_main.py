@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from app.lifecycle.watcher import ModelWatcher
 from app.main import create_app
-from app.service.assignments import AssignmentWriter
 from app.service.erasure import NoticePruner
 from app.settings import Settings
-from app.store.assignments import AssignmentBatch
+from app.store.driver import Statement
+from app.store.loop_connection import LoopConnection
 from tests.conftest import clear_tables, count_rows
 
 CHAMPION = {"recency_days": 2, "frequency": 25, "monetary": 9000.0}
@@ -28,20 +31,23 @@ def test_a_failing_close_never_skips_draining_the_committer(
     the same, and the failure still surfaces."""
     clear_tables(database_url)
     writing, shutting_down = threading.Event(), threading.Event()
-    write = AssignmentWriter.write
+    write = LoopConnection.write  # the group committer's writes go there, from the event loop
 
-    def write_once_shutdown_begins(
-        self: AssignmentWriter, batch: AssignmentBatch, operation: str = "assign"
-    ) -> None:
+    async def write_once_shutdown_begins(
+        self: LoopConnection, statements: Sequence[Statement], *, rows_of: int = -1
+    ) -> list[tuple[Any, ...]]:
         writing.set()
-        shutting_down.wait(timeout=10)
-        write(self, batch, operation)
+        for _ in range(1000):  # at most 10 s
+            if shutting_down.is_set():
+                break
+            await asyncio.sleep(0.01)  # the event loop goes on: the shutdown starts meanwhile
+        return await write(self, statements, rows_of=rows_of)
 
     async def broken_close(self: object) -> None:
         shutting_down.set()
         raise RuntimeError(f"{type(self).__name__} failed to stop")
 
-    monkeypatch.setattr(AssignmentWriter, "write", write_once_shutdown_begins)
+    monkeypatch.setattr(LoopConnection, "write", write_once_shutdown_begins)
     monkeypatch.setattr(NoticePruner, "close", broken_close)
     monkeypatch.setattr(ModelWatcher, "close", broken_close)
     stopping = pytest.raises(RuntimeError, match="failed to stop")
