@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import Any, cast
 
 import orjson
@@ -183,10 +184,12 @@ def store_batch(
     if len(batch) <= SMALL_BATCH:
         merge = few_rows_write(batch, id_hash, cause, due, committing=commit)
     else:
-        # a batch: its history COPYed; while the server takes it in, its memberships' rows are
-        # built here (the two overlap), then COPYed into the staging table the merge reads
+        # a batch: its history COPYed, a chunk at a time as it is built (the server takes in
+        # one while the next is built), then, while the server takes in the last, its
+        # memberships' rows are built; they are COPYed into the staging table the merge reads
         with copying(conn, _COPY_HISTORY) as history_copy:
-            history_copy.write(_history_text(batch))
+            for chunk in history_chunks(batch):
+                history_copy.write(chunk)
             staged = _members_text(batch, id_hash, due)
         stage_members(conn, staged)
         merge = merge_many(_locks(batch), cause, with_due=due is not None, committing=commit)
@@ -236,12 +239,18 @@ _COPY_HISTORY = f"COPY assignments ({', '.join(HISTORY_COLUMNS)}) FROM STDIN"
 SMALL_BATCH = 64
 
 
-def _history_text(batch: AssignmentBatch) -> str:
+HISTORY_CHUNK = 1_000  # rows a COPY message: ~150 kB
+
+
+def history_chunks(batch: AssignmentBatch) -> Iterator[str]:
+    """The batch's history as COPY text, HISTORY_CHUNK rows at a time."""
     stamps = {moment: moment.isoformat() for moment in set(batch.assigned_at)}
-    return "".join(
-        f"{copy_text(c)}\t{i}\t{k}\t{v}\t{d!r}\t{f!r}\t{copy_text(orjson.dumps(x).decode())}\t{stamps[t]}\n"
-        for c, i, k, v, d, f, x, t in batch.rows()
-    )
+    rows = batch.rows()
+    while chunk := list(islice(rows, HISTORY_CHUNK)):
+        yield "".join(
+            f"{copy_text(c)}\t{i}\t{k}\t{v}\t{d!r}\t{f!r}\t{copy_text(orjson.dumps(x).decode())}\t{stamps[t]}\n"
+            for c, i, k, v, d, f, x, t in chunk
+        )
 
 
 def _members_text(
