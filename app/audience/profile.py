@@ -7,13 +7,16 @@ field and row, never repeated.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from app.audience.consent import Purpose
 from app.audience.identifiers import IdentifierError, email_sha256, phone_hashes
 from app.errors import Problem, Problems
+from app.scoring.validation import all_dicts
 
 PROFILE_FIELDS = frozenset({"email", "phone", "consent"})
 CUSTOMER_FIELDS = frozenset({"customer_id", "features"})
@@ -71,7 +74,9 @@ def split_profiles(
 ) -> tuple[list[Any], list[CustomerProfile | None] | None, list[Problem]]:
     """The customers without their profile fields (for feature validation), each one's profile
     (None when no customer sent any), and every problem with those fields."""
-    if all(type(c) is dict and c.keys() <= CUSTOMER_FIELDS for c in customers):
+    if all_dicts(customers) and all(
+        map(operator.le, map(dict.keys, customers), repeat(CUSTOMER_FIELDS))
+    ):
         return list(customers), None, []  # the common case: features only
     stripped: list[Any] = []
     profiles: list[CustomerProfile | None] = []

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import re
 import sys
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -62,6 +64,22 @@ def customer_id_problem(value: Any) -> str | None:
     if not _valid_id(value):
         return _ID_RULE
     return None
+
+
+def _valid_ids(ids: list[str]) -> bool:
+    """_valid_id of every id: ASCII ids (nearly all) matched without a Python call each."""
+    if all(map(str.isascii, ids)):
+        return all(map(_CUSTOMER_ID.fullmatch, ids))
+    return all(map(_valid_id, ids))
+
+
+def all_dicts(values: Iterable[Any]) -> bool:
+    """Whether every value is a dict (exactly: JSON objects as orjson parses them)."""
+    return _DICT.issuperset(map(type, values))
+
+
+_DICT, _STR, _NUMBERS = frozenset({dict}), frozenset({str}), frozenset({float, int})
+_TWO_FIELDS = frozenset({2})  # customer_id and features
 
 
 def _valid_id(value: str) -> bool:
@@ -188,20 +206,24 @@ class SchemaValidator:
         return self._convert(customers), []
 
     def _fast_path(self, customers: Sequence[Any]) -> ValidBatch | None:
-        """Bulk checks that succeed for clean input; None means 'look row by row'."""
+        """Bulk checks that succeed for clean input; None means 'look row by row'. Each check is
+        one pass of C (map, sets, operator): a batch of 10,000 in a few milliseconds less than
+        with a generator calling Python for every row."""
         try:
             ids = [c["customer_id"] for c in customers]
             features = [c["features"] for c in customers]
-            if any(len(c) != 2 for c in customers):
+            if not _TWO_FIELDS.issuperset(map(len, customers)):
                 return None
         except (TypeError, KeyError):
             return None
-        if not all(type(i) is str and _valid_id(i) for i in ids):
+        if not (_STR.issuperset(map(type, ids)) and _valid_ids(ids)):
             return None
-        names = self._names
-        if not all(type(f) is dict and f.keys() == names for f in features):
+        if not (
+            all_dicts(features)
+            and all(map(operator.eq, map(dict.keys, features), repeat(self._names)))
+        ):
             return None
-        batch = self._convert(customers)
+        batch = self._convert(customers, ids)
         if batch is None:
             return None
         return (
@@ -210,13 +232,14 @@ class SchemaValidator:
             else None
         )
 
-    def _convert(self, customers: Sequence[Any]) -> ValidBatch | None:
+    def _convert(self, customers: Sequence[Any], ids: list[str] | None = None) -> ValidBatch | None:
+        """The valid customers as columns (`ids`: their customer ids, when already read)."""
         features = [c["features"] for c in customers]
         columns = []
         for spec in self.numeric:
             column = [f[spec.name] for f in features]
             # bools are ints to Python and numpy: refuse them explicitly
-            if not all(type(v) is float or type(v) is int for v in column):
+            if not _NUMBERS.issuperset(map(type, column)):
                 return None
             columns.append(column)
         try:
@@ -226,8 +249,10 @@ class SchemaValidator:
         except OverflowError:  # an integer beyond float range
             return None
         categorical = [[f[spec.name] for f in features] for spec in self.categorical]
+        if ids is None:
+            ids = [c["customer_id"] for c in customers]
         return ValidBatch(
-            [canonical_id(c["customer_id"]) for c in customers],
+            ids if all(map(str.isascii, ids)) else list(map(canonical_id, ids)),
             np.ascontiguousarray(numeric),
             categorical,
             features,

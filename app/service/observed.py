@@ -9,11 +9,14 @@ place, and never replaces a newer one: no spurious exited and entered events on 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 from app.errors import Problem, Problems
+from app.scoring.validation import all_dicts
 from app.service.event_input import parse_moment
 
 FIELD = "observed_at"
@@ -24,7 +27,12 @@ def split_observed(
 ) -> tuple[Sequence[Any], list[datetime | None] | None, Problems]:
     """The customers without `observed_at`, each one's observation time (None: now; the list is
     None when nobody sent one) and the problems with those sent."""
-    if not any(FIELD in c for c in customers if type(c) is dict):
+    sent = (
+        any(map(operator.contains, customers, repeat(FIELD)))
+        if all_dicts(customers)
+        else any(FIELD in c for c in customers if type(c) is dict)
+    )
+    if not sent:
         return customers, None, Problems()  # the common case
     stripped: list[Any] = []
     observed: list[datetime | None] = []
