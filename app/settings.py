@@ -81,7 +81,8 @@ class Settings(BaseSettings):
         default=10,
         ge=1,
         description="database connections each worker process keeps in its pool; as many again "
-        "may be opened for a burst, so up to twice this per process",
+        "may be opened for a burst, so up to twice this per process, plus one of its own that "
+        "the event loop writes single assignments on (the group committer's)",
     )
     db_pool_timeout: float = Field(
         default=2.0, gt=0, description="seconds to wait for a pooled connection"
